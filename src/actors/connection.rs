@@ -1,0 +1,336 @@
+//! Stream connections: one actor per TCP connection, inbound or outbound, and the accept
+//! loop of a TCP listener.
+//!
+//! A connection actor owns its socket's write half, its framing buffer and its lifetime; a
+//! small reader task owned by it feeds it the bytes read. Messages it frames are handed to
+//! [`Core::dispatch`] with a [`ReplyPath::Stream`] naming this connection, so responses go
+//! back on exactly this connection. A panic while handling one connection's bytes stops
+//! that actor only; the supervisor counts it and cleans its table entry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{KindLabels, Metrics};
+use crate::sip::framing::{Frame, StreamFramer};
+use crate::sip::message::{Framing, Message};
+use crate::sip::transport::Transport;
+
+use super::core::Core;
+use super::transport::{send_udp, ConnHandle, Inbound, ReplyPath, SendError, Target};
+
+/// Messages of a connection actor.
+#[derive(Debug)]
+pub enum ConnMsg {
+    /// Write these bytes.
+    Send(Bytes),
+    /// Bytes the reader task read.
+    Data(Bytes),
+    /// The reader saw the end of the stream, an error or the idle timeout.
+    Closed(&'static str),
+}
+
+/// The connection actor.
+pub struct ConnectionActor;
+
+/// State of one connection.
+pub struct ConnState {
+    core: Arc<Core>,
+    handle: ConnHandle,
+    writer: OwnedWriteHalf,
+    framer: StreamFramer,
+    reader: JoinHandle<()>,
+}
+
+impl Actor for ConnectionActor {
+    type Msg = ConnMsg;
+    type State = ConnState;
+    type Arguments = (Arc<Core>, TcpStream, Transport);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConnMsg>,
+        (core, stream, transport): Self::Arguments,
+    ) -> Result<ConnState, ActorProcessingErr> {
+        let peer = stream.peer_addr()?;
+        let _ = stream.set_nodelay(true);
+        let (mut read, writer) = stream.into_split();
+        let id = core.transports.next_id();
+        let handle = ConnHandle::new(id, peer, transport, myself.clone());
+        core.transports.add_conn(handle.clone());
+        core.metrics
+            .connections
+            .get_or_create(&KindLabels {
+                kind: transport.uri_param(),
+            })
+            .inc();
+        let idle = Duration::from_secs(core.settings.limits.idle_timeout_s.max(1));
+        let me = myself.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let reason = match tokio::time::timeout(idle, read.read(&mut buf)).await {
+                    Err(_) => "idle",
+                    Ok(Ok(0)) => "eof",
+                    Ok(Err(_)) => "error",
+                    Ok(Ok(n)) => {
+                        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        if me.send_message(ConnMsg::Data(chunk)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let _ = me.send_message(ConnMsg::Closed(reason));
+                return;
+            }
+        });
+        Ok(ConnState {
+            framer: StreamFramer::new(core.limits),
+            core,
+            handle,
+            writer,
+            reader,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConnMsg>,
+        msg: ConnMsg,
+        state: &mut ConnState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConnMsg::Send(bytes) => {
+                if let Err(e) = state.writer.write_all(&bytes).await {
+                    tracing::debug!(event = "connection_write_failed", peer = %state.handle.peer, error = %e);
+                    myself.stop(Some("write failed".into()));
+                }
+            }
+            ConnMsg::Data(chunk) => {
+                #[cfg(feature = "fault-injection")]
+                if memchr::memmem::find(&chunk, b"X-Sippool-Fault: panic-connection").is_some() {
+                    panic!("injected fault in connection actor");
+                }
+                state.framer.push(&chunk);
+                loop {
+                    match state.framer.next_frame() {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Ping)) => {
+                            // RFC 5626 section 4.4.1: answer CRLFCRLF with CRLF.
+                            if state.writer.write_all(b"\r\n").await.is_err() {
+                                myself.stop(Some("write failed".into()));
+                                return Ok(());
+                            }
+                        }
+                        Ok(Some(Frame::Message(bytes))) => {
+                            match Message::parse(bytes, Framing::Stream, &state.core.limits) {
+                                Ok(msg) => state.core.dispatch(Inbound {
+                                    msg,
+                                    transport: state.handle.transport,
+                                    source: state.handle.peer,
+                                    reply: ReplyPath::Stream(state.handle.clone()),
+                                }),
+                                Err(e) => {
+                                    Metrics::count(
+                                        &state.core.metrics.parse_errors,
+                                        parse_reason(e),
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Framing cannot recover on a stream (RFC 3261 section 18.3).
+                            Metrics::count(&state.core.metrics.parse_errors, e.as_str());
+                            tracing::info!(event = "connection_framing_error", peer = %state.handle.peer, reason = e.as_str());
+                            myself.stop(Some(e.as_str().into()));
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            ConnMsg::Closed(reason) => myself.stop(Some(reason.into())),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConnMsg>,
+        state: &mut ConnState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reader.abort();
+        let _ = state.writer.shutdown().await;
+        release(&state.core, &state.handle);
+        Ok(())
+    }
+}
+
+fn release(core: &Core, h: &ConnHandle) {
+    core.transports.remove_conn(h.transport, h.peer, h.id);
+    core.metrics
+        .connections
+        .get_or_create(&KindLabels {
+            kind: h.transport.uri_param(),
+        })
+        .dec();
+}
+
+/// A metrics reason for a parse error.
+pub fn parse_reason(e: crate::sip::message::ParseError) -> &'static str {
+    use crate::sip::message::ParseError::*;
+    match e {
+        TooLarge => "too_large",
+        Empty => "empty",
+        BadStatusLine => "bad_status_line",
+        BadResponse(_) => "bad_response",
+    }
+}
+
+/// Supervises every connection actor: a failed connection is counted, logged and forgotten.
+pub struct ConnectionSupervisor;
+
+impl Actor for ConnectionSupervisor {
+    type Msg = ();
+    type State = Arc<Core>;
+    type Arguments = Arc<Core>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        core: Arc<Core>,
+    ) -> Result<Arc<Core>, ActorProcessingErr> {
+        Ok(core)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        core: &mut Arc<Core>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            core.metrics
+                .actor_failures
+                .get_or_create(&KindLabels { kind: "connection" })
+                .inc();
+            tracing::error!(event = "connection_failed", actor = %cell.get_id(), error = %err);
+            if let Some(h) = core.transports.conn_by_actor(cell.get_id()) {
+                release(core, &h);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a connection actor for `stream` under the connection supervisor.
+pub async fn start_connection(
+    core: &Arc<Core>,
+    stream: TcpStream,
+    transport: Transport,
+) -> Result<ConnHandle, SendError> {
+    let sup = core
+        .conn_supervisor()
+        .cloned()
+        .ok_or(SendError::NoTransport)?;
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| SendError::Io(e.to_string()))?;
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        ConnectionActor,
+        (core.clone(), stream, transport),
+        sup,
+    )
+    .await
+    .map_err(|e| SendError::Io(e.to_string()))?;
+    core.transports
+        .conn_to(transport, peer)
+        .filter(|h| h.is_actor(&actor))
+        .ok_or_else(|| SendError::Io("connection closed at once".into()))
+}
+
+/// Sends a request toward `target`: UDP from a listen socket, TCP over an open connection to
+/// that address or a new one.
+pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<ConnOrUdp, SendError> {
+    match target.transport {
+        Transport::Udp => {
+            let sock = core
+                .transports
+                .udp_for(&target.addr)
+                .ok_or(SendError::NoTransport)?;
+            send_udp(&sock, target.addr, bytes)?;
+            Ok(ConnOrUdp::Udp)
+        }
+        Transport::Tcp => {
+            if let Some(h) = core.transports.conn_to(Transport::Tcp, target.addr) {
+                if h.send(bytes.clone()) {
+                    return Ok(ConnOrUdp::Conn(h));
+                }
+            }
+            if core.transports.open_connections() >= core.settings.limits.max_connections {
+                Metrics::count(&core.metrics.overload_rejections, "connections");
+                return Err(SendError::TooManyConnections);
+            }
+            let stream =
+                tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target.addr))
+                    .await
+                    .map_err(|_| SendError::ConnectFailed("timeout".into()))?
+                    .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
+            let h = start_connection(core, stream, Transport::Tcp).await?;
+            if h.send(bytes) {
+                Ok(ConnOrUdp::Conn(h))
+            } else {
+                Err(SendError::Io("connection closed".into()))
+            }
+        }
+        Transport::Tls => Err(SendError::NoTransport),
+    }
+}
+
+/// How a request left.
+#[derive(Debug, Clone)]
+pub enum ConnOrUdp {
+    /// As a datagram.
+    Udp,
+    /// Over this connection.
+    Conn(ConnHandle),
+}
+
+/// Accepts TCP connections on a bound listener until the owning actor stops it.
+pub fn spawn_accept_loop(core: Arc<Core>, listener: TcpListener) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(event = "accept_failed", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if core.transports.open_connections() >= core.settings.limits.max_connections {
+                Metrics::count(&core.metrics.overload_rejections, "connections");
+                tracing::debug!(event = "connection_refused", %peer, reason = "max_connections");
+                drop(stream);
+                continue;
+            }
+            let core2 = core.clone();
+            tokio::spawn(async move {
+                let _ = start_connection(&core2, stream, Transport::Tcp).await;
+            });
+        }
+    })
+}
+
+/// The address a listener actually bound.
+pub fn bound(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

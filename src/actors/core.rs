@@ -1,0 +1,423 @@
+//! The forwarding core shared by every actor: configuration, tables and the dispatch of each
+//! received message to the transaction that owns it.
+//!
+//! [`Core::dispatch`] is the hot path. It matches responses to client transactions by branch
+//! and requests to server transactions by key (RFC 3261 section 17.2.3), forwards ACK for 2xx
+//! and stray responses statelessly, applies admission control (transaction cap, INVITE
+//! rate), and spawns one transaction actor per new server transaction. It never blocks.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use ractor::{ActorCell, ActorRef};
+
+use crate::config::{HostPort, Settings};
+use crate::health::{Member, PairStates};
+use crate::metrics::Metrics;
+use crate::sip::builder;
+use crate::sip::message::{HeaderName, Limits, Message, Method};
+use crate::sip::proxy::{self, Decision, LocalIdentity, Received, Router};
+use crate::sip::transport::Transport;
+use crate::sip::via::Via;
+
+use super::transaction::{TransactionActor, TxMsg};
+use super::transport::{resolve, send_reply, send_udp, Inbound, ReplyPath, Transports};
+
+/// Everything the actors share. Read-mostly; the tables are concurrent maps.
+pub struct Core {
+    /// Validated settings (listen addresses are the bound ones).
+    pub settings: Settings,
+    /// Our host and ports.
+    pub identity: LocalIdentity,
+    /// Pairs and static routes.
+    pub router: Router,
+    /// Active member of each pair.
+    pub pairs: PairStates,
+    /// Sockets and connections.
+    pub transports: Transports,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Size and header caps.
+    pub limits: Limits,
+    /// Server transactions by key.
+    pub server_txns: DashMap<String, ActorRef<TxMsg>>,
+    /// Client transactions by our branch, pointing at the owning server transaction.
+    pub client_txns: DashMap<String, ActorRef<TxMsg>>,
+    upstream_ips: HashSet<IpAddr>,
+    tx_supervisor: OnceLock<ActorCell>,
+    conn_supervisor: OnceLock<ActorCell>,
+    invite_bucket: Mutex<TokenBucket>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.settings.name)
+            .finish()
+    }
+}
+
+impl Core {
+    /// Builds the core from settings whose listen addresses are already bound.
+    pub fn new(settings: Settings) -> Core {
+        let mut upstream_ips = HashSet::new();
+        for p in &settings.pairs {
+            for hp in [&p.primary, &p.backup] {
+                if let Some(a) = hp.socket_addr() {
+                    upstream_ips.insert(a.ip());
+                }
+            }
+        }
+        Core {
+            identity: LocalIdentity::from_settings(&settings),
+            router: Router::from_settings(&settings),
+            pairs: PairStates::new(settings.pairs.len()),
+            transports: Transports::default(),
+            metrics: Metrics::new(),
+            limits: Limits {
+                max_size: settings.limits.max_message_size,
+                max_headers: settings.limits.max_headers,
+            },
+            server_txns: DashMap::new(),
+            client_txns: DashMap::new(),
+            upstream_ips,
+            tx_supervisor: OnceLock::new(),
+            conn_supervisor: OnceLock::new(),
+            invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
+            settings,
+        }
+    }
+
+    /// Sets the supervisors new actors are linked to (once, at start-up).
+    pub fn set_supervisors(&self, tx: ActorCell, conn: ActorCell) {
+        let _ = self.tx_supervisor.set(tx);
+        let _ = self.conn_supervisor.set(conn);
+    }
+
+    /// The supervisor of connection actors.
+    pub fn conn_supervisor(&self) -> Option<&ActorCell> {
+        self.conn_supervisor.get()
+    }
+
+    /// Whether `ip` is one of the configured upstream servers.
+    pub fn is_upstream(&self, ip: IpAddr) -> bool {
+        self.upstream_ips.contains(&ip)
+    }
+
+    /// The server the pair's active member names; `None` when the pair is out of service.
+    pub fn active_member(&self, pair: usize) -> Option<&HostPort> {
+        let p = self.settings.pairs.get(pair)?;
+        match self.pairs.active(pair)? {
+            Member::Primary => Some(&p.primary),
+            Member::Backup => Some(&p.backup),
+        }
+    }
+
+    /// Routes one received message (see the module documentation).
+    pub fn dispatch(self: &Arc<Self>, inbound: Inbound) {
+        if inbound.msg.is_response() {
+            self.on_response(inbound);
+        } else {
+            self.on_request(inbound);
+        }
+    }
+
+    fn on_response(self: &Arc<Self>, inbound: Inbound) {
+        let branch = match inbound.msg.top_via() {
+            Some(Ok(v)) => v.branch().map(str::to_string),
+            _ => None,
+        };
+        if let Some(b) = branch {
+            if let Some(tx) = self.client_txns.get(&b).map(|r| r.clone()) {
+                match tx.send_message(TxMsg::Response(Box::new(inbound))) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(TxMsg::Response(back))) => {
+                        return self.forward_stray_response(&back.msg);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        self.forward_stray_response(&inbound.msg);
+    }
+
+    /// Forwards a response that matches no transaction along its Via (RFC 3261 section
+    /// 18.2.2), when the top Via is ours. 100 Trying is hop-by-hop and dropped.
+    fn forward_stray_response(&self, msg: &Message) {
+        let ours = match msg.top_via() {
+            Some(Ok(v)) => {
+                let t = v.transport.parse().unwrap_or(Transport::Udp);
+                self.identity.is_local(v.host, v.port, t)
+            }
+            _ => false,
+        };
+        if !ours || msg.status() == Some(100) {
+            Metrics::count(&self.metrics.dropped, "stray_response");
+            return;
+        }
+        let vias = msg.list_values(HeaderName::Via);
+        let Some(next) = vias
+            .get(1)
+            .and_then(|r| Via::parse(msg.slice(r.clone())).ok())
+        else {
+            Metrics::count(&self.metrics.dropped, "stray_response");
+            return;
+        };
+        let Some(dest) = next.response_address().filter(|a| is_unicast(a.ip())) else {
+            Metrics::count(&self.metrics.dropped, "stray_response");
+            return;
+        };
+        let bytes = builder::forward_response(msg);
+        let t = next.transport.parse().unwrap_or(Transport::Udp);
+        let sent = match t {
+            Transport::Udp => self
+                .transports
+                .udp_for(&dest)
+                .is_some_and(|s| send_udp(&s, dest, bytes).is_ok()),
+            _ => self
+                .transports
+                .conn_to(t, dest)
+                .is_some_and(|c| c.send(bytes)),
+        };
+        if !sent {
+            Metrics::count(&self.metrics.dropped, "stray_response");
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, inbound: Inbound) {
+        let msg = &inbound.msg;
+        let method = msg.method().cloned().unwrap_or(Method::Other("".into()));
+        self.metrics.request(method.as_str());
+        let Some(key) = proxy::server_key(msg) else {
+            // No usable top Via: answer along the packet source if a Via is there at all.
+            match msg.top_via() {
+                Some(_) if method != Method::Ack => {
+                    self.respond_stateless(&inbound, 400, "Malformed Via", &[]);
+                }
+                _ => Metrics::count(&self.metrics.dropped, "no_via"),
+            }
+            return;
+        };
+        if method == Method::Cancel {
+            if let Some(k) = proxy::cancelled_invite_key(msg) {
+                if let Some(tx) = self.server_txns.get(&k).map(|r| r.clone()) {
+                    let _ = tx.send_message(TxMsg::Cancel(Box::new(inbound)));
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = self.server_txns.get(&key).map(|r| r.clone()) {
+            match tx.send_message(TxMsg::Request(Box::new(inbound))) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(TxMsg::Request(inbound))) => {
+                    // The transaction just ended; treat as new.
+                    self.server_txns
+                        .remove_if(&key, |_, v| v.get_id() == tx.get_id());
+                    return self.new_transaction(key, *inbound);
+                }
+                Err(_) => return,
+            }
+        }
+        if method == Method::Ack {
+            self.dispatch_ack_stateless(inbound);
+            return;
+        }
+        self.new_transaction(key, inbound);
+    }
+
+    fn new_transaction(self: &Arc<Self>, key: String, inbound: Inbound) {
+        let msg = &inbound.msg;
+        let initial_invite = msg.method() == Some(&Method::Invite) && msg.to_tag().is_none();
+        if self.server_txns.len() >= self.settings.limits.max_transactions {
+            Metrics::count(&self.metrics.overload_rejections, "transactions");
+            self.respond_stateless(&inbound, 503, "Service Unavailable", &["Retry-After: 5"]);
+            return;
+        }
+        if initial_invite && msg.defect().is_none() && !self.admit_invite() {
+            Metrics::count(&self.metrics.overload_rejections, "invite_rate");
+            self.respond_stateless(&inbound, 503, "Service Unavailable", &["Retry-After: 1"]);
+            return;
+        }
+        let Some(sup) = self.tx_supervisor.get() else {
+            return;
+        };
+        match ractor::ActorRuntime::spawn_linked_instant(
+            None,
+            TransactionActor,
+            (self.clone(), key.clone()),
+            sup.clone(),
+        ) {
+            Ok((actor, _)) => {
+                self.metrics.transactions.inc();
+                self.server_txns.insert(key, actor.clone());
+                let _ = actor.send_message(TxMsg::Request(Box::new(inbound)));
+            }
+            Err(e) => {
+                tracing::error!(event = "transaction_spawn_failed", error = %e);
+                self.respond_stateless(&inbound, 500, "Server Internal Error", &[]);
+            }
+        }
+    }
+
+    fn admit_invite(&self) -> bool {
+        match self.invite_bucket.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            Err(_) => true,
+        }
+    }
+
+    /// ACK that matches no server transaction: the ACK for a 2xx, forwarded statelessly
+    /// (RFC 3261 section 16.11) with a branch that is the same for its retransmissions. An
+    /// ACK for a response this proxy generated statelessly carries our To tag: absorbed.
+    pub fn dispatch_ack_stateless(self: &Arc<Self>, inbound: Inbound) {
+        let msg = &inbound.msg;
+        if msg
+            .to_tag()
+            .is_some_and(|t| t == proxy::local_tag(msg).as_bytes())
+        {
+            return;
+        }
+        let rx = Received {
+            msg,
+            transport: inbound.transport,
+            source: inbound.source,
+            from_upstream: self.is_upstream(inbound.source.ip()),
+        };
+        let Decision::Forward(plan) = proxy::decide(rx, &self.identity, &self.router) else {
+            Metrics::count(&self.metrics.dropped, "ack_not_routable");
+            return;
+        };
+        let received_branch = msg
+            .top_via()
+            .and_then(Result::ok)
+            .and_then(|v| v.branch().map(|b| b.as_bytes().to_vec()))
+            .unwrap_or_default();
+        let branch = proxy::stateless_branch(plan.loop_hash, &received_branch);
+        let hp = match &plan.destination {
+            proxy::Destination::Pair(i) => self.active_member(*i).cloned(),
+            proxy::Destination::Host(hp) => Some(hp.clone()),
+        };
+        let Some(hp) = hp else {
+            return;
+        };
+        if let (Some(addr), Transport::Udp) = (hp.socket_addr(), hp.transport) {
+            let bytes = plan.build(msg, &self.identity, Transport::Udp, &branch);
+            match self.transports.udp_for(&addr) {
+                Some(sock) => {
+                    let _ = send_udp(&sock, addr, bytes);
+                }
+                None => Metrics::count(&self.metrics.dropped, "no_transport"),
+            }
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            if let Some(target) = resolve(&hp).await {
+                let bytes = plan.build(&inbound.msg, &core.identity, target.transport, &branch);
+                let _ = super::connection::send(&core, target, bytes).await;
+            }
+        });
+    }
+
+    /// Answers a request without a transaction (errors found before one exists).
+    pub fn respond_stateless(&self, inbound: &Inbound, code: u16, reason: &str, extra: &[&str]) {
+        let tag = proxy::local_tag(&inbound.msg);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let bytes = builder::response(&inbound.msg, code, reason, &tag, &extra);
+        let dest = response_destination(&inbound.msg, inbound.source, &inbound.reply);
+        if send_reply(&inbound.reply, dest, bytes).is_ok() {
+            self.metrics.response(code, "local");
+        }
+    }
+
+    /// Forgets every table entry of a transaction actor that failed.
+    pub fn forget_transaction(&self, id: ractor::ActorId) {
+        self.server_txns.retain(|_, v| v.get_id() != id);
+        self.client_txns.retain(|_, v| v.get_id() != id);
+    }
+}
+
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_multicast() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    }
+}
+
+/// Where responses to a request go (RFC 3261 section 18.2.2, RFC 3581): on streams the
+/// connection; on UDP the source IP, and the source port when `rport` was asked for, else
+/// the Via port.
+pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath) -> SocketAddr {
+    if matches!(reply, ReplyPath::Stream(_)) {
+        return source;
+    }
+    match msg.top_via() {
+        Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
+        _ => source,
+    }
+}
+
+/// Admits at most `rate` per second with a burst of a tenth of a second.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A bucket for `rate` per second; 0 admits everything.
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        let capacity = (rate / 10.0).max(1.0);
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: None,
+        }
+    }
+
+    /// Takes a token if one is there.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn token_bucket_rate_is_accurate() {
+        let mut b = TokenBucket::new(100);
+        let t0 = Instant::now();
+        let mut admitted = 0;
+        // Offer 300/s for 20 s.
+        for i in 0..6000u64 {
+            if b.take(t0 + Duration::from_micros(i * 3333)) {
+                admitted += 1;
+            }
+        }
+        assert!((1990..=2020).contains(&admitted), "{admitted}");
+        assert!(TokenBucket::new(0).take(t0));
+    }
+}

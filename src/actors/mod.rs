@@ -1,0 +1,226 @@
+//! Actors: sockets, lifetimes and supervision (ractor).
+//!
+//! ```text
+//! Root supervisor
+//!  |- UDP listener (one per UDP socket)          owns the socket and its receive loop
+//!  |- TCP listener (one per TCP socket)          owns the accept loop
+//!  |- Connection supervisor --> Connection (one per TCP connection)
+//!  '- Transaction supervisor --> Transaction (one per server transaction)
+//! ```
+//!
+//! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
+
+pub mod connection;
+pub mod core;
+pub mod tcp;
+pub mod transaction;
+pub mod transport;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::config::Settings;
+use crate::sip::transport::Transport;
+
+pub use self::core::Core;
+
+/// A running proxy.
+pub struct Proxy {
+    core: Arc<Core>,
+    root: ActorRef<()>,
+    bound: Vec<(Transport, SocketAddr)>,
+}
+
+/// Start-up failed.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+enum Bound {
+    Udp(Arc<UdpSocket>),
+    Tcp(TcpListener),
+}
+
+impl Proxy {
+    /// Binds every listen socket, then starts the actor tree. A socket that cannot be bound
+    /// is the event `sip_listener_cannot_start` and an error.
+    pub async fn start(mut settings: Settings) -> Result<Proxy, StartError> {
+        let mut sockets = Vec::with_capacity(settings.listeners.len());
+        for l in settings.listeners.iter_mut() {
+            let bound = match l.transport {
+                Transport::Udp => bind_udp(l.address).map(|s| Bound::Udp(Arc::new(s))),
+                Transport::Tcp => bind_tcp(l.address).map(Bound::Tcp),
+                Transport::Tls => Err(std::io::Error::other("tls listeners are not supported yet")),
+            };
+            let bound = bound.map_err(|e| {
+                tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
+                StartError(format!("SIP listener {} {} cannot start: {e}", l.transport, l.address))
+            })?;
+            let actual = match &bound {
+                Bound::Udp(s) => s.local_addr(),
+                Bound::Tcp(s) => s.local_addr(),
+            }
+            .map_err(|e| StartError(e.to_string()))?;
+            l.address = actual;
+            sockets.push(bound);
+        }
+        let bound: Vec<(Transport, SocketAddr)> = settings
+            .listeners
+            .iter()
+            .map(|l| (l.transport, l.address))
+            .collect();
+        let core = Arc::new(Core::new(settings));
+        let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
+            .await
+            .map_err(|e| StartError(format!("actor tree cannot start: {e}")))?;
+        tracing::info!(
+            event = "proxy_initialised",
+            instance = %core.settings.name,
+            listeners = ?bound,
+            pairs = core.settings.pairs.len(),
+        );
+        Ok(Proxy { core, root, bound })
+    }
+
+    /// The shared core (tables, metrics).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The bound listen addresses (port 0 resolved).
+    pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
+        &self.bound
+    }
+
+    /// The first bound address of a transport.
+    pub fn local_addr(&self, t: Transport) -> Option<SocketAddr> {
+        self.bound.iter().find(|(bt, _)| *bt == t).map(|(_, a)| *a)
+    }
+
+    /// Stops every actor and closes every socket.
+    pub async fn stop(self) {
+        self.root.stop(None);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while self.root.get_status() != ractor::ActorStatus::Stopped {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the actor tree ends.
+    pub async fn wait(&self) {
+        while self.root.get_status() != ractor::ActorStatus::Stopped {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts: a proxy under load should queue, not drop.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// The root of the actor tree.
+struct RootSupervisor;
+
+impl Actor for RootSupervisor {
+    type Msg = ();
+    type State = Arc<Core>;
+    type Arguments = (Arc<Core>, Vec<Bound>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        (core, sockets): Self::Arguments,
+    ) -> Result<Arc<Core>, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let (tx_sup, _) = Actor::spawn_linked(
+            None,
+            transaction::TransactionSupervisor,
+            core.clone(),
+            cell.clone(),
+        )
+        .await?;
+        let (conn_sup, _) = Actor::spawn_linked(
+            None,
+            connection::ConnectionSupervisor,
+            core.clone(),
+            cell.clone(),
+        )
+        .await?;
+        core.set_supervisors(tx_sup.get_cell(), conn_sup.get_cell());
+        for s in sockets {
+            match s {
+                Bound::Udp(sock) => {
+                    Actor::spawn_linked(None, udp::UdpListener, (core.clone(), sock), cell.clone())
+                        .await?;
+                }
+                Bound::Tcp(listener) => {
+                    Actor::spawn_linked(
+                        None,
+                        tcp::TcpListenerActor,
+                        (core.clone(), listener),
+                        cell.clone(),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(core)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        _core: &mut Arc<Core>,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                // A supervisor or listener failing leaves the proxy unable to do its job:
+                // stop everything so the process exits and is restarted.
+                tracing::error!(event = "supervisor_child_failed", actor = %cell.get_id(), error = %err);
+                myself.stop(Some(format!("child failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tracing::debug!(actor = %cell.get_id(), ?reason, "child terminated");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

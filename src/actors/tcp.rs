@@ -1,0 +1,44 @@
+//! TCP listener actor: one per TCP listen socket. It owns the accept loop; each accepted
+//! connection becomes a connection actor under the connection supervisor.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::connection::spawn_accept_loop;
+use super::core::Core;
+
+/// The TCP listener actor.
+pub struct TcpListenerActor;
+
+/// Its state: the accept loop it owns.
+pub struct TcpListenerState {
+    accept_loop: JoinHandle<()>,
+}
+
+impl Actor for TcpListenerActor {
+    type Msg = ();
+    type State = TcpListenerState;
+    type Arguments = (Arc<Core>, TcpListener);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        (core, listener): Self::Arguments,
+    ) -> Result<TcpListenerState, ActorProcessingErr> {
+        Ok(TcpListenerState {
+            accept_loop: spawn_accept_loop(core, listener),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut TcpListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.accept_loop.abort();
+        Ok(())
+    }
+}

@@ -1,0 +1,601 @@
+//! One actor per server transaction, owning its client transaction (RFC 3261 section 16
+//! stateful proxying).
+//!
+//! The actor drives the sans-IO machines of `sip::transaction` with messages and timers,
+//! asks `sip::proxy` where the request goes, and sends through `actors::transport`. It lives
+//! until every machine it owns has terminated, then removes itself from the tables. A panic
+//! in one transaction stops that actor only: [`TransactionSupervisor`] logs and counts it
+//! and cleans its table entries, and every other transaction carries on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::metrics::{KindLabels, Metrics};
+use crate::sip::builder;
+use crate::sip::message::{Framing, Message, Method};
+use crate::sip::proxy::{self, Decision, Destination, Plan, Received, Reject};
+use crate::sip::transaction::{
+    ClientInvite, ClientNonInvite, ClientTimeout, ResponseDisposition, ServerInvite,
+    ServerNonInvite, Timers,
+};
+
+use super::connection::{self, ConnOrUdp};
+use super::core::{response_destination, Core};
+use super::transport::{resolve, send_reply, send_udp, ConnHandle, Inbound, Target};
+
+/// Messages of a transaction actor.
+#[derive(Debug)]
+pub enum TxMsg {
+    /// The request that created the transaction, a retransmission of it, or its ACK.
+    Request(Box<Inbound>),
+    /// A CANCEL for this (INVITE) transaction.
+    Cancel(Box<Inbound>),
+    /// A response to our client transaction (or to its CANCEL).
+    Response(Box<Inbound>),
+    /// A timer may be due.
+    Timer,
+}
+
+/// The transaction actor.
+pub struct TransactionActor;
+
+enum Server {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+enum Client {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+/// The request as forwarded to one target.
+struct Branch {
+    id: String,
+    target: Target,
+    conn: Option<ConnHandle>,
+    client: Client,
+    /// The INVITE as sent, parsed, to build its CANCEL and ACK.
+    sent: Option<Message>,
+    provisional: bool,
+    cancel: Option<ClientNonInvite>,
+}
+
+/// State of one transaction actor.
+pub struct TxState {
+    core: Arc<Core>,
+    key: String,
+    timers: Timers,
+    request: Option<Inbound>,
+    dest: SocketAddr,
+    server: Option<Server>,
+    branch: Option<Branch>,
+    cancelled: bool,
+    final_sent: bool,
+    timer_c: Option<Instant>,
+    timer_c_fired: bool,
+    scheduled: Option<Instant>,
+}
+
+impl Actor for TransactionActor {
+    type Msg = TxMsg;
+    type State = TxState;
+    type Arguments = (Arc<Core>, String);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TxMsg>,
+        (core, key): Self::Arguments,
+    ) -> Result<TxState, ActorProcessingErr> {
+        Ok(TxState {
+            timers: core.settings.timers,
+            core,
+            key,
+            request: None,
+            dest: SocketAddr::from(([0, 0, 0, 0], 0)),
+            server: None,
+            branch: None,
+            cancelled: false,
+            final_sent: false,
+            timer_c: None,
+            timer_c_fired: false,
+            scheduled: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TxMsg>,
+        msg: TxMsg,
+        state: &mut TxState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            TxMsg::Request(inbound) if state.server.is_none() => {
+                state.start(&myself, *inbound, now).await;
+            }
+            TxMsg::Request(inbound) => state.on_retransmission(*inbound, now).await,
+            TxMsg::Cancel(inbound) => state.on_cancel(*inbound, now).await,
+            TxMsg::Response(inbound) => state.on_response(*inbound, now).await,
+            TxMsg::Timer => {
+                state.scheduled = None;
+                state.on_timer(now).await;
+            }
+        }
+        if state.is_done() {
+            myself.stop(None);
+        } else {
+            state.schedule(&myself, now);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<TxMsg>,
+        state: &mut TxState,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = myself.get_id();
+        state
+            .core
+            .server_txns
+            .remove_if(&state.key, |_, v| v.get_id() == id);
+        if let Some(b) = &state.branch {
+            state
+                .core
+                .client_txns
+                .remove_if(&b.id, |_, v| v.get_id() == id);
+        }
+        state.core.metrics.transactions.dec();
+        Ok(())
+    }
+}
+
+impl TxState {
+    async fn start(&mut self, myself: &ActorRef<TxMsg>, inbound: Inbound, now: Instant) {
+        #[cfg(feature = "fault-injection")]
+        if inbound.msg.headers().iter().any(|h| {
+            inbound
+                .msg
+                .slice(h.line.clone())
+                .starts_with(b"X-Sippool-Fault: panic-transaction")
+        }) {
+            panic!("injected fault in transaction actor");
+        }
+        let reliable = inbound.transport.is_reliable();
+        self.dest = response_destination(&inbound.msg, inbound.source, &inbound.reply);
+        let is_invite = inbound.msg.method() == Some(&Method::Invite);
+        self.server = Some(if is_invite {
+            Server::Invite(ServerInvite::new(reliable, self.timers))
+        } else {
+            Server::NonInvite(ServerNonInvite::new(reliable, self.timers))
+        });
+        let rx = Received {
+            msg: &inbound.msg,
+            transport: inbound.transport,
+            source: inbound.source,
+            from_upstream: self.core.is_upstream(inbound.source.ip()),
+        };
+        let decision = proxy::decide(rx, &self.core.identity, &self.core.router);
+        self.request = Some(inbound);
+        if is_invite && !matches!(decision, Decision::Drop(_)) {
+            self.respond(now, &Reject::new(100, "Trying"));
+        }
+        match decision {
+            Decision::Respond(r) => self.respond(now, &r),
+            Decision::Drop(reason) => {
+                Metrics::count(&self.core.metrics.dropped, reason_label(reason));
+                self.terminate_server();
+            }
+            Decision::Forward(plan) => self.forward(myself, plan, now).await,
+        }
+    }
+
+    async fn forward(&mut self, myself: &ActorRef<TxMsg>, plan: Plan, now: Instant) {
+        let hp = match &plan.destination {
+            Destination::Pair(i) => match self.core.active_member(*i) {
+                Some(hp) => hp.clone(),
+                None => {
+                    let mut r = Reject::new(503, "Service Unavailable");
+                    r.extra.push("Retry-After: 5".into());
+                    return self.respond(now, &r);
+                }
+            },
+            Destination::Host(hp) => hp.clone(),
+        };
+        let Some(target) = resolve(&hp).await else {
+            tracing::warn!(event = "host_not_resolved", host = %hp.host);
+            return self.respond(now, &Reject::new(503, "Service Unavailable"));
+        };
+        let Some(req) = self.request.as_ref() else {
+            return;
+        };
+        let branch_id = plan.new_branch();
+        let bytes = plan.build(&req.msg, &self.core.identity, target.transport, &branch_id);
+        let is_invite = req.msg.method() == Some(&Method::Invite);
+        let reliable = target.transport.is_reliable();
+        let (client, sent) = if is_invite {
+            let sent = Message::parse(
+                bytes.clone(),
+                Framing::Stream,
+                &crate::sip::message::Limits {
+                    max_size: usize::MAX,
+                    max_headers: usize::MAX,
+                },
+            )
+            .ok();
+            (
+                Client::Invite(ClientInvite::new(now, reliable, self.timers, bytes.clone())),
+                sent,
+            )
+        } else {
+            (
+                Client::NonInvite(ClientNonInvite::new(
+                    now,
+                    reliable,
+                    self.timers,
+                    bytes.clone(),
+                )),
+                None,
+            )
+        };
+        self.core
+            .client_txns
+            .insert(branch_id.clone(), myself.clone());
+        let mut branch = Branch {
+            id: branch_id,
+            target,
+            conn: None,
+            client,
+            sent,
+            provisional: false,
+            cancel: None,
+        };
+        let ok = send_on(&self.core, &mut branch, bytes).await;
+        self.branch = Some(branch);
+        if !ok {
+            // A transport error counts as a 503 from that target (RFC 3261 section 16.9),
+            // and a 503 becomes 500 toward the client (section 16.7 step 6).
+            if let Some(b) = &mut self.branch {
+                terminate_client(&mut b.client);
+            }
+            self.respond(now, &Reject::new(500, "Server Internal Error"));
+        }
+    }
+
+    async fn on_retransmission(&mut self, inbound: Inbound, now: Instant) {
+        let is_ack = inbound.msg.method() == Some(&Method::Ack);
+        let resend = match &mut self.server {
+            Some(Server::Invite(s)) if is_ack => {
+                if !s.on_ack(now) {
+                    // An ACK for a 2xx that reused the INVITE's branch: not ours to absorb.
+                    self.core.dispatch_ack_stateless(inbound);
+                }
+                None
+            }
+            Some(Server::Invite(s)) => s.on_retransmission(),
+            Some(Server::NonInvite(s)) => s.on_retransmission(),
+            None => None,
+        };
+        if let (Some(bytes), Some(req)) = (resend, &self.request) {
+            let _ = send_reply(&req.reply, self.dest, bytes);
+        }
+    }
+
+    async fn on_cancel(&mut self, cancel: Inbound, now: Instant) {
+        // The CANCEL itself is answered at once (RFC 3261 section 16.10).
+        let tag = proxy::local_tag(&cancel.msg);
+        let ok = builder::response(&cancel.msg, 200, "OK", &tag, &[]);
+        let dest = response_destination(&cancel.msg, cancel.source, &cancel.reply);
+        if send_reply(&cancel.reply, dest, ok).is_ok() {
+            self.core.metrics.response(200, "local");
+        }
+        if self.final_sent || self.cancelled {
+            return;
+        }
+        self.cancelled = true;
+        match &self.branch {
+            Some(b) if b.provisional => self.send_cancel(now).await,
+            Some(_) => {} // CANCEL goes out once a provisional arrives (section 9.1).
+            None => self.respond(now, &Reject::new(487, "Request Terminated")),
+        }
+    }
+
+    async fn send_cancel(&mut self, now: Instant) {
+        let timers = self.timers;
+        let Some(b) = &mut self.branch else {
+            return;
+        };
+        if b.cancel.is_some() {
+            return;
+        }
+        let Some(sent) = &b.sent else {
+            return;
+        };
+        let bytes = builder::cancel_for(sent);
+        b.cancel = Some(ClientNonInvite::new(
+            now,
+            b.target.transport.is_reliable(),
+            timers,
+            bytes.clone(),
+        ));
+        send_on(&self.core, b, bytes).await;
+    }
+
+    async fn on_response(&mut self, inbound: Inbound, now: Instant) {
+        let msg = &inbound.msg;
+        let Some(code) = msg.status() else {
+            return;
+        };
+        let Some(b) = &mut self.branch else {
+            return;
+        };
+        if matches!(msg.cseq(), Some((_, Method::Cancel))) {
+            if let Some(c) = &mut b.cancel {
+                c.on_response(now, code);
+            }
+            return;
+        }
+        let (disposition, ack) = match &mut b.client {
+            Client::Invite(c) => {
+                let sent = &b.sent;
+                c.on_response(now, code, || {
+                    sent.as_ref().map(|s| builder::ack_for(s, msg))
+                })
+            }
+            Client::NonInvite(c) => (c.on_response(now, code), None),
+        };
+        if let Some(ack) = ack {
+            send_on(&self.core, b, ack).await;
+        }
+        if disposition == ResponseDisposition::Absorb || code == 100 {
+            return;
+        }
+        if code < 200 {
+            let first_provisional = !b.provisional;
+            b.provisional = true;
+            if matches!(b.client, Client::Invite(_)) {
+                self.timer_c = Some(now + self.timers.timer_c);
+            }
+            if first_provisional && self.cancelled {
+                self.send_cancel(now).await;
+            }
+            let bytes = builder::forward_response(msg);
+            self.send_to_client(now, code, bytes, "relayed");
+            return;
+        }
+        self.timer_c = None;
+        if code == 503 {
+            // RFC 3261 section 16.7 step 6: never relay a 503.
+            self.respond(now, &Reject::new(500, "Server Internal Error"));
+            return;
+        }
+        let bytes = builder::forward_response(msg);
+        self.send_to_client(now, code, bytes, "relayed");
+    }
+
+    async fn on_timer(&mut self, now: Instant) {
+        let resend = match &mut self.server {
+            Some(Server::Invite(s)) => s.handle_timeout(now),
+            Some(Server::NonInvite(s)) => {
+                s.handle_timeout(now);
+                None
+            }
+            None => None,
+        };
+        if let (Some(bytes), Some(req)) = (resend, &self.request) {
+            let _ = send_reply(&req.reply, self.dest, bytes);
+        }
+        let mut timed_out = false;
+        if let Some(b) = &mut self.branch {
+            let outcome = match &mut b.client {
+                Client::Invite(c) => c.handle_timeout(now),
+                Client::NonInvite(c) => c.handle_timeout(now),
+            };
+            match outcome {
+                ClientTimeout::Retransmit(bytes) => {
+                    send_on(&self.core, b, bytes).await;
+                }
+                ClientTimeout::TimedOut => timed_out = true,
+                ClientTimeout::None => {}
+            }
+            if let Some(c) = &mut b.cancel {
+                if let ClientTimeout::Retransmit(bytes) = c.handle_timeout(now) {
+                    send_on(&self.core, b, bytes).await;
+                }
+            }
+        }
+        if timed_out {
+            self.core.metrics.upstream_timeouts.inc();
+            self.respond(now, &Reject::new(408, "Request Timeout"));
+        }
+        if self.timer_c.is_some_and(|t| t <= now) {
+            self.on_timer_c(now).await;
+        }
+    }
+
+    /// Timer C (RFC 3261 section 16.8): CANCEL the branch; if it still gives no final
+    /// response, answer 408 ourselves and let the branch go.
+    async fn on_timer_c(&mut self, now: Instant) {
+        if self.final_sent {
+            self.timer_c = None;
+            return;
+        }
+        if !self.timer_c_fired {
+            self.timer_c_fired = true;
+            self.timer_c = Some(now + self.timers.t1x64());
+            self.send_cancel(now).await;
+            return;
+        }
+        self.timer_c = None;
+        if let Some(b) = &mut self.branch {
+            terminate_client(&mut b.client);
+        }
+        self.respond(now, &Reject::new(408, "Request Timeout"));
+    }
+
+    /// Sends a response generated here.
+    fn respond(&mut self, now: Instant, r: &Reject) {
+        let Some(req) = &self.request else {
+            return;
+        };
+        let tag = proxy::local_tag(&req.msg);
+        let bytes = builder::response(&req.msg, r.code, &r.reason, &tag, &r.extra);
+        self.send_to_client(now, r.code, bytes, "local");
+    }
+
+    fn send_to_client(&mut self, now: Instant, code: u16, bytes: Bytes, origin: &'static str) {
+        let out = match &mut self.server {
+            Some(Server::Invite(s)) => s.send_response(now, code, bytes),
+            Some(Server::NonInvite(s)) => s.send_response(now, code, bytes),
+            None => None,
+        };
+        if code >= 200 {
+            self.final_sent = true;
+        }
+        let (Some(bytes), Some(req)) = (out, &self.request) else {
+            return;
+        };
+        if send_reply(&req.reply, self.dest, bytes).is_ok() {
+            self.core.metrics.response(code, origin);
+        } else {
+            Metrics::count(&self.core.metrics.dropped, "response_not_sent");
+        }
+    }
+
+    fn terminate_server(&mut self) {
+        match &mut self.server {
+            Some(Server::Invite(s)) => s.terminate(),
+            Some(Server::NonInvite(s)) => s.terminate(),
+            None => {}
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        let server_done = match &self.server {
+            Some(Server::Invite(s)) => s.is_terminated(),
+            Some(Server::NonInvite(s)) => s.is_terminated(),
+            None => false,
+        };
+        let branch_done = self.branch.as_ref().is_none_or(|b| {
+            let c = match &b.client {
+                Client::Invite(c) => c.is_terminated(),
+                Client::NonInvite(c) => c.is_terminated(),
+            };
+            c && b.cancel.as_ref().is_none_or(ClientNonInvite::is_terminated)
+        });
+        server_done && branch_done
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut all: Vec<Option<Instant>> = vec![self.timer_c];
+        match &self.server {
+            Some(Server::Invite(s)) => all.push(s.poll_timeout()),
+            Some(Server::NonInvite(s)) => all.push(s.poll_timeout()),
+            None => {}
+        }
+        if let Some(b) = &self.branch {
+            all.push(match &b.client {
+                Client::Invite(c) => c.poll_timeout(),
+                Client::NonInvite(c) => c.poll_timeout(),
+            });
+            all.push(b.cancel.as_ref().and_then(ClientNonInvite::poll_timeout));
+        }
+        all.into_iter().flatten().min()
+    }
+
+    fn schedule(&mut self, myself: &ActorRef<TxMsg>, now: Instant) {
+        let Some(next) = self.next_deadline() else {
+            return;
+        };
+        if self.scheduled.is_some_and(|s| s <= next) {
+            return;
+        }
+        self.scheduled = Some(next);
+        drop(myself.send_after(next.saturating_duration_since(now), || TxMsg::Timer));
+    }
+}
+
+fn terminate_client(c: &mut Client) {
+    match c {
+        Client::Invite(c) => c.terminate(),
+        Client::NonInvite(c) => {
+            // A non-INVITE client transaction ends by its own timers; nothing to cut short.
+            let _ = c;
+        }
+    }
+}
+
+/// Sends on a branch, over the connection it already uses when it has one.
+async fn send_on(core: &Arc<Core>, b: &mut Branch, bytes: Bytes) -> bool {
+    if let Some(c) = &b.conn {
+        if c.send(bytes.clone()) {
+            return true;
+        }
+    }
+    if b.target.transport == crate::sip::transport::Transport::Udp {
+        if let Some(sock) = core.transports.udp_for(&b.target.addr) {
+            return send_udp(&sock, b.target.addr, bytes).is_ok();
+        }
+        return false;
+    }
+    match connection::send(core, b.target, bytes).await {
+        Ok(ConnOrUdp::Conn(h)) => {
+            b.conn = Some(h);
+            true
+        }
+        Ok(ConnOrUdp::Udp) => true,
+        Err(e) => {
+            tracing::info!(event = "upstream_send_failed", target = %b.target.addr, error = ?e);
+            false
+        }
+    }
+}
+
+fn reason_label(reason: &'static str) -> &'static str {
+    match reason {
+        "no Via" => "no_via",
+        _ => "unanswerable",
+    }
+}
+
+/// Supervises every transaction actor: a failed one is logged, counted and forgotten.
+pub struct TransactionSupervisor;
+
+impl Actor for TransactionSupervisor {
+    type Msg = ();
+    type State = Arc<Core>;
+    type Arguments = Arc<Core>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        core: Arc<Core>,
+    ) -> Result<Arc<Core>, ActorProcessingErr> {
+        Ok(core)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        core: &mut Arc<Core>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            core.metrics
+                .actor_failures
+                .get_or_create(&KindLabels {
+                    kind: "transaction",
+                })
+                .inc();
+            core.metrics.transactions.dec();
+            tracing::error!(event = "transaction_failed", actor = %cell.get_id(), error = %err);
+            core.forget_transaction(cell.get_id());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Sending and receiving paths: which socket or connection a message leaves by.
+//!
+//! This module owns the table of open stream connections (found by transport and peer
+//! address for requests we originate; responses always go back on the connection the
+//! request came in on, carried in [`ReplyPath`]) and the UDP sockets of the listeners.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use ractor::ActorRef;
+use tokio::net::UdpSocket;
+
+use crate::config::HostPort;
+use crate::sip::message::Message;
+use crate::sip::transport::Transport;
+
+use super::connection::ConnMsg;
+
+/// A received message and where it came from.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The parsed message.
+    pub msg: Message,
+    /// Transport it arrived on.
+    pub transport: Transport,
+    /// Packet source (the peer of the connection for streams).
+    pub source: SocketAddr,
+    /// How to answer it.
+    pub reply: ReplyPath,
+}
+
+/// The way back to whoever sent a message.
+#[derive(Debug, Clone)]
+pub enum ReplyPath {
+    /// The UDP socket it arrived on.
+    Udp(Arc<UdpSocket>),
+    /// The connection it arrived on.
+    Stream(ConnHandle),
+}
+
+/// A handle on one connection actor.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// Process-unique connection number.
+    pub id: u64,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// TCP or TLS.
+    pub transport: Transport,
+    actor: ActorRef<ConnMsg>,
+}
+
+impl ConnHandle {
+    /// Wraps a connection actor.
+    pub fn new(id: u64, peer: SocketAddr, transport: Transport, actor: ActorRef<ConnMsg>) -> Self {
+        ConnHandle {
+            id,
+            peer,
+            transport,
+            actor,
+        }
+    }
+
+    /// Whether this handle names that actor.
+    pub fn is_actor(&self, actor: &ActorRef<ConnMsg>) -> bool {
+        self.actor.get_id() == actor.get_id()
+    }
+
+    /// Queues bytes for writing; false when the connection is gone.
+    pub fn send(&self, bytes: Bytes) -> bool {
+        self.actor.send_message(ConnMsg::Send(bytes)).is_ok()
+    }
+}
+
+/// A resolved next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Transport to use.
+    pub transport: Transport,
+    /// Address to send to.
+    pub addr: SocketAddr,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// No listen socket or connection can carry this transport/family.
+    NoTransport,
+    /// The connection attempt failed or was refused.
+    ConnectFailed(String),
+    /// The connection cap is reached.
+    TooManyConnections,
+    /// The socket write failed.
+    Io(String),
+}
+
+/// Sockets and connections shared by every actor.
+#[derive(Debug, Default)]
+pub struct Transports {
+    udp: RwLock<Vec<Arc<UdpSocket>>>,
+    conns: DashMap<(Transport, SocketAddr), ConnHandle>,
+    next_conn_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Transports {
+    /// Adds a bound UDP socket.
+    pub fn register_udp(&self, sock: Arc<UdpSocket>) {
+        if let Ok(mut v) = self.udp.write() {
+            v.push(sock);
+        }
+    }
+
+    /// A UDP socket of the same address family as `dest`.
+    pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
+        let v = self.udp.read().ok()?;
+        v.iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.is_ipv4()))
+            .cloned()
+    }
+
+    /// A new connection number.
+    pub fn next_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records an open connection so that requests toward its peer reuse it.
+    pub fn add_conn(&self, h: ConnHandle) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert((h.transport, h.peer), h);
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove_conn(&self, transport: Transport, peer: SocketAddr, id: u64) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.conns.remove_if(&(transport, peer), |_, h| h.id == id);
+    }
+
+    /// The connection whose actor has this id.
+    pub fn conn_by_actor(&self, id: ractor::ActorId) -> Option<ConnHandle> {
+        self.conns
+            .iter()
+            .find(|e| e.value().actor.get_id() == id)
+            .map(|e| e.value().clone())
+    }
+
+    /// Open connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// An open connection to `peer`.
+    pub fn conn_to(&self, transport: Transport, peer: SocketAddr) -> Option<ConnHandle> {
+        self.conns.get(&(transport, peer)).map(|h| h.clone())
+    }
+}
+
+/// Sends on the path a message arrived by (responses).
+pub fn send_reply(path: &ReplyPath, dest: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
+    match path {
+        ReplyPath::Udp(sock) => send_udp(sock, dest, bytes),
+        ReplyPath::Stream(conn) => {
+            if conn.send(bytes) {
+                Ok(())
+            } else {
+                Err(SendError::Io("connection closed".into()))
+            }
+        }
+    }
+}
+
+/// Sends one datagram without waiting; falls back to an awaited send when the socket
+/// buffer is full.
+pub fn send_udp(sock: &Arc<UdpSocket>, dest: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
+    match sock.try_send_to(&bytes, dest) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let _ = sock.send_to(&bytes, dest).await;
+            });
+            Ok(())
+        }
+        Err(e) => Err(SendError::Io(e.to_string())),
+    }
+}
+
+/// Resolves a host:port to a socket address (IP literals at once, names through the
+/// system resolver; RFC 3263 SRV resolution arrives with the failover work).
+pub async fn resolve(hp: &HostPort) -> Option<Target> {
+    if let Some(addr) = hp.socket_addr() {
+        return Some(Target {
+            transport: hp.transport,
+            addr,
+        });
+    }
+    let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
+    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs.next().map(|addr| Target {
+        transport: hp.transport,
+        addr,
+    })
+}

@@ -1,0 +1,101 @@
+//! UDP listener actor: one per UDP listen socket.
+//!
+//! The actor owns the socket and its receive loop. Each datagram is parsed
+//! (`Framing::Datagram`: octets after Content-Length are ignored) and handed to
+//! [`Core::dispatch`]. A panic while dispatching one datagram is caught, logged and counted,
+//! so one bad datagram never stops the listener.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{KindLabels, Metrics};
+use crate::sip::message::{Framing, Message};
+use crate::sip::transport::Transport;
+
+use super::connection::parse_reason;
+use super::core::Core;
+use super::transport::{Inbound, ReplyPath};
+
+/// The UDP listener actor.
+pub struct UdpListener;
+
+/// Its state: the receive loop it owns.
+pub struct UdpState {
+    recv_loop: JoinHandle<()>,
+}
+
+impl Actor for UdpListener {
+    type Msg = ();
+    type State = UdpState;
+    type Arguments = (Arc<Core>, Arc<UdpSocket>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        (core, sock): Self::Arguments,
+    ) -> Result<UdpState, ActorProcessingErr> {
+        core.transports.register_udp(sock.clone());
+        Ok(UdpState {
+            recv_loop: tokio::spawn(recv_loop(core, sock)),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut UdpState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.recv_loop.abort();
+        Ok(())
+    }
+}
+
+async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, source) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on some systems; they concern one peer only.
+                tracing::debug!(event = "udp_recv_error", error = %e);
+                continue;
+            }
+        };
+        let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        handle_datagram(&core, &sock, data, source);
+    }
+}
+
+/// Parses and dispatches one datagram, containing any panic to this datagram.
+pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, source: SocketAddr) {
+    if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+        // RFC 5626 keep-alives over UDP are STUN; bare CRLFs are ignored.
+        return;
+    }
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        match Message::parse(data, Framing::Datagram, &core.limits) {
+            Ok(msg) => core.dispatch(Inbound {
+                msg,
+                transport: Transport::Udp,
+                source,
+                reply: ReplyPath::Udp(sock.clone()),
+            }),
+            Err(e) => Metrics::count(&core.metrics.parse_errors, parse_reason(e)),
+        }
+    }));
+    if result.is_err() {
+        core.metrics
+            .actor_failures
+            .get_or_create(&KindLabels {
+                kind: "udp_dispatch",
+            })
+            .inc();
+        tracing::error!(event = "datagram_handling_failed", %source);
+    }
+}

@@ -1,0 +1,679 @@
+//! Configuration: one TOML file plus `SIPPOOL__SECTION__KEY` environment overrides.
+//!
+//! This module owns loading, defaults and validation. Every error names the key it is about
+//! (`pair[0].primary: ...`), and unknown keys are errors, not silence. It must not open
+//! sockets or start anything: `sippool check-config` runs exactly this code and nothing more.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sip::transport::Transport;
+
+/// The whole configuration of one sippool instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this instance.
+    pub instance: InstanceConfig,
+    /// Listen sockets, each with its own transport.
+    #[serde(default)]
+    pub listen: Vec<ListenConfig>,
+    /// Upstream primary/backup pairs.
+    #[serde(default)]
+    pub pair: Vec<PairConfig>,
+    /// Static routes: domain -> next hop, as for a partner domain.
+    #[serde(default)]
+    pub route: Vec<StaticRouteConfig>,
+    /// Which pair serves requests from endpoints.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Overload protection.
+    #[serde(default)]
+    pub overload: OverloadConfig,
+    /// Caps that keep memory bounded.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// RFC 3261 timer values.
+    #[serde(default)]
+    pub timers: TimersConfig,
+}
+
+/// `[instance]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Appears in logs, metrics and the status page.
+    pub name: String,
+    /// Host put in Via, Record-Route and Path. Defaults to the first listen address's IP
+    /// (required when that address is unspecified, such as `0.0.0.0`).
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+}
+
+/// `[[listen]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// Socket address, IPv4 (`0.0.0.0:5060`) or IPv6 (`[::]:5060`).
+    pub address: String,
+}
+
+/// `[[pair]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairConfig {
+    /// Name used by `routing.serving_pair`, logs and metrics.
+    pub name: String,
+    /// SIP domain served by this pair; a request for it goes to the pair's active member.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Primary server, `host:port;transport=udp|tcp`.
+    pub primary: String,
+    /// Backup server, same form.
+    pub backup: String,
+    /// Return to the primary when it answers again (default false: no flapping).
+    #[serde(default)]
+    pub failback: bool,
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRouteConfig {
+    /// Request-URI or top Route host that selects this route.
+    pub domain: String,
+    /// Next hop, `host:port;transport=udp|tcp`.
+    pub target: String,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Pair that receives requests from endpoints; defaults to the first `[[pair]]`.
+    #[serde(default)]
+    pub serving_pair: Option<String>,
+}
+
+/// `[overload]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// New dialog-creating INVITEs per second accepted; 0 = no limit.
+    #[serde(default)]
+    pub invite_rate: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest SIP message accepted, in bytes (headers and body).
+    pub max_message_size: usize,
+    /// Most header lines accepted in one message.
+    pub max_headers: usize,
+    /// Server transactions in flight; beyond it new requests get 503.
+    pub max_transactions: usize,
+    /// TCP connections open at once (inbound and outbound).
+    pub max_connections: usize,
+    /// A connection that carries nothing for this long is closed (seconds).
+    pub idle_timeout_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 65_535,
+            max_headers: 256,
+            max_transactions: 100_000,
+            max_connections: 100_000,
+            idle_timeout_s: 600,
+        }
+    }
+}
+
+/// `[timers]`: RFC 3261 section 17 base timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    /// T1, round-trip estimate (ms), default 500.
+    pub t1_ms: u64,
+    /// T2, cap on non-INVITE retransmit interval (ms), default 4000.
+    pub t2_ms: u64,
+    /// T4, how long the network may hold a message (ms), default 5000.
+    pub t4_ms: u64,
+    /// Timer C, how long a proxied INVITE may stay unanswered after a provisional (s).
+    pub timer_c_s: u64,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        Self {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            timer_c_s: 180,
+        }
+    }
+}
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, such as `pair[0].primary`; empty when the file itself is the problem.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// An upstream or static-route address: `host[:port][;transport=udp|tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// Port, 5060 when not given.
+    pub port: u16,
+    /// Transport, UDP when not given.
+    pub transport: Transport,
+}
+
+impl HostPort {
+    /// The socket address when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        IpAddr::from_str(&self.host)
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(
+                f,
+                "[{}]:{};transport={}",
+                self.host, self.port, self.transport
+            )
+        } else {
+            write!(
+                f,
+                "{}:{};transport={}",
+                self.host, self.port, self.transport
+            )
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let mut parts = s.split(';');
+        let hostport = parts.next().unwrap_or_default();
+        let mut transport = Transport::Udp;
+        for param in parts {
+            match param.split_once('=') {
+                Some((name, value)) if name.eq_ignore_ascii_case("transport") => {
+                    transport = Transport::from_str(value)
+                        .map_err(|_| format!("unknown transport '{value}' (udp or tcp)"))?;
+                }
+                _ => return Err(format!("unknown parameter '{param}' (only transport=)")),
+            }
+        }
+        let (host, port) = split_host_port(hostport)?;
+        let port = port.unwrap_or(transport.default_port());
+        Ok(HostPort {
+            host,
+            port,
+            transport,
+        })
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+    let bad_port = |p: &str| format!("invalid port '{p}'");
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unterminated IPv6 literal in '{s}'"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse::<u16>().map_err(|_| bad_port(p))?),
+            None if after.is_empty() => None,
+            None => return Err(format!("unexpected '{after}' after IPv6 literal")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad_port(p))?)),
+        None => (s, None),
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if host.contains(':') {
+        return Err(format!("IPv6 address must be in brackets: '{s}'"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// A listen socket after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Transport of the socket.
+    pub transport: Transport,
+    /// Address to bind.
+    pub address: SocketAddr,
+}
+
+/// An upstream pair after validation.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// Pair name.
+    pub name: String,
+    /// Domain it serves, lower-cased.
+    pub domain: Option<String>,
+    /// Primary server.
+    pub primary: HostPort,
+    /// Backup server.
+    pub backup: HostPort,
+    /// Return to the primary when it comes back.
+    pub failback: bool,
+}
+
+/// A static route after validation.
+#[derive(Debug, Clone)]
+pub struct StaticRoute {
+    /// Domain (lower-cased) that selects it.
+    pub domain: String,
+    /// Where requests for it go.
+    pub target: HostPort,
+}
+
+/// The validated settings the running proxy uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Instance name.
+    pub name: String,
+    /// Host written into Via and Record-Route.
+    pub advertised_host: String,
+    /// Listen sockets.
+    pub listeners: Vec<Listener>,
+    /// Upstream pairs.
+    pub pairs: Vec<Pair>,
+    /// Index into `pairs` of the serving pair.
+    pub serving_pair: usize,
+    /// Static routes.
+    pub routes: Vec<StaticRoute>,
+    /// INVITEs per second, 0 = off.
+    pub invite_rate: u32,
+    /// Caps.
+    pub limits: LimitsConfig,
+    /// RFC 3261 timers.
+    pub timers: crate::sip::transaction::Timers,
+}
+
+impl Config {
+    /// Loads `path` (TOML) with `SIPPOOL__SECTION__KEY` overrides from the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(err("", format!("config file {} not found", path.display())));
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("SIPPOOL")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(env),
+            )
+            .build()
+            .map_err(from_config_error)?;
+        raw.try_deserialize::<Config>().map_err(from_config_error)
+    }
+
+    /// Parses TOML text without environment overrides (tests, embedding).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(from_config_error)?
+            .try_deserialize::<Config>()
+            .map_err(from_config_error)
+    }
+
+    /// Checks every key and turns the file's view into [`Settings`].
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if self.instance.name.trim().is_empty() {
+            return Err(err("instance.name", "must not be empty"));
+        }
+        if self.listen.is_empty() {
+            return Err(err("listen", "at least one [[listen]] socket is required"));
+        }
+        let mut listeners = Vec::with_capacity(self.listen.len());
+        for (i, l) in self.listen.iter().enumerate() {
+            let transport = Transport::from_str(&l.transport).map_err(|_| {
+                err(
+                    format!("listen[{i}].transport"),
+                    format!("unknown transport '{}' (udp or tcp)", l.transport),
+                )
+            })?;
+            if transport == Transport::Tls {
+                return Err(err(
+                    format!("listen[{i}].transport"),
+                    "tls listeners are not supported yet (udp or tcp)",
+                ));
+            }
+            let address = SocketAddr::from_str(l.address.trim()).map_err(|e| {
+                err(
+                    format!("listen[{i}].address"),
+                    format!("'{}' is not a socket address: {e}", l.address),
+                )
+            })?;
+            let listener = Listener { transport, address };
+            if listeners.contains(&listener) {
+                return Err(err(format!("listen[{i}]"), "duplicate listen socket"));
+            }
+            listeners.push(listener);
+        }
+        let advertised_host = match &self.instance.advertised_host {
+            Some(h) if !h.trim().is_empty() => h.trim().trim_matches(['[', ']']).to_string(),
+            Some(_) => return Err(err("instance.advertised_host", "must not be empty")),
+            None => {
+                let ip = listeners[0].address.ip();
+                if ip.is_unspecified() {
+                    return Err(err(
+                        "instance.advertised_host",
+                        "required when listen[0].address is unspecified (0.0.0.0 or ::)",
+                    ));
+                }
+                ip.to_string()
+            }
+        };
+        if self.pair.is_empty() {
+            return Err(err("pair", "at least one [[pair]] is required"));
+        }
+        let mut pairs = Vec::with_capacity(self.pair.len());
+        for (i, p) in self.pair.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return Err(err(format!("pair[{i}].name"), "must not be empty"));
+            }
+            if pairs.iter().any(|q: &Pair| q.name == p.name) {
+                return Err(err(
+                    format!("pair[{i}].name"),
+                    format!("duplicate pair name '{}'", p.name),
+                ));
+            }
+            let primary = parse_upstream(&p.primary, &format!("pair[{i}].primary"))?;
+            let backup = parse_upstream(&p.backup, &format!("pair[{i}].backup"))?;
+            pairs.push(Pair {
+                name: p.name.clone(),
+                domain: p.domain.as_ref().map(|d| d.trim().to_ascii_lowercase()),
+                primary,
+                backup,
+                failback: p.failback,
+            });
+        }
+        let serving_pair = match &self.routing.serving_pair {
+            None => 0,
+            Some(name) => pairs.iter().position(|p| &p.name == name).ok_or_else(|| {
+                err(
+                    "routing.serving_pair",
+                    format!("no [[pair]] named '{name}'"),
+                )
+            })?,
+        };
+        let mut routes = Vec::with_capacity(self.route.len());
+        for (i, r) in self.route.iter().enumerate() {
+            if r.domain.trim().is_empty() {
+                return Err(err(format!("route[{i}].domain"), "must not be empty"));
+            }
+            routes.push(StaticRoute {
+                domain: r.domain.trim().to_ascii_lowercase(),
+                target: parse_upstream(&r.target, &format!("route[{i}].target"))?,
+            });
+        }
+        let l = &self.limits;
+        if l.max_message_size < 1500 || l.max_message_size > 1 << 20 {
+            return Err(err(
+                "limits.max_message_size",
+                "must be between 1500 and 1048576 bytes",
+            ));
+        }
+        if l.max_headers < 8 || l.max_headers > 4096 {
+            return Err(err("limits.max_headers", "must be between 8 and 4096"));
+        }
+        if l.max_transactions == 0 {
+            return Err(err("limits.max_transactions", "must be at least 1"));
+        }
+        if l.max_connections == 0 {
+            return Err(err("limits.max_connections", "must be at least 1"));
+        }
+        let t = &self.timers;
+        if t.t1_ms == 0 || t.t2_ms < t.t1_ms || t.t4_ms == 0 {
+            return Err(err(
+                "timers",
+                "t1_ms, t4_ms must be positive and t2_ms >= t1_ms",
+            ));
+        }
+        if t.timer_c_s < 3 {
+            return Err(err("timers.timer_c_s", "must be at least 3 seconds"));
+        }
+        Ok(Settings {
+            name: self.instance.name.clone(),
+            advertised_host,
+            listeners,
+            pairs,
+            serving_pair,
+            routes,
+            invite_rate: self.overload.invite_rate,
+            limits: self.limits.clone(),
+            timers: crate::sip::transaction::Timers {
+                t1: Duration::from_millis(t.t1_ms),
+                t2: Duration::from_millis(t.t2_ms),
+                t4: Duration::from_millis(t.t4_ms),
+                timer_c: Duration::from_secs(t.timer_c_s),
+            },
+        })
+    }
+}
+
+fn parse_upstream(value: &str, key: &str) -> Result<HostPort, ConfigError> {
+    let hp = HostPort::from_str(value).map_err(|e| err(key, format!("'{value}': {e}")))?;
+    if hp.transport == Transport::Tls {
+        return Err(err(key, "tls upstreams are not supported yet"));
+    }
+    Ok(hp)
+}
+
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    // The config crate's messages already carry the key (`... for key `health.oos_check``);
+    // surface them whole, but pull the key out where it is given so callers can match on it.
+    let text = e.to_string();
+    let key = extract_key(&text).unwrap_or_default();
+    ConfigError { key, problem: text }
+}
+
+fn extract_key(text: &str) -> Option<String> {
+    let start = text.find("key `")? + 5;
+    let rest = text.get(start..)?;
+    let end = rest.find('`')?;
+    rest.get(..end).map(str::to_string)
+}
+
+/// Loads and validates in one step, as `run` and `check-config` do.
+pub fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
+    Config::load(path)?.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    const GOOD: &str = r#"
+[instance]
+name = "a"
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:5060"
+[[pair]]
+name = "site-a"
+primary = "127.0.0.11:5060;transport=udp"
+backup = "127.0.0.12"
+"#;
+
+    fn file(text: &str) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new();
+        let mut h = std::fs::File::create(&f.path).unwrap();
+        h.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    mod tempfile_lite {
+        pub struct TempFile {
+            pub path: std::path::PathBuf,
+        }
+        impl TempFile {
+            pub fn new() -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "sippool-cfg-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                TempFile { path }
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn good_config_validates_with_defaults() {
+        let f = file(GOOD);
+        let s = Config::load_with_env(&f.path, Some(HashMap::new()))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.advertised_host, "127.0.0.1");
+        assert_eq!(s.pairs[0].backup.port, 5060);
+        assert_eq!(s.pairs[0].backup.transport, Transport::Udp);
+        assert_eq!(s.invite_rate, 0);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let f = file(&format!("{GOOD}\n[overload]\ninvite_rat = 5\n"));
+        let e = Config::load_with_env(&f.path, Some(HashMap::new())).unwrap_err();
+        assert!(e.to_string().contains("invite_rat"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        let f = file(GOOD);
+        let env = HashMap::from([(
+            "SIPPOOL__OVERLOAD__INVITE_RATE".to_string(),
+            "42".to_string(),
+        )]);
+        let s = Config::load_with_env(&f.path, Some(env))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.invite_rate, 42);
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let f = file(GOOD);
+        let env = HashMap::from([(
+            "SIPPOOL__OVERLOAD__INVITE_RATE".to_string(),
+            "lots".to_string(),
+        )]);
+        let e = Config::load_with_env(&f.path, Some(env)).unwrap_err();
+        assert_eq!(e.key, "overload.invite_rate", "{e}");
+    }
+
+    #[test]
+    fn bad_upstream_names_the_key() {
+        let f = file(&GOOD.replace("127.0.0.12\"", "127.0.0.12;transport=carrier-pigeon\""));
+        let e = Config::load_with_env(&f.path, Some(HashMap::new()))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "pair[0].backup");
+        assert!(e.problem.contains("carrier-pigeon"));
+    }
+
+    #[test]
+    fn unknown_serving_pair_is_an_error() {
+        let f = file(&format!("{GOOD}\n[routing]\nserving_pair = \"nope\"\n"));
+        let e = Config::load_with_env(&f.path, Some(HashMap::new()))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "routing.serving_pair");
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertised_host() {
+        let f = file(&GOOD.replace("127.0.0.1:5060", "0.0.0.0:5060"));
+        let e = Config::load_with_env(&f.path, Some(HashMap::new()))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "instance.advertised_host");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        let hp: HostPort = "[::1]:5070;transport=tcp".parse().unwrap();
+        assert_eq!(hp.host, "::1");
+        assert_eq!(hp.port, 5070);
+        assert_eq!(hp.transport, Transport::Tcp);
+        assert!("::1:5060".parse::<HostPort>().is_err());
+        assert!("pbx.example.com".parse::<HostPort>().is_ok());
+        assert!("10.0.0.1:99999".parse::<HostPort>().is_err());
+    }
+}

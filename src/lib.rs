@@ -1,0 +1,12 @@
+//! sippool: a clustered SIP proxy that gives a primary/backup pair of SIP servers high
+//! availability without a virtual IP.
+//!
+//! Layout: [`sip`] is the protocol, free of I/O; [`actors`] owns sockets, lifetimes and
+//! supervision; [`health`] holds upstream state; [`metrics`] counts; [`config`] loads and
+//! validates the configuration.
+
+pub mod actors;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod sip;

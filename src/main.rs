@@ -1,0 +1,156 @@
+//! The `sippool` command: `run --config FILE` and `check-config FILE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sippool::actors::Proxy;
+use sippool::config;
+
+const USAGE: &str = "usage:
+  sippool run --config FILE [--log-format text|json]
+  sippool check-config FILE
+
+Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).
+Log filter: RUST_LOG (default info).";
+
+enum Command {
+    Run { config: PathBuf, json: bool },
+    Check { config: PathBuf },
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let mut config = None;
+            let mut json = false;
+            let mut it = args.iter().skip(1);
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--config" | "-c" => config = it.next().map(PathBuf::from),
+                    "--log-format" => match it.next().map(String::as_str) {
+                        Some("json") => json = true,
+                        Some("text") => json = false,
+                        other => return Err(format!("--log-format: unknown format {other:?}")),
+                    },
+                    other => return Err(format!("unknown argument '{other}'")),
+                }
+            }
+            Ok(Command::Run {
+                config: config.ok_or("run needs --config FILE")?,
+                json,
+            })
+        }
+        Some("check-config") => match args.get(1) {
+            Some(f) if args.len() == 2 => Ok(Command::Check {
+                config: PathBuf::from(f),
+            }),
+            _ => Err("check-config needs exactly one FILE".into()),
+        },
+        Some("-h" | "--help" | "help") | None => Err(String::new()),
+        Some(other) => Err(format!("unknown command '{other}'")),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("sippool: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Check { config } => match config::load_settings(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: ok (instance {}, {} listener(s), {} pair(s))",
+                    config.display(),
+                    s.name,
+                    s.listeners.len(),
+                    s.pairs.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: config error: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, json } => {
+            init_logging(json);
+            let settings = match config::load_settings(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(event = "config_error", file = %config.display(), key = %e.key, problem = %e.problem);
+                    eprintln!("{}: config error: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sippool: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(run(settings))
+        }
+    }
+}
+
+async fn run(settings: config::Settings) -> ExitCode {
+    let proxy = match Proxy::start(settings).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sippool: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reason = tokio::select! {
+        r = shutdown_signal() => r,
+        _ = proxy.wait() => "actor tree stopped",
+    };
+    tracing::info!(event = "proxy_stopping", reason);
+    proxy.stop().await;
+    if reason == "actor tree stopped" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return "never";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

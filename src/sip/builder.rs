@@ -1,0 +1,344 @@
+//! Writing messages: forwarded requests and responses, locally generated responses, and the
+//! CANCEL and hop-by-hop ACK a client transaction needs (RFC 3261 sections 8.2.6, 9.1,
+//! 16.6, 16.7, 17.1.1.3).
+//!
+//! Every header the proxy does not edit is copied as its original bytes; edits are described
+//! by a [`RequestEdits`] plan made by `sip::proxy`.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::syntax::split_list;
+
+/// How a forwarded request differs from the received one.
+#[derive(Debug, Clone, Default)]
+pub struct RequestEdits {
+    /// A replacement Request-URI (strict-router compatibility, RFC 3261 section 16.4).
+    pub request_uri: Option<String>,
+    /// Our Via value, inserted on top.
+    pub via: String,
+    /// The received top via-parm rewritten with `received`/`rport`.
+    pub top_via: Option<String>,
+    /// The Max-Forwards value to write (decremented, or 70 when absent).
+    pub max_forwards: u8,
+    /// Route values to drop from the top (ours).
+    pub drop_top_routes: usize,
+    /// Route value to drop from the bottom (strict-router compatibility).
+    pub drop_last_route: bool,
+    /// Record-Route values to insert on top, in order (the first ends up topmost).
+    pub record_route: Vec<String>,
+    /// Extra header lines (`Name: value`) to add.
+    pub extra: Vec<String>,
+}
+
+/// Writes the forwarded request.
+pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+    let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
+    let uri = match &edits.request_uri {
+        Some(u) => u.as_bytes(),
+        None => msg.request_uri().unwrap_or_default(),
+    };
+    out.put_slice(method.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(uri);
+    out.put_slice(b" SIP/2.0\r\n");
+    put_header(&mut out, "Via", &edits.via);
+    for rr in &edits.record_route {
+        put_header(&mut out, "Record-Route", rr);
+    }
+    let mut via_done = false;
+    let mut routes_seen = 0usize;
+    let total_routes = msg.list_values(HeaderName::Route).len();
+    let mut saw_max_forwards = false;
+    let mut saw_content_length = false;
+    for h in msg.headers() {
+        match h.name {
+            HeaderName::Via if !via_done && edits.top_via.is_some() => {
+                via_done = true;
+                let rewritten = edits.top_via.as_deref().unwrap_or_default();
+                let rest = list_after_first(msg.value(h));
+                let mut v = String::with_capacity(rewritten.len() + rest.len() + 2);
+                v.push_str(rewritten);
+                if !rest.is_empty() {
+                    v.push_str(", ");
+                    v.push_str(&String::from_utf8_lossy(rest));
+                }
+                put_header(&mut out, "Via", &v);
+            }
+            HeaderName::Via => {
+                via_done = true;
+                put_line(&mut out, msg.slice(h.line.clone()));
+            }
+            HeaderName::MaxForwards => {
+                if !saw_max_forwards {
+                    put_header(&mut out, "Max-Forwards", &edits.max_forwards.to_string());
+                }
+                saw_max_forwards = true;
+            }
+            HeaderName::ContentLength => {
+                saw_content_length = true;
+                put_line(&mut out, msg.slice(h.line.clone()));
+            }
+            HeaderName::Route => {
+                let value = msg.value(h);
+                let parts = split_list(value);
+                let keep: Vec<Range<usize>> = parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| {
+                        let n = routes_seen + i;
+                        n >= edits.drop_top_routes
+                            && !(edits.drop_last_route && n + 1 == total_routes)
+                    })
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                if keep.len() == parts.len() {
+                    put_line(&mut out, msg.slice(h.line.clone()));
+                } else if !keep.is_empty() {
+                    let joined: Vec<String> = keep
+                        .iter()
+                        .map(|r| {
+                            String::from_utf8_lossy(value.get(r.clone()).unwrap_or_default())
+                                .into_owned()
+                        })
+                        .collect();
+                    put_header(&mut out, "Route", &joined.join(", "));
+                }
+                routes_seen += parts.len();
+            }
+            _ => put_line(&mut out, msg.slice(h.line.clone())),
+        }
+    }
+    if !saw_max_forwards {
+        put_header(&mut out, "Max-Forwards", &edits.max_forwards.to_string());
+    }
+    for line in &edits.extra {
+        out.put_slice(line.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let body = msg.body();
+    if !saw_content_length {
+        put_header(&mut out, "Content-Length", &body.len().to_string());
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Writes a response with its top Via (ours) removed, everything else unchanged.
+pub fn forward_response(msg: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg.bytes().len());
+    out.put_slice(msg.start_line_text());
+    out.put_slice(b"\r\n");
+    let mut removed = false;
+    for h in msg.headers() {
+        if h.name == HeaderName::Via && !removed {
+            removed = true;
+            let rest = list_after_first(msg.value(h));
+            if !rest.is_empty() {
+                let rest = String::from_utf8_lossy(rest);
+                put_header(&mut out, "Via", &rest);
+            }
+            continue;
+        }
+        put_line(&mut out, msg.slice(h.line.clone()));
+    }
+    if msg.first(HeaderName::ContentLength).is_none() {
+        put_header(&mut out, "Content-Length", &msg.body().len().to_string());
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(msg.body());
+    out.freeze()
+}
+
+/// Writes a response generated by the proxy to `req` (RFC 3261 section 8.2.6): all Vias,
+/// From, To (with `to_tag` added when it has none and the code is above 100), Call-ID, CSeq.
+pub fn response(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &[String]) -> Bytes {
+    let mut out = BytesMut::with_capacity(512);
+    let _ = write!(Writer(&mut out), "SIP/2.0 {code} {reason}\r\n");
+    for h in req.headers() {
+        match h.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                put_line(&mut out, req.slice(h.line.clone()));
+            }
+            HeaderName::To => {
+                let value = String::from_utf8_lossy(req.value(h));
+                if code > 100 && req.to_tag().is_none() {
+                    put_header(&mut out, "To", &format!("{value};tag={to_tag}"));
+                } else {
+                    put_header(&mut out, "To", &value);
+                }
+            }
+            _ => {}
+        }
+    }
+    for line in extra {
+        out.put_slice(line.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Server: sippool\r\nContent-Length: 0\r\n\r\n");
+    out.freeze()
+}
+
+/// The CANCEL for a forwarded INVITE (RFC 3261 section 9.1): same Request-URI, top Via,
+/// Route, Call-ID, From, To and CSeq number as the INVITE that was sent.
+pub fn cancel_for(invite: &Message) -> Bytes {
+    hop_request(invite, "CANCEL", None)
+}
+
+/// The hop-by-hop ACK for a non-2xx final response to a forwarded INVITE (RFC 3261
+/// section 17.1.1.3): the To comes from the response.
+pub fn ack_for(invite: &Message, response: &Message) -> Bytes {
+    let to = response
+        .first(HeaderName::To)
+        .map(|h| String::from_utf8_lossy(response.value(h)).into_owned());
+    hop_request(invite, "ACK", to)
+}
+
+fn hop_request(invite: &Message, method: &str, to: Option<String>) -> Bytes {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(method.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(invite.request_uri().unwrap_or_default());
+    out.put_slice(b" SIP/2.0\r\n");
+    if let Some(h) = invite.first(HeaderName::Via) {
+        let v = invite.value(h);
+        if let Some(first) = split_list(v).into_iter().next() {
+            put_header(
+                &mut out,
+                "Via",
+                &String::from_utf8_lossy(v.get(first).unwrap_or_default()),
+            );
+        }
+    }
+    for h in invite.headers() {
+        match h.name {
+            HeaderName::Route | HeaderName::From | HeaderName::CallId => {
+                put_line(&mut out, invite.slice(h.line.clone()));
+            }
+            HeaderName::To => match &to {
+                Some(t) => put_header(&mut out, "To", t),
+                None => put_line(&mut out, invite.slice(h.line.clone())),
+            },
+            _ => {}
+        }
+    }
+    let seq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+    let _ = write!(
+        Writer(&mut out),
+        "CSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    out.freeze()
+}
+
+/// The part of a list header value after its first element (and the comma).
+fn list_after_first(v: &[u8]) -> &[u8] {
+    let parts = split_list(v);
+    match parts.get(1) {
+        Some(second) => v.get(second.start..).unwrap_or_default(),
+        None => &[],
+    }
+}
+
+/// Copies a header line as received, completing a missing final CRLF.
+fn put_line(out: &mut BytesMut, line: &[u8]) {
+    out.put_slice(line);
+    if !line.ends_with(b"\n") {
+        out.put_slice(b"\r\n");
+    }
+}
+
+fn put_header(out: &mut BytesMut, name: &str, value: &str) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Framing, Limits};
+
+    fn parse(s: &str) -> Message {
+        Message::parse(
+            Bytes::from(s.to_string()),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    const REQ: &str = "INVITE sip:bob@b.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKb\r\n\
+Route: <sip:proxy.example;lr>, <sip:next.example;lr>\r\n\
+Max-Forwards: 10\r\n\
+From: <sip:a@a.example>;tag=1\r\n\
+To: <sip:bob@b.example>\r\n\
+Call-ID: c1\r\n\
+CSeq: 5 INVITE\r\n\
+X-Odd:   kept   exactly  \r\n\
+Content-Length: 2\r\n\r\nhi";
+
+    #[test]
+    fn forwarded_request_edits_only_what_it_must() {
+        let m = parse(REQ);
+        let edits = RequestEdits {
+            via: "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme".into(),
+            top_via: Some(
+                "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport=4000;received=10.0.0.2".into(),
+            ),
+            max_forwards: 9,
+            drop_top_routes: 1,
+            record_route: vec!["<sip:192.0.2.5;lr>".into()],
+            ..Default::default()
+        };
+        let out = forward_request(&m, &edits);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme\r\nRecord-Route: <sip:192.0.2.5;lr>\r\n"), "{text}");
+        assert!(text.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport=4000;received=10.0.0.2, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKb\r\n"));
+        assert!(text.contains("\r\nRoute: <sip:next.example;lr>\r\n"));
+        assert!(text.contains("Max-Forwards: 9\r\n"));
+        assert!(text.contains("X-Odd:   kept   exactly  \r\n"));
+        assert!(text.ends_with("\r\n\r\nhi"));
+        let again = parse(text);
+        assert!(again.defect().is_none());
+    }
+
+    #[test]
+    fn response_loses_top_via_only() {
+        let m = parse("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP me;branch=z9hG4bKme\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKa\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n");
+        let out = forward_response(&m);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKa\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn local_response_and_cancel() {
+        let m = parse(REQ);
+        let r = response(&m, 483, "Too Many Hops", "xyz", &[]);
+        let r = parse(std::str::from_utf8(&r).unwrap());
+        assert_eq!(r.status(), Some(483));
+        assert_eq!(r.to_tag(), Some(&b"xyz"[..]));
+        assert_eq!(r.list_values(HeaderName::Via).len(), 2);
+        let c = parse(std::str::from_utf8(&cancel_for(&m)).unwrap());
+        assert_eq!(c.cseq(), Some((5, crate::sip::message::Method::Cancel)));
+        assert_eq!(c.list_values(HeaderName::Via).len(), 1);
+        assert_eq!(c.list_values(HeaderName::Route).len(), 2);
+    }
+}

@@ -1,0 +1,759 @@
+//! SIP messages as a zero-copy header index over the received bytes (RFC 3261 section 7).
+//!
+//! [`Message::parse`] finds the start line, every header line (folded continuations included)
+//! and the body, and records the first defect it meets instead of giving up, so that a
+//! request with a bad header can still be answered with a 400 that carries its Via. Typed
+//! views ([`Message::top_via`], [`Message::cseq`], ...) parse only the header they are asked
+//! for. Everything a proxy does not touch is forwarded as the original bytes.
+//!
+//! Caps on size and header count are enforced here, before any typed parsing.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::sip::syntax::{self, eq_ic, is_token, parse_u32, split_list, trim_range};
+use crate::sip::via::Via;
+
+/// Caps applied before parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message, bytes.
+    pub max_size: usize,
+    /// Most header lines.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: 65_535,
+            max_headers: 256,
+        }
+    }
+}
+
+/// Header names a proxy acts on; the rest are [`HeaderName::Other`] and forwarded untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderName {
+    /// Via / v
+    Via,
+    /// Route
+    Route,
+    /// Record-Route
+    RecordRoute,
+    /// Max-Forwards
+    MaxForwards,
+    /// CSeq
+    CSeq,
+    /// Call-ID / i
+    CallId,
+    /// From / f
+    From,
+    /// To / t
+    To,
+    /// Content-Length / l
+    ContentLength,
+    /// Proxy-Require
+    ProxyRequire,
+    /// Proxy-Authorization
+    ProxyAuthorization,
+    /// Contact / m
+    Contact,
+    /// Path (RFC 3327)
+    Path,
+    /// Anything else.
+    Other,
+}
+
+impl HeaderName {
+    /// Classifies a header name, compact forms (RFC 3261 section 7.3.3) included.
+    pub fn classify(name: &[u8]) -> HeaderName {
+        if name.len() == 1 {
+            return match name.first().map(u8::to_ascii_lowercase) {
+                Some(b'v') => HeaderName::Via,
+                Some(b'i') => HeaderName::CallId,
+                Some(b'f') => HeaderName::From,
+                Some(b't') => HeaderName::To,
+                Some(b'l') => HeaderName::ContentLength,
+                Some(b'm') => HeaderName::Contact,
+                _ => HeaderName::Other,
+            };
+        }
+        const NAMES: [(&[u8], HeaderName); 13] = [
+            (b"via", HeaderName::Via),
+            (b"route", HeaderName::Route),
+            (b"record-route", HeaderName::RecordRoute),
+            (b"max-forwards", HeaderName::MaxForwards),
+            (b"cseq", HeaderName::CSeq),
+            (b"call-id", HeaderName::CallId),
+            (b"from", HeaderName::From),
+            (b"to", HeaderName::To),
+            (b"content-length", HeaderName::ContentLength),
+            (b"proxy-require", HeaderName::ProxyRequire),
+            (b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (b"contact", HeaderName::Contact),
+            (b"path", HeaderName::Path),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && eq_ic(n, name))
+            .map_or(HeaderName::Other, |(_, h)| *h)
+    }
+}
+
+/// SIP request methods.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// INVITE
+    Invite,
+    /// ACK
+    Ack,
+    /// BYE
+    Bye,
+    /// CANCEL
+    Cancel,
+    /// OPTIONS
+    Options,
+    /// REGISTER
+    Register,
+    /// Any other token, kept as written (methods are case-sensitive).
+    Other(Box<str>),
+}
+
+impl Method {
+    /// Parses a method token; `None` when it is not a token.
+    pub fn parse(s: &[u8]) -> Option<Method> {
+        if !is_token(s) {
+            return None;
+        }
+        Some(match s {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"OPTIONS" => Method::Options,
+            b"REGISTER" => Method::Register,
+            other => Method::Other(String::from_utf8_lossy(other).into()),
+        })
+    }
+
+    /// The method as written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One indexed header line.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// What it is.
+    pub name: HeaderName,
+    /// The whole line(s), name to final CRLF, continuation lines included.
+    pub line: Range<usize>,
+    /// The value, trimmed (may contain folded CRLF + white space).
+    pub value: Range<usize>,
+}
+
+/// The first line.
+#[derive(Debug, Clone)]
+pub enum StartLine {
+    /// `METHOD SP Request-URI SP SIP/2.0`
+    Request {
+        /// The method.
+        method: Method,
+        /// Request-URI text.
+        uri: Range<usize>,
+    },
+    /// `SIP/2.0 SP code SP reason`
+    Response {
+        /// Status code, 100..=699.
+        code: u16,
+        /// Reason phrase text (may be empty).
+        reason: Range<usize>,
+    },
+}
+
+/// Why a request cannot be processed, with the response to send where one can be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defect {
+    /// Status code to answer with.
+    pub code: u16,
+    /// Reason phrase naming the problem.
+    pub reason: &'static str,
+}
+
+impl Defect {
+    const fn bad(reason: &'static str) -> Defect {
+        Defect { code: 400, reason }
+    }
+}
+
+/// The message could not be indexed at all: nothing can be answered, it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Larger than `limits.max_size`.
+    TooLarge,
+    /// Nothing but white space.
+    Empty,
+    /// A response whose status line is malformed (responses are never answered).
+    BadStatusLine,
+    /// A response with a defect such as a bad Content-Length.
+    BadResponse(&'static str),
+}
+
+/// How the bytes were delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One UDP datagram: Content-Length, when present, must fit; bytes after it are ignored.
+    Datagram,
+    /// Cut out of a stream by the framer: the buffer is exactly the message.
+    Stream,
+}
+
+/// A parsed SIP message: the original bytes plus an index into them.
+#[derive(Debug, Clone)]
+pub struct Message {
+    buf: Bytes,
+    start: StartLine,
+    /// Range of the start line without its CRLF.
+    start_line: Range<usize>,
+    headers: Vec<Header>,
+    body: Range<usize>,
+    defect: Option<Defect>,
+}
+
+impl Message {
+    /// Indexes `buf`. Requests with a syntax problem still parse, with [`Message::defect`]
+    /// set; responses with one are refused (they are dropped, RFC 3261 section 18.1.2).
+    pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, ParseError> {
+        if buf.len() > limits.max_size {
+            return Err(ParseError::TooLarge);
+        }
+        let s: &[u8] = &buf;
+        let mut defect: Option<Defect> = None;
+        let mut note = |d: Defect| {
+            if defect.is_none() {
+                defect = Some(d);
+            }
+        };
+        // Leading CRLFs are ignored (RFC 3261 section 7.5).
+        let mut pos = 0;
+        while s.get(pos).is_some_and(|&b| b == b'\r' || b == b'\n') {
+            pos += 1;
+        }
+        if pos >= s.len() {
+            return Err(ParseError::Empty);
+        }
+        let (line_end, next) = line_at(s, pos);
+        let start_line = pos..line_end;
+        let first = s.get(start_line.clone()).unwrap_or_default();
+        let start = if first.starts_with(b"SIP/") {
+            parse_status_line(first, pos).ok_or(ParseError::BadStatusLine)?
+        } else {
+            let (start, d) = parse_request_line(first, pos);
+            if let Some(d) = d {
+                note(d);
+            }
+            start
+        };
+        pos = next;
+        // Header lines.
+        let mut headers: Vec<Header> = Vec::with_capacity(24);
+        let mut body_start = s.len();
+        while pos < s.len() {
+            let (end, next) = line_at(s, pos);
+            if end == pos {
+                body_start = next;
+                break;
+            }
+            let first_byte = s.get(pos).copied().unwrap_or(0);
+            if first_byte == b' ' || first_byte == b'\t' {
+                match headers.last_mut() {
+                    Some(h) => {
+                        h.line.end = next;
+                        h.value = trim_range(s, h.value.start..end);
+                    }
+                    None => note(Defect::bad("Malformed header continuation")),
+                }
+                pos = next;
+                continue;
+            }
+            if headers.len() >= limits.max_headers {
+                note(Defect {
+                    code: 400,
+                    reason: "Too Many Header Fields",
+                });
+                // Skip to the end of the header section without indexing.
+                pos = next;
+                continue;
+            }
+            match syntax::find_byte(s, pos..end, b':') {
+                Some(colon) => {
+                    let name_r = trim_range(s, pos..colon);
+                    let name = s.get(name_r).unwrap_or_default();
+                    if !is_token(name) {
+                        note(Defect::bad("Malformed header name"));
+                    } else {
+                        headers.push(Header {
+                            name: HeaderName::classify(name),
+                            line: pos..next,
+                            value: trim_range(s, colon + 1..end),
+                        });
+                    }
+                }
+                None => note(Defect::bad("Malformed header line")),
+            }
+            pos = next;
+        }
+        let mut msg = Message {
+            start,
+            start_line,
+            headers,
+            body: body_start.min(s.len())..s.len(),
+            defect: None,
+            buf: Bytes::new(),
+        };
+        // Content-Length.
+        let mut cl: Option<usize> = None;
+        for h in msg
+            .headers
+            .iter()
+            .filter(|h| h.name == HeaderName::ContentLength)
+        {
+            let v = s.get(h.value.clone()).unwrap_or_default();
+            match parse_u32(v, u64::from(u32::MAX)) {
+                Some(n) => {
+                    let n = n as usize;
+                    if cl.is_some_and(|c| c != n) {
+                        note(Defect::bad("Conflicting Content-Length"));
+                    }
+                    cl = Some(n);
+                }
+                None => note(Defect::bad("Bad Content-Length")),
+            }
+        }
+        if let Some(n) = cl {
+            let available = msg.body.len();
+            if n > available {
+                match framing {
+                    Framing::Datagram => note(Defect::bad("Content-Length Larger Than Message")),
+                    Framing::Stream => note(Defect::bad("Truncated Message")),
+                }
+            } else {
+                msg.body.end = msg.body.start + n;
+            }
+        } else if framing == Framing::Stream {
+            // The framer treats a missing Content-Length as 0 on streams.
+            msg.body.end = msg.body.start;
+        }
+        if msg.is_response() {
+            if let Some(d) = defect {
+                return Err(ParseError::BadResponse(d.reason));
+            }
+        }
+        msg.defect = defect;
+        msg.buf = buf;
+        Ok(msg)
+    }
+
+    /// The bytes of the message as received (for a datagram, possibly with trailing octets
+    /// after the body, which [`Message::body`] excludes).
+    pub fn bytes(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// The first syntax problem found in a request, if any.
+    pub fn defect(&self) -> Option<Defect> {
+        self.defect
+    }
+
+    /// The start line.
+    pub fn start(&self) -> &StartLine {
+        &self.start
+    }
+
+    /// The text of the start line, without its CRLF.
+    pub fn start_line_text(&self) -> &[u8] {
+        self.slice(self.start_line.clone())
+    }
+
+    /// Whether this is a response.
+    pub fn is_response(&self) -> bool {
+        matches!(self.start, StartLine::Response { .. })
+    }
+
+    /// The request method, `None` for a response.
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI text, `None` for a response.
+    pub fn request_uri(&self) -> Option<&[u8]> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(self.slice(uri.clone())),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code, `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The index of header lines, in order.
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    /// The bytes of a range of this message.
+    pub fn slice(&self, r: Range<usize>) -> &[u8] {
+        self.buf.get(r).unwrap_or_default()
+    }
+
+    /// The value of a header.
+    pub fn value(&self, h: &Header) -> &[u8] {
+        self.slice(h.value.clone())
+    }
+
+    /// The body (exactly Content-Length bytes).
+    pub fn body(&self) -> &[u8] {
+        self.slice(self.body.clone())
+    }
+
+    /// The headers of one kind.
+    pub fn all(&self, name: HeaderName) -> impl Iterator<Item = &Header> {
+        self.headers.iter().filter(move |h| h.name == name)
+    }
+
+    /// The first header of one kind.
+    pub fn first(&self, name: HeaderName) -> Option<&Header> {
+        self.headers.iter().find(|h| h.name == name)
+    }
+
+    /// How many header lines of one kind there are.
+    pub fn count(&self, name: HeaderName) -> usize {
+        self.all(name).count()
+    }
+
+    /// The values of a list header (Via, Route, Record-Route, Path, Contact) across all its
+    /// lines, in order, as ranges into the message.
+    pub fn list_values(&self, name: HeaderName) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        for h in self.all(name) {
+            let v = self.value(h);
+            for r in split_list(v) {
+                out.push(h.value.start + r.start..h.value.start + r.end);
+            }
+        }
+        out
+    }
+
+    /// The top Via, parsed. `None` when absent; `Some(Err)` when it does not parse.
+    pub fn top_via(&self) -> Option<Result<Via<'_>, crate::sip::via::ViaError>> {
+        let h = self.first(HeaderName::Via)?;
+        let v = self.value(h);
+        let first = split_list(v).into_iter().next()?;
+        Some(Via::parse(v.get(first).unwrap_or_default()))
+    }
+
+    /// The Call-ID value.
+    pub fn call_id(&self) -> Option<&[u8]> {
+        self.first(HeaderName::CallId).map(|h| self.value(h))
+    }
+
+    /// CSeq number and method; `None` when absent or malformed (number above 2^32-1).
+    pub fn cseq(&self) -> Option<(u32, Method)> {
+        let v = self.value(self.first(HeaderName::CSeq)?);
+        let split = v.iter().position(|&b| syntax::is_lws(b))?;
+        let num = parse_u32(v.get(..split)?, u64::from(u32::MAX))?;
+        let method = Method::parse(syntax::trim(v.get(split..)?))?;
+        Some((num, method))
+    }
+
+    /// Max-Forwards; `None` when absent, `Some(Err(()))` when not a number 0..=255.
+    pub fn max_forwards(&self) -> Option<Result<u8, ()>> {
+        let h = self.first(HeaderName::MaxForwards)?;
+        Some(
+            parse_u32(self.value(h), 255)
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or(()),
+        )
+    }
+
+    /// The `tag` parameter of From.
+    pub fn from_tag(&self) -> Option<&[u8]> {
+        self.tag_of(HeaderName::From)
+    }
+
+    /// The `tag` parameter of To.
+    pub fn to_tag(&self) -> Option<&[u8]> {
+        self.tag_of(HeaderName::To)
+    }
+
+    fn tag_of(&self, name: HeaderName) -> Option<&[u8]> {
+        let v = self.value(self.first(name)?);
+        header_param(v, b"tag")
+    }
+}
+
+/// Positions of the `<` and `>` of the first bracketed URI outside quoted strings.
+fn angle_span(v: &[u8]) -> Option<(usize, usize)> {
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut open = None;
+    for (i, &b) in v.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if in_quote => escaped = true,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote && open.is_none() => open = Some(i),
+            b'>' if !in_quote => {
+                if let Some(o) = open {
+                    return Some((o, i));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A header parameter (after the name-addr or addr-spec) of a From/To/Contact-like value.
+pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    // Parameters start after `>` when the URI is bracketed, else at the first `;`.
+    let params_from = match angle_span(v) {
+        Some((_, close)) => close + 1,
+        None => memchr::memchr(b';', v)?,
+    };
+    let params = syntax::parse_params(v, params_from..v.len())?;
+    params.into_iter().find_map(|p| {
+        if eq_ic(v.get(p.name)?, name) {
+            p.value.and_then(|r| v.get(r))
+        } else {
+            None
+        }
+    })
+}
+
+/// The URI inside a name-addr (`"x" <sip:...>;p`) or an addr-spec.
+pub fn name_addr_uri(v: &[u8]) -> Option<&[u8]> {
+    match angle_span(v) {
+        Some((open, close)) => v.get(open + 1..close).map(syntax::trim),
+        None => {
+            if v.contains(&b'<') {
+                return None;
+            }
+            let end = memchr::memchr(b';', v).unwrap_or(v.len());
+            v.get(..end).map(syntax::trim).filter(|u| !u.is_empty())
+        }
+    }
+}
+
+/// Finds the end of the line starting at `pos`: returns (end of content, start of next line).
+/// Lines end in CRLF; a bare LF is accepted.
+fn line_at(s: &[u8], pos: usize) -> (usize, usize) {
+    match s.get(pos..).and_then(|rest| memchr::memchr(b'\n', rest)) {
+        Some(off) => {
+            let lf = pos + off;
+            let end = if lf > pos && s.get(lf - 1) == Some(&b'\r') {
+                lf - 1
+            } else {
+                lf
+            };
+            (end, lf + 1)
+        }
+        None => (s.len(), s.len()),
+    }
+}
+
+fn parse_status_line(line: &[u8], base: usize) -> Option<StartLine> {
+    let rest = line.strip_prefix(b"SIP/2.0 ")?;
+    let code_bytes = rest.get(..3)?;
+    if !code_bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if rest.get(3).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    let code = u16::try_from(parse_u32(code_bytes, 999)?).ok()?;
+    if !(100..=699).contains(&code) {
+        return None;
+    }
+    let reason_start = base + 8 + 4;
+    Some(StartLine::Response {
+        code,
+        reason: reason_start.min(base + line.len())..base + line.len(),
+    })
+}
+
+fn parse_request_line(line: &[u8], base: usize) -> (StartLine, Option<Defect>) {
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let method = parts
+        .first()
+        .and_then(|m| Method::parse(m))
+        .unwrap_or_else(|| Method::Other("".into()));
+    let uri_start = base + parts.first().map_or(0, |m| m.len() + 1);
+    let uri_len = parts.get(1).map_or(0, |u| u.len());
+    let start = StartLine::Request {
+        method: method.clone(),
+        uri: uri_start.min(base + line.len())..(uri_start + uri_len).min(base + line.len()),
+    };
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return (start, Some(Defect::bad("Malformed Request-Line")));
+    }
+    if matches!(&method, Method::Other(m) if m.is_empty()) {
+        return (start, Some(Defect::bad("Malformed Method")));
+    }
+    let version = parts.get(2).copied().unwrap_or_default();
+    if version != b"SIP/2.0" {
+        let d = if version.len() > 4 && eq_ic(version.get(..4).unwrap_or_default(), b"SIP/") {
+            Defect {
+                code: 505,
+                reason: "Version Not Supported",
+            }
+        } else {
+            Defect::bad("Malformed Request-Line")
+        };
+        return (start, Some(d));
+    }
+    (start, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Message {
+        Message::parse(
+            Bytes::copy_from_slice(s.as_bytes()),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport\r\n\
+Max-Forwards: 70\r\n\
+f: Alice <sip:alice@example.com>;tag=a1\r\n\
+t: <sip:bob@example.com>\r\n\
+Call-ID : abc@192.0.2.1\r\n\
+CSeq: 1 INVITE\r\n\
+Subject: a\r\n  folded value\r\n\
+l: 4\r\n\
+\r\n\
+bodyTRAILING";
+
+    #[test]
+    fn indexes_compact_folded_and_body() {
+        let m = parse(INVITE);
+        assert!(m.defect().is_none(), "{:?}", m.defect());
+        assert_eq!(m.method(), Some(&Method::Invite));
+        assert_eq!(m.request_uri(), Some(&b"sip:bob@example.com"[..]));
+        assert_eq!(m.call_id(), Some(&b"abc@192.0.2.1"[..]));
+        assert_eq!(m.cseq(), Some((1, Method::Invite)));
+        assert_eq!(m.from_tag(), Some(&b"a1"[..]));
+        assert_eq!(m.to_tag(), None);
+        assert_eq!(m.max_forwards(), Some(Ok(70)));
+        assert_eq!(m.body(), b"body");
+        let via = m.top_via().unwrap().unwrap();
+        assert_eq!(via.branch(), Some("z9hG4bK1"));
+        let subject = m
+            .headers()
+            .iter()
+            .find(|h| m.slice(h.line.clone()).starts_with(b"Subject"))
+            .unwrap();
+        assert_eq!(m.value(subject), b"a\r\n  folded value");
+    }
+
+    #[test]
+    fn datagram_content_length_too_large_is_a_defect() {
+        let m = parse(&INVITE.replace("l: 4", "l: 9999"));
+        assert_eq!(m.defect().unwrap().code, 400);
+    }
+
+    #[test]
+    fn conflicting_and_negative_content_length() {
+        let m = parse(&INVITE.replace("l: 4", "l: 4\r\nContent-Length: 5"));
+        assert_eq!(m.defect().unwrap().reason, "Conflicting Content-Length");
+        let m = parse(&INVITE.replace("l: 4", "l: -4"));
+        assert_eq!(m.defect().unwrap().reason, "Bad Content-Length");
+    }
+
+    #[test]
+    fn request_line_defects() {
+        let m = parse(&INVITE.replace("SIP/2.0\r\nv:", "SIP/7.0\r\nv:"));
+        assert_eq!(m.defect().unwrap().code, 505);
+        let m = parse(&INVITE.replace("INVITE sip", "INVITE  sip"));
+        assert_eq!(m.defect().unwrap().code, 400);
+        let m = parse(&INVITE.replace("SIP/2.0\r\nv:", "SIP/2.0 \r\nv:"));
+        assert_eq!(m.defect().unwrap().code, 400);
+    }
+
+    #[test]
+    fn responses() {
+        let m = parse("SIP/2.0 100 \r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n");
+        assert_eq!(m.status(), Some(100));
+        assert!(Message::parse(
+            Bytes::from_static(b"SIP/2.0 4294967301 Huge\r\n\r\n"),
+            Framing::Datagram,
+            &Limits::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn caps_checked() {
+        let big = "x".repeat(70_000);
+        assert_eq!(
+            Message::parse(Bytes::from(big), Framing::Datagram, &Limits::default()).unwrap_err(),
+            ParseError::TooLarge
+        );
+        let many = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(300)
+        );
+        assert_eq!(
+            parse(&many).defect().unwrap().reason,
+            "Too Many Header Fields"
+        );
+    }
+
+    #[test]
+    fn name_addr_helpers() {
+        assert_eq!(
+            name_addr_uri(br#""A <b>" <sip:x@y;lr>;p=1"#),
+            Some(&b"sip:x@y;lr"[..])
+        );
+        assert_eq!(name_addr_uri(b"sip:x@y;tag=1"), Some(&b"sip:x@y"[..]));
+        assert_eq!(header_param(b"sip:x@y;tag=1", b"tag"), Some(&b"1"[..]));
+        assert_eq!(
+            header_param(b"<sip:x@y;tag=no>;tag=2", b"tag"),
+            Some(&b"2"[..])
+        );
+    }
+}

@@ -1,0 +1,851 @@
+//! Proxy rules (RFC 3261 section 16), sans-IO: validate a request, process its Route
+//! header, pick where it goes, and plan the edits of the forwarded copy.
+//!
+//! This module decides; it sends nothing and keeps no state between requests. The routing
+//! policy of sippool lives in [`Router::destination`]: a request from an endpoint goes to the
+//! serving pair, a request from an upstream server goes where its Route or Request-URI says,
+//! and static routes and pair domains are matched by host.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::config::{HostPort, Listener, Settings};
+use crate::sip::builder::{self, RequestEdits};
+use crate::sip::message::{name_addr_uri, HeaderName, Message, Method};
+use crate::sip::transport::Transport;
+use crate::sip::uri::{scheme_of, Scheme, SipUri};
+use crate::sip::via::{Via, MAGIC_COOKIE};
+
+/// Prefix of every branch this proxy writes: the magic cookie and `sp`, then 8 hex digits of
+/// the loop-detection hash (RFC 3261 section 16.6 step 8), then a unique part.
+pub const BRANCH_PREFIX: &str = "z9hG4bKsp";
+
+/// Who this instance is on the wire: the host and ports it advertises.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// Host written into Via and Record-Route.
+    pub advertised_host: String,
+    /// Listen sockets.
+    pub listeners: Vec<Listener>,
+}
+
+impl LocalIdentity {
+    /// From validated settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        LocalIdentity {
+            advertised_host: s.advertised_host.clone(),
+            listeners: s.listeners.clone(),
+        }
+    }
+
+    /// The advertised port for a transport (the first listener of that transport; falls back
+    /// to the first listener at all).
+    pub fn port_for(&self, t: Transport) -> u16 {
+        self.listeners
+            .iter()
+            .find(|l| l.transport == t)
+            .or_else(|| self.listeners.first())
+            .map_or(t.default_port(), |l| l.address.port())
+    }
+
+    fn host_text(&self) -> Cow<'_, str> {
+        if self.advertised_host.contains(':') {
+            Cow::Owned(format!("[{}]", self.advertised_host))
+        } else {
+            Cow::Borrowed(&self.advertised_host)
+        }
+    }
+
+    /// Our Via value for a request sent over `t`.
+    pub fn via(&self, t: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={}",
+            t.via_token(),
+            self.host_text(),
+            self.port_for(t),
+            branch
+        )
+    }
+
+    /// Our Record-Route value for the side of the proxy that faces transport `t`.
+    pub fn record_route(&self, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!("<sip:{}:{};lr>", self.host_text(), self.port_for(t)),
+            _ => format!(
+                "<sip:{}:{};transport={};lr>",
+                self.host_text(),
+                self.port_for(t),
+                t.uri_param()
+            ),
+        }
+    }
+
+    /// Whether host and port name this instance.
+    pub fn is_local(&self, host: &str, port: Option<u16>, t: Transport) -> bool {
+        let host_is_ours = host.eq_ignore_ascii_case(&self.advertised_host)
+            || host.parse::<IpAddr>().is_ok_and(|ip| {
+                self.listeners
+                    .iter()
+                    .any(|l| l.address.ip() == ip && !ip.is_unspecified())
+            });
+        if !host_is_ours {
+            return false;
+        }
+        let port = port.unwrap_or(t.default_port());
+        self.listeners.iter().any(|l| l.address.port() == port)
+    }
+
+    /// Whether a SIP URI names this instance.
+    pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
+        let t = uri.transport().unwrap_or(Transport::Udp);
+        self.is_local(uri.host, uri.port, t)
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The active member of pair N.
+    Pair(usize),
+    /// A fixed next hop (static route or upstream from config).
+    Host(HostPort),
+}
+
+/// The routing table: pairs, static routes and the serving pair.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Pairs in config order.
+    pub pairs: Vec<crate::config::Pair>,
+    /// Static routes.
+    pub routes: Vec<crate::config::StaticRoute>,
+    /// Index of the serving pair.
+    pub serving: usize,
+}
+
+impl Router {
+    /// From validated settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        Router {
+            pairs: s.pairs.clone(),
+            routes: s.routes.clone(),
+            serving: s.serving_pair,
+        }
+    }
+
+    /// A pair or static route serving `host`.
+    fn by_domain(&self, host: &str) -> Option<Destination> {
+        if let Some(r) = self
+            .routes
+            .iter()
+            .find(|r| r.domain.eq_ignore_ascii_case(host))
+        {
+            return Some(Destination::Host(r.target.clone()));
+        }
+        self.pairs
+            .iter()
+            .position(|p| {
+                p.domain
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case(host))
+            })
+            .map(Destination::Pair)
+    }
+
+    /// Picks the destination (see the module documentation for the policy).
+    fn destination(
+        &self,
+        identity: &LocalIdentity,
+        next_route: Option<&SipUri<'_>>,
+        request_uri: Option<&SipUri<'_>>,
+        from_upstream: bool,
+        in_dialog: bool,
+    ) -> Result<Destination, Reject> {
+        if let Some(r) = next_route {
+            return Ok(self.by_domain(r.host).unwrap_or_else(|| uri_destination(r)));
+        }
+        let Some(uri) = request_uri else {
+            // tel: and other non-SIP Request-URIs go to the serving pair.
+            return Ok(Destination::Pair(self.serving));
+        };
+        if let Some(d) = self.by_domain(uri.host) {
+            return Ok(d);
+        }
+        if identity.is_local_uri(uri) {
+            if from_upstream {
+                return Err(Reject::new(404, "Not Found"));
+            }
+            return Ok(Destination::Pair(self.serving));
+        }
+        if from_upstream || in_dialog {
+            return Ok(uri_destination(uri));
+        }
+        Ok(Destination::Pair(self.serving))
+    }
+}
+
+fn uri_destination(u: &SipUri<'_>) -> Destination {
+    let transport = u.transport().unwrap_or(Transport::Udp);
+    Destination::Host(HostPort {
+        host: u.target_host().to_string(),
+        port: u.port.unwrap_or(transport.default_port()),
+        transport,
+    })
+}
+
+/// A request refused with a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase.
+    pub reason: Cow<'static, str>,
+    /// Extra header lines (`Name: value`).
+    pub extra: Vec<String>,
+}
+
+impl Reject {
+    /// A response with no extra headers.
+    pub fn new(code: u16, reason: &'static str) -> Self {
+        Reject {
+            code,
+            reason: Cow::Borrowed(reason),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Answer it locally with this response.
+    Respond(Reject),
+    /// Nothing can be answered (no usable Via): drop it and count it.
+    Drop(&'static str),
+    /// Forward it.
+    Forward(Plan),
+}
+
+/// A request on its way out: where, and how to write it once the outbound transport and
+/// branch are known.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Where it goes.
+    pub destination: Destination,
+    /// Loop-detection hash carried in our branch.
+    pub loop_hash: u32,
+    /// Whether to add Record-Route.
+    pub record_route: bool,
+    /// Transport the request arrived on.
+    pub inbound: Transport,
+    edits: RequestEdits,
+}
+
+impl Plan {
+    /// Writes the forwarded request for `outbound` with `branch`.
+    pub fn build(
+        &self,
+        msg: &Message,
+        identity: &LocalIdentity,
+        outbound: Transport,
+        branch: &str,
+    ) -> Bytes {
+        let mut edits = self.edits.clone();
+        edits.via = identity.via(outbound, branch);
+        if self.record_route {
+            edits.record_route.push(identity.record_route(outbound));
+            if outbound != self.inbound {
+                // RFC 5658: one entry per side when the transport changes.
+                edits.record_route.push(identity.record_route(self.inbound));
+            }
+        }
+        builder::forward_request(msg, &edits)
+    }
+
+    /// A fresh unique branch carrying this plan's loop hash.
+    pub fn new_branch(&self) -> String {
+        new_branch(self.loop_hash)
+    }
+}
+
+static BRANCH_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique RFC 3261 branch carrying `loop_hash`.
+pub fn new_branch(loop_hash: u32) -> String {
+    use std::sync::OnceLock;
+    static SALT: OnceLock<u64> = OnceLock::new();
+    let salt = SALT.get_or_init(rand::random::<u64>);
+    let n = BRANCH_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{BRANCH_PREFIX}{loop_hash:08x}{:x}{:x}",
+        salt & 0xffff_ffff,
+        n
+    )
+}
+
+/// A branch that is the same every time for the same received request (stateless
+/// forwarding of ACK for 2xx, RFC 3261 section 16.11).
+pub fn stateless_branch(loop_hash: u32, received_branch: &[u8]) -> String {
+    format!(
+        "{BRANCH_PREFIX}{loop_hash:08x}s{:016x}",
+        fnv1a(&[received_branch])
+    )
+}
+
+/// FNV-1a over several byte strings (with a separator), for branches and tags.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The loop-detection hash of a request (RFC 3261 section 16.6 step 8): over the
+/// Request-URI, From tag, To tag, Call-ID, CSeq number, Proxy-Require and
+/// Proxy-Authorization, so that a spiral (changed Request-URI) is not a loop.
+pub fn loop_hash(msg: &Message) -> u32 {
+    let cseq = msg.cseq().map(|(n, _)| n.to_be_bytes()).unwrap_or_default();
+    let pr: Vec<&[u8]> = msg
+        .headers()
+        .iter()
+        .filter(|h| {
+            matches!(
+                h.name,
+                HeaderName::ProxyRequire | HeaderName::ProxyAuthorization
+            )
+        })
+        .map(|h| msg.value(h))
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![
+        msg.request_uri().unwrap_or_default(),
+        msg.from_tag().unwrap_or_default(),
+        msg.to_tag().unwrap_or_default(),
+        msg.call_id().unwrap_or_default(),
+        &cseq,
+    ];
+    parts.extend(pr);
+    (fnv1a(&parts) & 0xffff_ffff) as u32
+}
+
+/// A To tag for responses this proxy generates: the same for retransmissions.
+pub fn local_tag(msg: &Message) -> String {
+    let branch = msg
+        .top_via()
+        .and_then(|v| v.ok())
+        .and_then(|v| v.branch().map(str::as_bytes).map(<[u8]>::to_vec))
+        .unwrap_or_default();
+    format!(
+        "sp{:x}",
+        fnv1a(&[
+            msg.call_id().unwrap_or_default(),
+            msg.from_tag().unwrap_or_default(),
+            &branch
+        ]) & 0xffff_ffff_ffff
+    )
+}
+
+/// A received request with what the transport knows about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// The request.
+    pub msg: &'a Message,
+    /// Transport it came on.
+    pub transport: Transport,
+    /// Packet source.
+    pub source: SocketAddr,
+    /// Whether the source is one of the configured upstream servers.
+    pub from_upstream: bool,
+}
+
+/// Whether the request is on its way into a dialog-creating transaction we Record-Route.
+fn wants_record_route(msg: &Message) -> bool {
+    if msg.to_tag().is_some() {
+        return false;
+    }
+    match msg.method() {
+        Some(Method::Invite) => true,
+        Some(Method::Other(m)) => matches!(&**m, "SUBSCRIBE" | "REFER" | "NOTIFY"),
+        _ => false,
+    }
+}
+
+/// Checks a request (RFC 3261 section 16.3) and decides what to do with it.
+pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> Decision {
+    let msg = rx.msg;
+    // A response needs a Via to go back along.
+    let via = match msg.top_via() {
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            // A Via that does not parse: answer along the packet source anyway.
+            return Decision::Respond(Reject::new(400, "Malformed Via"));
+        }
+        None => return Decision::Drop("no Via"),
+    };
+    if let Some(d) = msg.defect() {
+        return Decision::Respond(Reject {
+            code: d.code,
+            reason: Cow::Borrowed(d.reason),
+            extra: Vec::new(),
+        });
+    }
+    if let Err(r) = check_headers(msg, &via) {
+        return Decision::Respond(r);
+    }
+    let Some(method) = msg.method() else {
+        return Decision::Drop("not a request");
+    };
+    // Request-URI (16.3 step 2).
+    let ruri_text = msg.request_uri().unwrap_or_default();
+    let ruri = match scheme_of(ruri_text) {
+        Err(_) => return Decision::Respond(Reject::new(400, "Malformed Request-URI")),
+        Ok(Scheme::Other) => return Decision::Respond(Reject::new(416, "Unsupported URI Scheme")),
+        Ok(Scheme::Tel) => None,
+        Ok(Scheme::Sip | Scheme::Sips) => match SipUri::parse(ruri_text) {
+            Ok(u) if u.has_headers => {
+                return Decision::Respond(Reject::new(400, "Headers Not Allowed In Request-URI"))
+            }
+            Ok(u) => Some(u),
+            Err(_) => return Decision::Respond(Reject::new(400, "Malformed Request-URI")),
+        },
+    };
+    // Max-Forwards (step 3).
+    let max_forwards = match msg.max_forwards() {
+        None => 70,
+        Some(Err(())) => return Decision::Respond(Reject::new(400, "Bad Max-Forwards")),
+        Some(Ok(0)) => return Decision::Respond(Reject::new(483, "Too Many Hops")),
+        Some(Ok(n)) => n - 1,
+    };
+    // Loop detection (step 4).
+    let hash = loop_hash(msg);
+    if is_loop(msg, identity, hash) {
+        return Decision::Respond(Reject::new(482, "Loop Detected"));
+    }
+    // Proxy-Require (step 5).
+    let proxy_require: Vec<String> = msg
+        .all(HeaderName::ProxyRequire)
+        .map(|h| String::from_utf8_lossy(msg.value(h)).into_owned())
+        .collect();
+    if !proxy_require.is_empty() && *method != Method::Ack && *method != Method::Cancel {
+        return Decision::Respond(Reject {
+            code: 420,
+            reason: Cow::Borrowed("Bad Extension"),
+            extra: vec![format!("Unsupported: {}", proxy_require.join(", "))],
+        });
+    }
+    // Route processing (16.4).
+    let mut edits = RequestEdits {
+        max_forwards,
+        ..Default::default()
+    };
+    let routes = msg.list_values(HeaderName::Route);
+    let route_uris: Vec<Option<SipUri<'_>>> = routes
+        .iter()
+        .map(|r| name_addr_uri(msg.slice(r.clone())).and_then(|u| SipUri::parse(u).ok()))
+        .collect();
+    let mut request_uri_override: Option<String> = None;
+    let mut first_route = 0;
+    if ruri.as_ref().is_some_and(|u| identity.is_local_uri(u)) && !routes.is_empty() {
+        // The previous hop was a strict router: the last Route is the real Request-URI.
+        if let Some(last) = routes.last() {
+            if let Some(u) = name_addr_uri(msg.slice(last.clone())) {
+                request_uri_override = Some(String::from_utf8_lossy(u).into_owned());
+                edits.drop_last_route = true;
+            }
+        }
+    }
+    let usable_routes = if edits.drop_last_route {
+        route_uris.len().saturating_sub(1)
+    } else {
+        route_uris.len()
+    };
+    while first_route < usable_routes {
+        match route_uris.get(first_route) {
+            Some(Some(u)) if identity.is_local_uri(u) => first_route += 1,
+            _ => break,
+        }
+    }
+    edits.drop_top_routes = first_route;
+    if usable_routes > first_route && route_uris.get(first_route).is_some_and(Option::is_none) {
+        return Decision::Respond(Reject::new(400, "Malformed Route"));
+    }
+    let next_route = if first_route < usable_routes {
+        route_uris.get(first_route).and_then(Option::as_ref)
+    } else {
+        None
+    };
+    // A request for us with nowhere further to go.
+    if next_route.is_none()
+        && *method == Method::Options
+        && request_uri_override.is_none()
+        && ruri
+            .as_ref()
+            .is_some_and(|u| identity.is_local_uri(u) && u.user.is_none())
+    {
+        return Decision::Respond(Reject {
+            code: 200,
+            reason: Cow::Borrowed("OK"),
+            extra: vec!["Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE".into()],
+        });
+    }
+    let override_uri = request_uri_override.as_deref().map(str::as_bytes);
+    let effective_ruri = match override_uri {
+        Some(u) => SipUri::parse(u).ok(),
+        None => ruri.clone(),
+    };
+    let destination = match router.destination(
+        identity,
+        next_route,
+        effective_ruri.as_ref(),
+        rx.from_upstream,
+        msg.to_tag().is_some(),
+    ) {
+        Ok(d) => d,
+        Err(r) => return Decision::Respond(r),
+    };
+    edits.request_uri = request_uri_override;
+    // received / rport (RFC 3581, RFC 3261 section 18.2.1).
+    edits.top_via = via.with_received(rx.source);
+    Decision::Forward(Plan {
+        destination,
+        loop_hash: hash,
+        record_route: wants_record_route(msg),
+        inbound: rx.transport,
+        edits,
+    })
+}
+
+/// Header checks of RFC 3261 section 16.3 step 1 and section 8.2.
+fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
+    for (name, what) in [
+        (HeaderName::From, "From"),
+        (HeaderName::To, "To"),
+        (HeaderName::CallId, "Call-ID"),
+        (HeaderName::CSeq, "CSeq"),
+    ] {
+        match msg.count(name) {
+            1 => {}
+            0 => {
+                return Err(Reject {
+                    code: 400,
+                    reason: Cow::Owned(format!("Missing {what}")),
+                    extra: Vec::new(),
+                })
+            }
+            _ => {
+                return Err(Reject {
+                    code: 400,
+                    reason: Cow::Owned(format!("Multiple {what}")),
+                    extra: Vec::new(),
+                })
+            }
+        }
+    }
+    if msg.count(HeaderName::MaxForwards) > 1 {
+        return Err(Reject::new(400, "Multiple Max-Forwards"));
+    }
+    for name in [HeaderName::From, HeaderName::To] {
+        if let Some(h) = msg.first(name) {
+            if name_addr_uri(msg.value(h)).is_none() || !quotes_balanced(msg.value(h)) {
+                return Err(Reject::new(400, "Malformed From or To"));
+            }
+        }
+    }
+    if msg.call_id().is_some_and(|c| c.is_empty()) {
+        return Err(Reject::new(400, "Malformed Call-ID"));
+    }
+    let Some((_, cseq_method)) = msg.cseq() else {
+        return Err(Reject::new(400, "Malformed CSeq"));
+    };
+    if Some(&cseq_method) != msg.method() {
+        return Err(match msg.method() {
+            Some(Method::Other(_)) => Reject::new(501, "Not Implemented"),
+            _ => Reject::new(400, "CSeq Method Does Not Match"),
+        });
+    }
+    let branch = via.branch().unwrap_or_default();
+    if branch == MAGIC_COOKIE {
+        return Err(Reject::new(400, "Missing Transaction Identifier"));
+    }
+    for v in msg.list_values(HeaderName::Via) {
+        if Via::parse(msg.slice(v)).is_err() {
+            return Err(Reject::new(400, "Malformed Via"));
+        }
+    }
+    Ok(())
+}
+
+fn quotes_balanced(v: &[u8]) -> bool {
+    let mut in_quote = false;
+    let mut escaped = false;
+    for &b in v {
+        if escaped {
+            escaped = false;
+        } else if in_quote && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            in_quote = !in_quote;
+        }
+    }
+    !in_quote
+}
+
+/// Whether one of our own Vias in the request carries the same loop hash (RFC 3261
+/// section 16.3 step 4): the request came back unchanged.
+fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
+    let want = format!("{BRANCH_PREFIX}{hash:08x}");
+    msg.list_values(HeaderName::Via).into_iter().any(|r| {
+        let Ok(v) = Via::parse(msg.slice(r)) else {
+            return false;
+        };
+        let t = v.transport.parse().unwrap_or(Transport::Udp);
+        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
+    })
+}
+
+/// The server-transaction key of a request (RFC 3261 section 17.2.3): the top Via branch and
+/// sent-by, with ACK matched to its INVITE; RFC 2543 requests (no magic cookie) are keyed on
+/// Call-ID, From tag, CSeq number and sent-by.
+pub fn server_key(msg: &Message) -> Option<String> {
+    let via = msg.top_via()?.ok()?;
+    let method = msg.method()?;
+    let m = match method {
+        Method::Ack => "INVITE",
+        other => other.as_str(),
+    };
+    let port = via.port.unwrap_or(5060);
+    if via.has_rfc3261_branch() {
+        Some(format!("{}|{}:{}|{}", via.branch()?, via.host, port, m))
+    } else {
+        let cseq = msg.cseq().map_or(0, |(n, _)| n);
+        Some(format!(
+            "2543|{}|{}|{}|{}:{}|{}",
+            String::from_utf8_lossy(msg.call_id().unwrap_or_default()),
+            String::from_utf8_lossy(msg.from_tag().unwrap_or_default()),
+            cseq,
+            via.host,
+            port,
+            m
+        ))
+    }
+}
+
+/// The key of the INVITE server transaction a CANCEL refers to.
+pub fn cancelled_invite_key(cancel: &Message) -> Option<String> {
+    let key = server_key(cancel)?;
+    key.strip_suffix("CANCEL").map(|k| format!("{k}INVITE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Pair;
+    use crate::sip::message::{Framing, Limits};
+
+    fn identity() -> LocalIdentity {
+        LocalIdentity {
+            advertised_host: "192.0.2.10".into(),
+            listeners: vec![
+                Listener {
+                    transport: Transport::Udp,
+                    address: "192.0.2.10:5060".parse().unwrap(),
+                },
+                Listener {
+                    transport: Transport::Tcp,
+                    address: "192.0.2.10:5060".parse().unwrap(),
+                },
+            ],
+        }
+    }
+
+    fn router() -> Router {
+        Router {
+            pairs: vec![Pair {
+                name: "a".into(),
+                domain: Some("site-a.example".into()),
+                primary: "192.0.2.11:5060".parse().unwrap(),
+                backup: "192.0.2.12:5060".parse().unwrap(),
+                failback: false,
+            }],
+            routes: vec![crate::config::StaticRoute {
+                domain: "partner.example".into(),
+                target: "198.51.100.1:5060;transport=tcp".parse().unwrap(),
+            }],
+            serving: 0,
+        }
+    }
+
+    fn req(extra: &str, ruri: &str) -> Message {
+        let s = format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKabc;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c\r\n\
+             CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(s), Framing::Datagram, &Limits::default()).unwrap()
+    }
+
+    fn decide_from(msg: &Message, src: &str, upstream: bool) -> Decision {
+        decide(
+            Received {
+                msg,
+                transport: Transport::Udp,
+                source: src.parse().unwrap(),
+                from_upstream: upstream,
+            },
+            &identity(),
+            &router(),
+        )
+    }
+
+    fn code(d: &Decision) -> u16 {
+        match d {
+            Decision::Respond(r) => r.code,
+            Decision::Drop(_) => 0,
+            Decision::Forward(_) => 1,
+        }
+    }
+
+    #[test]
+    fn endpoint_request_goes_to_serving_pair_with_record_route_and_received() {
+        let m = req("", "sip:bob@anything.example");
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:40000", false) else {
+            panic!()
+        };
+        assert_eq!(plan.destination, Destination::Pair(0));
+        let out = plan.build(&m, &identity(), Transport::Tcp, "z9hG4bKsptest");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains("Via: SIP/2.0/TCP 192.0.2.10:5060;branch=z9hG4bKsptest\r\n"));
+        // Double Record-Route: TCP side on top, UDP side below (RFC 5658).
+        assert!(text.contains(
+            "Record-Route: <sip:192.0.2.10:5060;transport=tcp;lr>\r\nRecord-Route: <sip:192.0.2.10:5060;lr>\r\n"
+        ));
+        assert!(text.contains("rport=40000;received=10.9.9.9"));
+        assert!(text.contains("Max-Forwards: 69\r\n"));
+    }
+
+    #[test]
+    fn upstream_request_follows_request_uri_and_static_routes() {
+        let m = req("", "sip:alice@203.0.113.5:5070;transport=tcp");
+        let Decision::Forward(plan) = decide_from(&m, "192.0.2.11:5060", true) else {
+            panic!()
+        };
+        assert_eq!(
+            plan.destination,
+            Destination::Host("203.0.113.5:5070;transport=tcp".parse().unwrap())
+        );
+        let m = req("", "sip:x@partner.example");
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:5060", false) else {
+            panic!()
+        };
+        assert_eq!(
+            plan.destination,
+            Destination::Host("198.51.100.1:5060;transport=tcp".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn loose_routing_removes_our_route_entries() {
+        let m = req(
+            "Route: <sip:192.0.2.10;lr>, <sip:192.0.2.10:5060;transport=tcp;lr>\r\nRoute: <sip:203.0.113.9;lr>\r\n",
+            "sip:bob@203.0.113.1",
+        );
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:5060", false) else {
+            panic!()
+        };
+        assert_eq!(
+            plan.destination,
+            Destination::Host("203.0.113.9:5060".parse().unwrap())
+        );
+        let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKspx");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains("\r\nRoute: <sip:203.0.113.9;lr>\r\n"));
+        assert!(!text.contains("192.0.2.10;lr>,"));
+    }
+
+    #[test]
+    fn max_forwards_zero_and_bad() {
+        let m = req("", "sip:b@y").clone();
+        let zero = Message::parse(
+            Bytes::from(
+                String::from_utf8_lossy(m.bytes()).replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            ),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(code(&decide_from(&zero, "10.0.0.1:5060", false)), 483);
+        let big = Message::parse(
+            Bytes::from(
+                String::from_utf8_lossy(m.bytes()).replace("Max-Forwards: 70", "Max-Forwards: 300"),
+            ),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(code(&decide_from(&big, "10.0.0.1:5060", false)), 400);
+    }
+
+    #[test]
+    fn loop_is_detected_but_spiral_is_not() {
+        let m = req("", "sip:bob@y");
+        let hash = loop_hash(&m);
+        let ours = format!(
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch={}\r\n",
+            new_branch(hash)
+        );
+        let looped = req(&ours, "sip:bob@y");
+        assert_eq!(code(&decide_from(&looped, "10.0.0.1:5060", false)), 482);
+        let spiral = req(&ours, "sip:bob@elsewhere");
+        assert_eq!(code(&decide_from(&spiral, "10.0.0.1:5060", false)), 1);
+    }
+
+    #[test]
+    fn other_rejections() {
+        assert_eq!(
+            code(&decide_from(&req("", "soap.beep://x"), "10.0.0.1:1", false)),
+            416
+        );
+        assert_eq!(
+            code(&decide_from(
+                &req("", "sip:a@b?Route=x"),
+                "10.0.0.1:1",
+                false
+            )),
+            400
+        );
+        assert_eq!(
+            code(&decide_from(
+                &req("Proxy-Require: foo\r\n", "sip:a@b"),
+                "10.0.0.1:1",
+                false
+            )),
+            420
+        );
+        assert_eq!(
+            code(&decide_from(
+                &req("To: <sip:c@d>\r\n", "sip:a@b"),
+                "10.0.0.1:1",
+                false
+            )),
+            400
+        );
+    }
+
+    #[test]
+    fn options_to_us_is_answered() {
+        let s = "OPTIONS sip:192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.11;branch=z9hG4bKo\r\nFrom: <sip:p@x>;tag=1\r\nTo: <sip:192.0.2.10>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(Bytes::from(s), Framing::Datagram, &Limits::default()).unwrap();
+        assert_eq!(code(&decide_from(&m, "192.0.2.11:5060", true)), 200);
+    }
+
+    #[test]
+    fn transaction_keys() {
+        let m = req("", "sip:b@y");
+        assert_eq!(server_key(&m).unwrap(), "z9hG4bKabc|10.1.1.1:5060|INVITE");
+    }
+}

@@ -1,0 +1,420 @@
+//! The proxy core over real loopback sockets: calls over UDP and TCP, transport changes,
+//! CANCEL, the RFC 3261 section 16 checks, timeouts and stream framing.
+
+mod support;
+
+use std::time::Duration;
+
+use sippool::sip::transport::Transport;
+use support::*;
+
+const NO_BACKUP: &str = "127.0.2.254:9";
+
+/// A whole call: INVITE, 100/180/200, ACK and BYE through the proxy; returns the INVITE
+/// and the 200 as the two ends saw them.
+async fn call(phone: &mut Phone, up: &mut Upstream) -> (SipMsg, SipMsg) {
+    let call_id = unique("call");
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    let invite = phone.request(
+        "INVITE",
+        &ruri,
+        &call_id,
+        &unique("z9hG4bKi"),
+        "",
+        "v=0\r\n",
+    );
+    phone.send(&invite).await;
+    let got_invite = up.recv_method("INVITE").await;
+    let (ok, provisional) = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200), "{}", ok.text());
+    assert!(
+        provisional.contains(&100),
+        "100 Trying expected, got {provisional:?}"
+    );
+    assert!(
+        provisional.contains(&180),
+        "180 relayed, got {provisional:?}"
+    );
+    let ack = phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa"));
+    phone.send(&ack).await;
+    let got_ack = up.recv_method("ACK").await;
+    assert_eq!(got_ack.header("call-id"), Some(call_id.as_str()));
+    let bye = phone.in_dialog("BYE", &ok, &call_id, 2, &unique("z9hG4bKb"));
+    phone.send(&bye).await;
+    let got_bye = up.recv_method("BYE").await;
+    assert_eq!(got_bye.header("call-id"), Some(call_id.as_str()));
+    let (bye_ok, _) = phone.recv_final().await;
+    assert_eq!(bye_ok.status(), Some(200));
+    assert!(bye_ok.header("cseq").unwrap().ends_with("BYE"));
+    (got_invite, ok)
+}
+
+#[tokio::test]
+async fn full_call_over_udp() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let proxy_addr = p.local_addr(Transport::Udp).unwrap();
+    let mut phone = Phone::udp(proxy_addr).await;
+    let (invite, ok) = call(&mut phone, &mut up).await;
+    // Our Via on top with a unique RFC 3261 branch, the phone's below with received/rport.
+    let vias = invite.all("via");
+    assert_eq!(vias.len(), 2);
+    assert!(
+        vias[0].starts_with(&format!("SIP/2.0/UDP {proxy_addr};branch=z9hG4bK")),
+        "{}",
+        vias[0]
+    );
+    assert!(
+        vias[1].contains(&format!("rport={}", phone.addr.port())),
+        "{}",
+        vias[1]
+    );
+    assert!(
+        vias[1].contains(&format!("received={}", phone.addr.ip())),
+        "{}",
+        vias[1]
+    );
+    assert_eq!(invite.header("max-forwards"), Some("69"));
+    assert_eq!(
+        invite.all("record-route"),
+        vec![format!("<sip:{proxy_addr};lr>")]
+    );
+    assert_eq!(ok.all("via").len(), 1, "our Via removed from the response");
+    // The body is forwarded byte for byte.
+    assert_eq!(invite.body, b"v=0\r\n");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn full_call_over_tcp() {
+    let mut up = Upstream::tcp(Behaviour::Answer).await;
+    let p = proxy(&["tcp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let proxy_addr = p.local_addr(Transport::Tcp).unwrap();
+    let mut phone = Phone::tcp(proxy_addr).await;
+    let (invite, _) = call(&mut phone, &mut up).await;
+    assert!(invite.all("via")[0].starts_with("SIP/2.0/TCP "));
+    assert_eq!(
+        invite.all("record-route"),
+        vec![format!("<sip:{proxy_addr};transport=tcp;lr>")]
+    );
+    // A second call reuses the proxy's connection to the server.
+    call(&mut phone, &mut up).await;
+    assert_eq!(p.core().transports.open_connections(), 2);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn udp_in_tcp_out_double_record_route() {
+    let mut up = Upstream::tcp(Behaviour::Answer).await;
+    let p = proxy(&["udp", "tcp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let udp = p.local_addr(Transport::Udp).unwrap();
+    let tcp = p.local_addr(Transport::Tcp).unwrap();
+    let mut phone = Phone::udp(udp).await;
+    let (invite, ok) = call(&mut phone, &mut up).await;
+    assert!(invite.all("via")[0].starts_with(&format!("SIP/2.0/TCP {tcp};")));
+    // RFC 5658: the entry facing the server on top, the one facing the phone below.
+    assert_eq!(
+        invite.all("record-route"),
+        vec![
+            format!("<sip:{tcp};transport=tcp;lr>"),
+            format!("<sip:{udp};lr>")
+        ]
+    );
+    assert_eq!(ok.all("record-route").len(), 2);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_of_a_ringing_call() {
+    let mut up = Upstream::udp(Behaviour::Ring).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let call_id = unique("cancel");
+    let branch = unique("z9hG4bKc");
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    phone
+        .send(&phone.request("INVITE", &ruri, &call_id, &branch, "", ""))
+        .await;
+    up.recv_method("INVITE").await;
+    // Wait for ringing, then cancel.
+    loop {
+        if phone.recv().await.status() == Some(180) {
+            break;
+        }
+    }
+    phone
+        .send(&phone.request("CANCEL", &ruri, &call_id, &branch, "", ""))
+        .await;
+    let cancel_ok = phone.recv().await;
+    assert_eq!(cancel_ok.status(), Some(200));
+    assert!(cancel_ok.header("cseq").unwrap().ends_with("CANCEL"));
+    let cancel = up.recv_method("CANCEL").await;
+    assert_eq!(cancel.header("call-id"), Some(call_id.as_str()));
+    let (fin, _) = phone.recv_final().await;
+    assert_eq!(fin.status(), Some(487));
+    assert!(fin.header("cseq").unwrap().ends_with("INVITE"));
+    // The proxy acknowledged the 487 itself, hop by hop.
+    let ack = up.recv_method("ACK").await;
+    assert_eq!(ack.header("cseq"), Some("1 ACK"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn max_forwards_zero_gets_483() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let req = phone
+        .request(
+            "OPTIONS",
+            "sip:bob@example.com",
+            &unique("mf"),
+            &unique("z9hG4bKm"),
+            "",
+            "",
+        )
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    phone.send(&req).await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(483));
+    assert!(up.drain(Duration::from_millis(200)).await.is_empty());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn loop_through_a_static_route_back_to_us_gets_482() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    // A static route whose target is the proxy itself: the request comes back unchanged.
+    let ip = loopback(PROXY);
+    let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    drop(sock);
+    let toml = format!(
+        "[instance]\nname = \"loop\"\nadvertised_host = \"{ip}\"\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n{}\
+         [[route]]\ndomain = \"loop.example\"\ntarget = \"{ip}:{port}\"\n",
+        pair(&up.uri(), NO_BACKUP)
+    );
+    let settings = sippool::config::Config::from_toml_str(&toml)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let p = sippool::actors::Proxy::start(settings).await.unwrap();
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    phone
+        .send(&phone.request(
+            "MESSAGE",
+            "sip:x@loop.example",
+            &unique("loop"),
+            &unique("z9hG4bKl"),
+            "",
+            "",
+        ))
+        .await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(482), "{}", r.text());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn silent_upstream_gives_408() {
+    let up = Upstream::udp(Behaviour::Silent).await;
+    // T1 = 20 ms: Timer B fires after 64*T1 = 1.28 s.
+    let extra = format!(
+        "{}[timers]\nt1_ms = 20\nt2_ms = 80\n",
+        pair(&up.uri(), NO_BACKUP)
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    phone
+        .send(&phone.request(
+            "INVITE",
+            &ruri,
+            &unique("silent"),
+            &unique("z9hG4bKs"),
+            "",
+            "",
+        ))
+        .await;
+    let (r, prov) = phone.recv_final().await;
+    assert_eq!(prov, vec![100]);
+    assert_eq!(r.status(), Some(408));
+    assert_eq!(Sippool::timeouts(&p), 1);
+    p.stop().await;
+}
+
+struct Sippool;
+impl Sippool {
+    fn timeouts(p: &sippool::actors::Proxy) -> u64 {
+        p.core().metrics.upstream_timeouts.get()
+    }
+}
+
+#[tokio::test]
+async fn upstream_503_becomes_500() {
+    let mut up = Upstream::udp(Behaviour::Reply(503)).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    phone
+        .send(&phone.request(
+            "INVITE",
+            &ruri,
+            &unique("busy"),
+            &unique("z9hG4bK5"),
+            "",
+            "",
+        ))
+        .await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(500));
+    // The 503 was acknowledged toward the server.
+    up.recv_method("ACK").await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn retransmitted_invite_is_absorbed() {
+    let mut up = Upstream::udp(Behaviour::Ring).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    let invite = phone.request("INVITE", &ruri, &unique("rtx"), &unique("z9hG4bKr"), "", "");
+    phone.send(&invite).await;
+    up.recv_method("INVITE").await;
+    // Wait until the proxy has relayed the 180, then retransmit.
+    loop {
+        if phone.recv().await.status() == Some(180) {
+            break;
+        }
+    }
+    phone.send(&invite).await;
+    phone.send(&invite).await;
+    // Each retransmission is answered with the last provisional, never forwarded.
+    assert_eq!(phone.recv().await.status(), Some(180));
+    assert_eq!(phone.recv().await.status(), Some(180));
+    let later = up.drain(Duration::from_millis(300)).await;
+    assert!(
+        later.iter().all(|m| m.method() != Some("INVITE")),
+        "INVITE forwarded twice"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn ten_kilobyte_message_split_over_tcp_reads() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["tcp", "udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::tcp(p.local_addr(Transport::Tcp).unwrap()).await;
+    let body: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let msg = phone.request(
+        "MESSAGE",
+        &format!("sip:bob@{}", up.addr.ip()),
+        &unique("big"),
+        &unique("z9hG4bKg"),
+        "Content-Type: text/plain\r\n",
+        &body,
+    );
+    let bytes = msg.as_bytes();
+    for chunk in bytes.chunks(997) {
+        phone.send_bytes(chunk).await;
+        tokio::task::yield_now().await;
+    }
+    let got = up.recv_method("MESSAGE").await;
+    assert_eq!(got.body, body.as_bytes());
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(200));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn two_pipelined_messages_in_one_tcp_write() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["tcp", "udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::tcp(p.local_addr(Transport::Tcp).unwrap()).await;
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    let a = phone.request(
+        "MESSAGE",
+        &ruri,
+        &unique("pa"),
+        &unique("z9hG4bKp"),
+        "",
+        "first",
+    );
+    let b = phone.request(
+        "MESSAGE",
+        &ruri,
+        &unique("pb"),
+        &unique("z9hG4bKq"),
+        "",
+        "second",
+    );
+    phone.send(&format!("{a}{b}")).await;
+    let m1 = up.recv_method("MESSAGE").await;
+    let m2 = up.recv_method("MESSAGE").await;
+    let mut bodies = vec![m1.body, m2.body];
+    bodies.sort();
+    assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn request_from_upstream_follows_its_request_uri() {
+    // The server calls a phone: the request goes where the Request-URI says.
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let mut callee = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let proxy_addr = p.local_addr(Transport::Udp).unwrap();
+    // The "server" side sends from the upstream's own IP.
+    let sock = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
+        .await
+        .unwrap();
+    let call_id = unique("down");
+    let req = format!(
+        "OPTIONS sip:phone@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={}\r\nMax-Forwards: 70\r\n\
+         From: <sip:pbx@x>;tag=1\r\nTo: <sip:phone@x>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        callee.addr,
+        sock.local_addr().unwrap(),
+        unique("z9hG4bKd")
+    );
+    sock.send_to(req.as_bytes(), proxy_addr).await.unwrap();
+    let got = callee.recv_method("OPTIONS").await;
+    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = SipMsg::parse(&buf[..n]).unwrap();
+    assert_eq!(resp.status(), Some(200));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_request_gets_400_and_the_next_call_still_works() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let bad = phone
+        .request(
+            "INVITE",
+            "sip:bob@example.com",
+            &unique("bad"),
+            &unique("z9hG4bKx"),
+            "",
+            "",
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 99999999999 INVITE");
+    phone.send(&bad).await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(400));
+    phone
+        .send_bytes(b"\x00\x01garbage that is not SIP at all\r\n\r\n")
+        .await;
+    call(&mut phone, &mut up).await;
+    p.stop().await;
+}

@@ -1,0 +1,614 @@
+//! Small SIP agents for the integration tests: a phone (UAC) and an upstream server (UAS),
+//! over UDP or TCP on loopback. They parse SIP with their own few lines of code, not with
+//! sippool's parser, so a parser bug in sippool cannot hide itself.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sippool::actors::Proxy;
+use sippool::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// How long a test waits for any one message before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+static NEXT_HOST: AtomicU8 = AtomicU8::new(1);
+
+/// A fresh loopback address per role: 127.0.<role>.<n>, unique within this test binary.
+pub fn loopback(role: u8) -> IpAddr {
+    let n = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(127, role, 7, n))
+}
+
+/// Roles, so that phones are never mistaken for upstream servers.
+pub const PROXY: u8 = 1;
+/// Upstream servers.
+pub const UPSTREAM: u8 = 2;
+/// Phones.
+pub const PHONE: u8 = 3;
+
+/// A parsed SIP message (test-side parser).
+#[derive(Debug, Clone)]
+pub struct SipMsg {
+    pub start: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub raw: Vec<u8>,
+}
+
+fn long_name(n: &str) -> String {
+    match n.to_ascii_lowercase().as_str() {
+        "v" => "via".into(),
+        "f" => "from".into(),
+        "t" => "to".into(),
+        "i" => "call-id".into(),
+        "m" => "contact".into(),
+        "l" => "content-length".into(),
+        other => other.to_string(),
+    }
+}
+
+impl SipMsg {
+    pub fn parse(raw: &[u8]) -> Option<SipMsg> {
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&raw[..split]).ok()?;
+        let mut lines = head.split("\r\n");
+        let start = lines.next()?.to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for line in lines {
+            if line.starts_with(' ') || line.starts_with('\t') {
+                if let Some(last) = headers.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                }
+                continue;
+            }
+            let (n, v) = line.split_once(':')?;
+            headers.push((long_name(n.trim()), v.trim().to_string()));
+        }
+        let mut m = SipMsg {
+            start,
+            headers,
+            body: Vec::new(),
+            raw: raw.to_vec(),
+        };
+        let cl: usize = m
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        m.body = raw.get(split + 4..split + 4 + cl)?.to_vec();
+        Some(m)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header, comma-separated values split (good enough for Via and
+    /// Record-Route in these tests).
+    pub fn all(&self, name: &str) -> Vec<String> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, v)| split_commas(v))
+            .collect()
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.start.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        if self.start.starts_with("SIP/2.0") {
+            None
+        } else {
+            self.start.split(' ').next()
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&str> {
+        self.start.split(' ').nth(1)
+    }
+
+    pub fn to_tag(&self) -> Option<String> {
+        let to = self.header("to")?;
+        to.split(';')
+            .find_map(|p| p.trim().strip_prefix("tag=").map(str::to_string))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+}
+
+fn split_commas(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in v.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Splits a byte stream into SIP messages by Content-Length.
+#[derive(Default)]
+pub struct Deframer {
+    buf: Vec<u8>,
+}
+
+impl Deframer {
+    pub fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            while self.buf.starts_with(b"\r\n") {
+                self.buf.drain(..2);
+            }
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                break;
+            };
+            let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+            let cl: usize = head
+                .split("\r\n")
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    let n = n.trim();
+                    (n == "content-length" || n == "l").then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + cl;
+            if self.buf.len() < total {
+                break;
+            }
+            out.push(self.buf.drain(..total).collect());
+        }
+        out
+    }
+}
+
+/// Where an agent sends and receives.
+pub enum Link {
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<tokio::sync::Mutex<OwnedWriteHalf>>),
+}
+
+/// A received message and who sent it (for UDP), with a way to answer on the same link.
+pub struct Received {
+    pub msg: SipMsg,
+    pub from: SocketAddr,
+    pub link: Arc<Link>,
+}
+
+impl Received {
+    pub async fn reply(&self, text: &str) {
+        send_link(&self.link, self.from, text.as_bytes()).await;
+    }
+}
+
+pub async fn send_link(link: &Link, to: SocketAddr, bytes: &[u8]) {
+    match link {
+        Link::Udp(s) => {
+            s.send_to(bytes, to).await.expect("udp send");
+        }
+        Link::Tcp(w) => {
+            w.lock().await.write_all(bytes).await.expect("tcp write");
+        }
+    }
+}
+
+fn spawn_tcp_reader(stream: TcpStream, tx: mpsc::UnboundedSender<Received>) -> Arc<Link> {
+    let peer = stream.peer_addr().expect("peer");
+    let (mut r, w) = stream.into_split();
+    let link = Arc::new(Link::Tcp(Arc::new(tokio::sync::Mutex::new(w))));
+    let l2 = link.clone();
+    tokio::spawn(async move {
+        let mut d = Deframer::default();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for raw in d.push(&buf[..n]) {
+                if let Some(msg) = SipMsg::parse(&raw) {
+                    let _ = tx.send(Received {
+                        msg,
+                        from: peer,
+                        link: l2.clone(),
+                    });
+                }
+            }
+        }
+    });
+    link
+}
+
+fn spawn_udp_reader(sock: Arc<UdpSocket>, tx: mpsc::UnboundedSender<Received>) -> Arc<Link> {
+    let link = Arc::new(Link::Udp(sock.clone()));
+    let l2 = link.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(msg) = SipMsg::parse(&buf[..n]) {
+                let _ = tx.send(Received {
+                    msg,
+                    from,
+                    link: l2.clone(),
+                });
+            }
+        }
+    });
+    link
+}
+
+/// A phone: sends requests to the proxy and reads what comes back.
+pub struct Phone {
+    pub addr: SocketAddr,
+    pub transport: &'static str,
+    pub proxy: SocketAddr,
+    link: Arc<Link>,
+    rx: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Phone {
+    pub async fn udp(proxy: SocketAddr) -> Phone {
+        let sock = Arc::new(UdpSocket::bind((loopback(PHONE), 0)).await.expect("bind"));
+        let addr = sock.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = spawn_udp_reader(sock, tx);
+        Phone {
+            addr,
+            transport: "UDP",
+            proxy,
+            link,
+            rx,
+        }
+    }
+
+    pub async fn tcp(proxy: SocketAddr) -> Phone {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(loopback(PHONE), 0))
+            .expect("bind");
+        let stream = sock.connect(proxy).await.expect("connect");
+        let addr = stream.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = spawn_tcp_reader(stream, tx);
+        Phone {
+            addr,
+            transport: "TCP",
+            proxy,
+            link,
+            rx,
+        }
+    }
+
+    pub async fn send(&self, text: &str) {
+        send_link(&self.link, self.proxy, text.as_bytes()).await;
+    }
+
+    pub async fn send_bytes(&self, bytes: &[u8]) {
+        send_link(&self.link, self.proxy, bytes).await;
+    }
+
+    pub async fn recv(&mut self) -> SipMsg {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("phone: timed out waiting for a message")
+            .expect("phone: link closed")
+            .msg
+    }
+
+    /// Receives until a response with a final status (or `code`) arrives; returns it and
+    /// the provisional codes seen before it.
+    pub async fn recv_final(&mut self) -> (SipMsg, Vec<u16>) {
+        let mut provisional = Vec::new();
+        loop {
+            let m = self.recv().await;
+            match m.status() {
+                Some(c) if c < 200 => provisional.push(c),
+                Some(_) => return (m, provisional),
+                None => panic!("phone: unexpected request {}", m.start),
+            }
+        }
+    }
+
+    /// Nothing arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(Some(r)) = tokio::time::timeout(d, self.rx.recv()).await {
+            panic!("phone: expected nothing, got {}", r.msg.start);
+        }
+    }
+
+    pub fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.transport, self.addr
+        )
+    }
+
+    /// An INVITE (or other method) from this phone.
+    pub fn request(
+        &self,
+        method: &str,
+        ruri: &str,
+        call_id: &str,
+        branch: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let cseq = 1;
+        format!(
+            "{method} {ruri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=ph{call_id}\r\n\
+             To: <{ruri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@{};transport={}>\r\n{extra}\
+             Content-Length: {}\r\n\r\n{body}",
+            self.via(branch),
+            self.addr,
+            self.transport.to_ascii_lowercase(),
+            body.len()
+        )
+    }
+
+    /// An in-dialog request (ACK or BYE) for a dialog set up by `ok` (the 200 to INVITE):
+    /// Request-URI is the remote Contact, Route the reversed Record-Route.
+    pub fn in_dialog(
+        &self,
+        method: &str,
+        ok: &SipMsg,
+        call_id: &str,
+        cseq: u32,
+        branch: &str,
+    ) -> String {
+        let contact = ok.header("contact").expect("contact in 200");
+        let target = contact
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap_or_default();
+        let mut routes = ok.all("record-route");
+        routes.reverse();
+        let route_hdr = if routes.is_empty() {
+            String::new()
+        } else {
+            format!("Route: {}\r\n", routes.join(", "))
+        };
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n{route_hdr}From: <sip:alice@example.com>;tag=ph{call_id}\r\n\
+             To: {}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            self.via(branch),
+            ok.header("to").expect("to"),
+        )
+    }
+}
+
+/// What a test upstream server does with requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// INVITE -> 180, 200; other requests -> 200.
+    Answer,
+    /// INVITE -> 180 and nothing more (CANCEL -> 200 and 487).
+    Ring,
+    /// Never answers.
+    Silent,
+    /// Answers every request with this final status.
+    Reply(u16),
+}
+
+/// A test upstream SIP server (UAS).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub transport: &'static str,
+    behaviour: Arc<Mutex<Behaviour>>,
+    rx: mpsc::UnboundedReceiver<SipMsg>,
+}
+
+impl Upstream {
+    pub async fn udp(b: Behaviour) -> Upstream {
+        let sock = Arc::new(
+            UdpSocket::bind((loopback(UPSTREAM), 0))
+                .await
+                .expect("bind"),
+        );
+        let addr = sock.local_addr().expect("addr");
+        let (tx, rx_net) = mpsc::unbounded_channel();
+        spawn_udp_reader(sock, tx);
+        Self::serve(addr, "UDP", b, rx_net)
+    }
+
+    pub async fn tcp(b: Behaviour) -> Upstream {
+        let listener = TcpListener::bind((loopback(UPSTREAM), 0))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx_net) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                spawn_tcp_reader(s, tx.clone());
+            }
+        });
+        Self::serve(addr, "TCP", b, rx_net)
+    }
+
+    fn serve(
+        addr: SocketAddr,
+        transport: &'static str,
+        b: Behaviour,
+        mut net: mpsc::UnboundedReceiver<Received>,
+    ) -> Upstream {
+        let behaviour = Arc::new(Mutex::new(b));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let beh = behaviour.clone();
+        tokio::spawn(async move {
+            let mut ringing: Vec<Received> = Vec::new();
+            while let Some(r) = net.recv().await {
+                let _ = tx.send(r.msg.clone());
+                let b = *beh.lock().expect("lock");
+                let Some(method) = r.msg.method().map(str::to_string) else {
+                    continue;
+                };
+                let contact = format!(
+                    "<sip:uas@{addr};transport={}>",
+                    transport.to_ascii_lowercase()
+                );
+                match (b, method.as_str()) {
+                    (_, "ACK") => {}
+                    (Behaviour::Silent, _) => {}
+                    (Behaviour::Reply(code), _) => {
+                        r.reply(&response(&r.msg, code, "Test", &contact)).await;
+                    }
+                    (Behaviour::Answer, "INVITE") => {
+                        r.reply(&response(&r.msg, 180, "Ringing", &contact)).await;
+                        r.reply(&response(&r.msg, 200, "OK", &contact)).await;
+                    }
+                    (Behaviour::Ring, "INVITE") => {
+                        r.reply(&response(&r.msg, 180, "Ringing", &contact)).await;
+                        ringing.push(r);
+                    }
+                    (_, "CANCEL") => {
+                        r.reply(&response(&r.msg, 200, "OK", &contact)).await;
+                        let call = r.msg.header("call-id").map(str::to_string);
+                        if let Some(pos) = ringing
+                            .iter()
+                            .position(|i| i.msg.header("call-id").map(str::to_string) == call)
+                        {
+                            let inv = ringing.remove(pos);
+                            inv.reply(&response(&inv.msg, 487, "Request Terminated", &contact))
+                                .await;
+                        }
+                    }
+                    _ => {
+                        r.reply(&response(&r.msg, 200, "OK", &contact)).await;
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            transport,
+            behaviour,
+            rx,
+        }
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().expect("lock") = b;
+    }
+
+    /// The next request the server received.
+    pub async fn recv(&mut self) -> SipMsg {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("upstream: timed out waiting for a request")
+            .expect("upstream: closed")
+    }
+
+    /// The next request of this method (others are skipped).
+    pub async fn recv_method(&mut self, method: &str) -> SipMsg {
+        loop {
+            let m = self.recv().await;
+            if m.method() == Some(method) {
+                return m;
+            }
+        }
+    }
+
+    /// Requests received within `d`.
+    pub async fn drain(&mut self, d: Duration) -> Vec<SipMsg> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.push(m);
+        }
+        out
+    }
+
+    pub fn uri(&self) -> String {
+        format!(
+            "{};transport={}",
+            self.addr,
+            self.transport.to_ascii_lowercase()
+        )
+    }
+}
+
+/// A response to `req` built the way a UAS does (RFC 3261 section 8.2.6).
+pub fn response(req: &SipMsg, code: u16, reason: &str, contact: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for (n, v) in &req.headers {
+        match n.as_str() {
+            "via" => out.push_str(&format!("Via: {v}\r\n")),
+            "record-route" if req.method() == Some("INVITE") => {
+                out.push_str(&format!("Record-Route: {v}\r\n"))
+            }
+            "from" => out.push_str(&format!("From: {v}\r\n")),
+            "to" if code > 100 && !v.contains("tag=") => {
+                out.push_str(&format!("To: {v};tag=uas1\r\n"))
+            }
+            "to" => out.push_str(&format!("To: {v}\r\n")),
+            "call-id" => out.push_str(&format!("Call-ID: {v}\r\n")),
+            "cseq" => out.push_str(&format!("CSeq: {v}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(&format!("Contact: {contact}\r\nContent-Length: 0\r\n\r\n"));
+    out
+}
+
+/// Starts a proxy on a fresh loopback address with `extra` TOML appended (pairs, timers).
+pub async fn proxy(listen: &[&str], extra: &str) -> Proxy {
+    let ip = loopback(PROXY);
+    let mut toml = format!("[instance]\nname = \"test\"\nadvertised_host = \"{ip}\"\n");
+    for t in listen {
+        toml.push_str(&format!(
+            "[[listen]]\ntransport = \"{t}\"\naddress = \"{ip}:0\"\n"
+        ));
+    }
+    toml.push_str(extra);
+    let settings = Config::from_toml_str(&toml)
+        .expect("config")
+        .validate()
+        .expect("valid config");
+    Proxy::start(settings).await.expect("proxy starts")
+}
+
+/// The TOML of one pair with these upstream servers.
+pub fn pair(primary: &str, backup: &str) -> String {
+    format!("[[pair]]\nname = \"p\"\nprimary = \"{primary}\"\nbackup = \"{backup}\"\n")
+}
+
+/// A unique Call-ID / branch suffix.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
