@@ -418,3 +418,26 @@ async fn malformed_request_gets_400_and_the_next_call_still_works() {
     call(&mut phone, &mut up).await;
     p.stop().await;
 }
+
+#[tokio::test]
+async fn invite_retransmitted_after_200_is_absorbed_not_forwarded() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let ruri = format!("sip:bob@{}", up.addr.ip());
+    let call_id = unique("late");
+    let invite = phone.request("INVITE", &ruri, &call_id, &unique("z9hG4bKl"), "", "");
+    phone.send(&invite).await;
+    up.recv_method("INVITE").await;
+    let (ok, _) = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200));
+    // The transaction now lingers (RFC 6026 Accepted): a late retransmission is absorbed.
+    phone.send(&invite).await;
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa")))
+        .await;
+    let later = up.drain(Duration::from_millis(300)).await;
+    let methods: Vec<_> = later.iter().filter_map(|m| m.method()).collect();
+    assert_eq!(methods, vec!["ACK"]);
+    p.stop().await;
+}

@@ -44,6 +44,9 @@ pub struct Core {
     pub limits: Limits,
     /// Server transactions by key.
     pub server_txns: DashMap<String, ActorRef<TxMsg>>,
+    /// Transactions whose actor has ended but whose request retransmissions must still be
+    /// absorbed until their Timer L or J runs out.
+    pub lingering: DashMap<String, Lingering>,
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client_txns: DashMap<String, ActorRef<TxMsg>>,
     upstream_ips: HashSet<IpAddr>,
@@ -82,6 +85,7 @@ impl Core {
                 max_headers: settings.limits.max_headers,
             },
             server_txns: DashMap::new(),
+            lingering: DashMap::new(),
             client_txns: DashMap::new(),
             upstream_ips,
             tx_supervisor: OnceLock::new(),
@@ -213,19 +217,53 @@ impl Core {
             match tx.send_message(TxMsg::Request(Box::new(inbound))) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(TxMsg::Request(inbound))) => {
-                    // The transaction just ended; treat as new.
+                    // The transaction just ended: it lingers, or this is a new one.
                     self.server_txns
                         .remove_if(&key, |_, v| v.get_id() == tx.get_id());
-                    return self.new_transaction(key, *inbound);
+                    if let Some(inbound) = self.absorb_lingering(&key, *inbound) {
+                        self.new_transaction(key, inbound);
+                    }
+                    return;
                 }
                 Err(_) => return,
             }
         }
+        let Some(inbound) = self.absorb_lingering(&key, inbound) else {
+            return;
+        };
         if method == Method::Ack {
             self.dispatch_ack_stateless(inbound);
             return;
         }
         self.new_transaction(key, inbound);
+    }
+
+    /// A request for a lingering transaction: a retransmission gets the last response
+    /// again; an ACK (for a 2xx that reused the INVITE's branch) is forwarded statelessly.
+    /// Returns the request when no transaction lingers under `key`.
+    fn absorb_lingering(self: &Arc<Self>, key: &str, inbound: Inbound) -> Option<Inbound> {
+        let resend = {
+            let Some(l) = self.lingering.get(key) else {
+                return Some(inbound);
+            };
+            if l.until <= Instant::now() {
+                drop(l);
+                self.lingering.remove(key);
+                return Some(inbound);
+            }
+            l.response.clone().map(|r| (r, l.reply.clone(), l.dest))
+        };
+        if inbound.msg.method() == Some(&Method::Ack) {
+            self.dispatch_ack_stateless(inbound);
+        } else if let Some((bytes, reply, dest)) = resend {
+            let _ = send_reply(&reply, dest, bytes);
+        }
+        None
+    }
+
+    /// Drops lingering transactions whose time is up.
+    pub fn sweep_lingering(&self, now: Instant) {
+        self.lingering.retain(|_, l| l.until > now);
     }
 
     fn new_transaction(self: &Arc<Self>, key: String, inbound: Inbound) {
@@ -358,6 +396,19 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
         Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
         _ => source,
     }
+}
+
+/// What is kept of a transaction after its actor ended (see [`Core::lingering`]).
+#[derive(Debug)]
+pub struct Lingering {
+    /// The final response to resend on a retransmitted request (non-INVITE).
+    pub response: Option<bytes::Bytes>,
+    /// Where it goes.
+    pub reply: ReplyPath,
+    /// Its destination.
+    pub dest: SocketAddr,
+    /// When the transaction's last timer would have fired.
+    pub until: Instant,
 }
 
 /// Admits at most `rate` per second with a burst of a tenth of a second.

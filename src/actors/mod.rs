@@ -81,6 +81,7 @@ impl Proxy {
             .map(|l| (l.transport, l.address))
             .collect();
         let core = Arc::new(Core::new(settings));
+        spawn_sweeper(Arc::downgrade(&core));
         let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
             .await
             .map_err(|e| StartError(format!("actor tree cannot start: {e}")))?;
@@ -125,6 +126,20 @@ impl Proxy {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Drops lingering transactions once a second, until the core is gone.
+fn spawn_sweeper(core: std::sync::Weak<Core>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match core.upgrade() {
+                Some(c) => c.sweep_lingering(std::time::Instant::now()),
+                None => return,
+            }
+        }
+    });
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {

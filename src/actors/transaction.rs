@@ -19,12 +19,12 @@ use crate::sip::builder;
 use crate::sip::message::{Framing, Message, Method};
 use crate::sip::proxy::{self, Decision, Destination, Plan, Received, Reject};
 use crate::sip::transaction::{
-    ClientInvite, ClientNonInvite, ClientTimeout, ResponseDisposition, ServerInvite,
-    ServerNonInvite, Timers,
+    ClientInvite, ClientNonInvite, ClientState, ClientTimeout, ResponseDisposition, ServerInvite,
+    ServerNonInvite, ServerState, Timers,
 };
 
 use super::connection::{self, ConnOrUdp};
-use super::core::{response_destination, Core};
+use super::core::{response_destination, Core, Lingering};
 use super::transport::{resolve, send_reply, send_udp, ConnHandle, Inbound, Target};
 
 /// Messages of a transaction actor.
@@ -127,6 +127,9 @@ impl Actor for TransactionActor {
             }
         }
         if state.is_done() {
+            myself.stop(None);
+        } else if state.linger(now) {
+            // What is left is absorbing retransmissions: a table entry does that.
             myself.stop(None);
         } else {
             state.schedule(&myself, now);
@@ -489,6 +492,52 @@ impl TxState {
             c && b.cancel.as_ref().is_none_or(ClientNonInvite::is_terminated)
         });
         server_done && branch_done
+    }
+
+    /// When all that is left to do is to absorb retransmissions of the request (INVITE
+    /// answered with a 2xx, non-INVITE answered), hands that over to [`Core::lingering`]
+    /// and returns true: the actor can end. Retransmitted 2xx and late responses are then
+    /// forwarded statelessly along their Via.
+    fn linger(&self, now: Instant) -> bool {
+        let Some(req) = &self.request else {
+            return false;
+        };
+        let client_idle = self.branch.as_ref().is_none_or(|b| {
+            let c = match &b.client {
+                Client::Invite(c) => {
+                    !matches!(c.state(), ClientState::Calling | ClientState::Proceeding)
+                }
+                Client::NonInvite(c) => {
+                    !matches!(c.state(), ClientState::Calling | ClientState::Proceeding)
+                }
+            };
+            c && b.cancel.as_ref().is_none_or(ClientNonInvite::is_terminated)
+        });
+        if !client_idle || self.timer_c.is_some() {
+            return false;
+        }
+        let (response, until) = match &self.server {
+            Some(Server::Invite(s)) if s.state() == ServerState::Accepted => {
+                (None, s.poll_timeout())
+            }
+            Some(Server::NonInvite(s)) if s.state() == ServerState::Completed => {
+                (s.last_response(), s.poll_timeout())
+            }
+            _ => return false,
+        };
+        let Some(until) = until.filter(|u| *u > now) else {
+            return false;
+        };
+        self.core.lingering.insert(
+            self.key.clone(),
+            Lingering {
+                response,
+                reply: req.reply.clone(),
+                dest: self.dest,
+                until,
+            },
+        );
+        true
     }
 
     fn next_deadline(&self) -> Option<Instant> {

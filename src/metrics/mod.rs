@@ -45,7 +45,7 @@ impl StatusClass {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     /// Request method (unknown methods are `other`).
-    pub method: String,
+    pub method: &'static str,
 }
 
 /// `class` and `origin` labels of responses.
@@ -166,16 +166,28 @@ impl Metrics {
 
     /// Counts a request.
     pub fn request(&self, method: &str) {
-        let method = match method {
-            "INVITE" | "ACK" | "BYE" | "CANCEL" | "OPTIONS" | "REGISTER" | "SUBSCRIBE"
-            | "NOTIFY" | "REFER" | "INFO" | "UPDATE" | "PRACK" | "MESSAGE" | "PUBLISH" => method,
-            _ => "other",
-        };
-        self.requests
-            .get_or_create(&MethodLabels {
-                method: method.to_string(),
-            })
-            .inc();
+        const KNOWN: [&str; 14] = [
+            "INVITE",
+            "ACK",
+            "BYE",
+            "CANCEL",
+            "OPTIONS",
+            "REGISTER",
+            "SUBSCRIBE",
+            "NOTIFY",
+            "REFER",
+            "INFO",
+            "UPDATE",
+            "PRACK",
+            "MESSAGE",
+            "PUBLISH",
+        ];
+        let method = KNOWN
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("other");
+        self.requests.get_or_create(&MethodLabels { method }).inc();
     }
 
     /// Counts a response sent toward a client.

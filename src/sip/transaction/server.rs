@@ -177,6 +177,11 @@ impl ServerNonInvite {
         self.state
     }
 
+    /// The last response sent.
+    pub fn last_response(&self) -> Option<Bytes> {
+        self.last_response.clone()
+    }
+
     /// The request was received again: the response to resend, if any.
     pub fn on_retransmission(&self) -> Option<Bytes> {
         match self.state {
