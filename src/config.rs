@@ -41,6 +41,24 @@ pub struct Config {
     /// RFC 3261 timer values.
     #[serde(default)]
     pub timers: TimersConfig,
+    /// Threads.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that run the proxy. 1 (the default) runs everything on one thread, which
+    /// costs the fewest CPU cycles per call; raise it when one core is saturated.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 1 }
+    }
 }
 
 /// `[instance]`
@@ -338,6 +356,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// RFC 3261 timers.
     pub timers: crate::sip::transaction::Timers,
+    /// Runtime threads.
+    pub worker_threads: usize,
 }
 
 impl Config {
@@ -495,7 +515,11 @@ impl Config {
         if t.timer_c_s < 3 {
             return Err(err("timers.timer_c_s", "must be at least 3 seconds"));
         }
+        if self.runtime.worker_threads == 0 || self.runtime.worker_threads > 256 {
+            return Err(err("runtime.worker_threads", "must be between 1 and 256"));
+        }
         Ok(Settings {
+            worker_threads: self.runtime.worker_threads,
             name: self.instance.name.clone(),
             advertised_host,
             listeners,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use sippool::actors::Proxy;
 use sippool::config;
 
+
 const USAGE: &str = "usage:
   sippool run --config FILE [--log-format text|json]
   sippool check-config FILE

@@ -78,7 +78,8 @@ pub struct TxState {
     final_sent: bool,
     timer_c: Option<Instant>,
     timer_c_fired: bool,
-    scheduled: Option<Instant>,
+    /// The pending wake-up: when, and the task that will deliver it.
+    scheduled: Option<(Instant, tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>)>,
 }
 
 impl Actor for TransactionActor {
@@ -122,7 +123,7 @@ impl Actor for TransactionActor {
             TxMsg::Cancel(inbound) => state.on_cancel(*inbound, now).await,
             TxMsg::Response(inbound) => state.on_response(*inbound, now).await,
             TxMsg::Timer => {
-                state.scheduled = None;
+                state.scheduled = None; // it has fired
                 state.on_timer(now).await;
             }
         }
@@ -561,11 +562,14 @@ impl TxState {
         let Some(next) = self.next_deadline() else {
             return;
         };
-        if self.scheduled.is_some_and(|s| s <= next) {
+        if self.scheduled.as_ref().is_some_and(|(s, _)| *s <= next) {
             return;
         }
-        self.scheduled = Some(next);
-        drop(myself.send_after(next.saturating_duration_since(now), || TxMsg::Timer));
+        if let Some((_, old)) = self.scheduled.take() {
+            old.abort();
+        }
+        let task = myself.send_after(next.saturating_duration_since(now), || TxMsg::Timer);
+        self.scheduled = Some((next, task));
     }
 }
 
