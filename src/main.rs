@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use sippool::actors::Proxy;
 use sippool::config;
 
-
 const USAGE: &str = "usage:
   sippool run --config FILE [--log-format text|json]
   sippool check-config FILE
@@ -105,10 +104,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = if settings.worker_threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(settings.worker_threads);
+                b
+            };
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sippool: cannot start the runtime: {e}");

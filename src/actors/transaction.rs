@@ -79,7 +79,10 @@ pub struct TxState {
     timer_c: Option<Instant>,
     timer_c_fired: bool,
     /// The pending wake-up: when, and the task that will deliver it.
-    scheduled: Option<(Instant, tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>)>,
+    scheduled: Option<(
+        Instant,
+        tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>,
+    )>,
 }
 
 impl Actor for TransactionActor {

@@ -101,7 +101,7 @@ pub enum SendError {
 /// Sockets and connections shared by every actor.
 #[derive(Debug, Default)]
 pub struct Transports {
-    udp: RwLock<Vec<Arc<UdpSocket>>>,
+    udp: RwLock<Vec<(SocketAddr, Arc<UdpSocket>)>>,
     conns: DashMap<(Transport, SocketAddr), ConnHandle>,
     next_conn_id: AtomicU64,
     open: AtomicUsize,
@@ -110,8 +110,8 @@ pub struct Transports {
 impl Transports {
     /// Adds a bound UDP socket.
     pub fn register_udp(&self, sock: Arc<UdpSocket>) {
-        if let Ok(mut v) = self.udp.write() {
-            v.push(sock);
+        if let (Ok(mut v), Ok(local)) = (self.udp.write(), sock.local_addr()) {
+            v.push((local, sock));
         }
     }
 
@@ -119,8 +119,8 @@ impl Transports {
     pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
         let v = self.udp.read().ok()?;
         v.iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.is_ipv4()))
-            .cloned()
+            .find(|(local, _)| local.is_ipv4() == dest.is_ipv4())
+            .map(|(_, s)| s.clone())
     }
 
     /// A new connection number.

@@ -1,0 +1,88 @@
+//! The `sippool` command line: check-config on good and bad files, and a bad key named.
+
+use std::process::Command;
+
+fn sippool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sippool"))
+}
+
+fn root(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn shipped_configs_validate() {
+    for f in ["examples/sippool.toml", "bench/bench.toml"] {
+        let out = sippool().args(["check-config", &root(f)]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn environment_override_with_a_bad_value_names_the_key() {
+    let out = sippool()
+        .args(["check-config", &root("bench/bench.toml")])
+        .env("SIPPOOL__OVERLOAD__INVITE_RATE", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("overload.invite_rate"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("sippool-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("typo.toml");
+    let text = std::fs::read_to_string(root("bench/bench.toml"))
+        .unwrap()
+        .replace("invite_rate = 0", "invite_rat = 0");
+    std::fs::write(&f, text).unwrap();
+    let out = sippool()
+        .args(["check-config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invite_rat"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_fails_when_the_listener_cannot_bind() {
+    // Take a TCP port, then ask sippool to listen on it.
+    let held = std::net::TcpListener::bind("127.0.9.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("sippool-cli-bind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bind.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[instance]\nname = \"x\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"{addr}\"\n\
+             [[pair]]\nname = \"p\"\nprimary = \"127.0.9.2\"\nbackup = \"127.0.9.3\"\n"
+        ),
+    )
+    .unwrap();
+    let out = sippool()
+        .args([
+            "run",
+            "--config",
+            f.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"event\":\"sip_listener_cannot_start\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
