@@ -441,3 +441,26 @@ async fn invite_retransmitted_after_200_is_absorbed_not_forwarded() {
     assert_eq!(methods, vec!["ACK"]);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn ipv6_phone_calls_through_an_ipv6_listener() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp", "udp@[::1]"], &pair(&up.uri(), NO_BACKUP)).await;
+    let v6 = p
+        .local_addrs()
+        .iter()
+        .find(|(_, a)| a.is_ipv6())
+        .map(|(_, a)| *a)
+        .unwrap();
+    let mut phone = Phone::udp_from("[::1]:0".parse().unwrap(), v6).await;
+    let (invite, _) = call(&mut phone, &mut up).await;
+    // The phone's Via carries its IPv6 source as received/rport.
+    let vias = invite.all("via");
+    assert!(
+        vias[1].contains(&format!("rport={}", phone.addr.port())),
+        "{}",
+        vias[1]
+    );
+    assert!(vias[1].starts_with("SIP/2.0/UDP [::1]:"), "{}", vias[1]);
+    p.stop().await;
+}

@@ -43,6 +43,9 @@ pub enum TxMsg {
 /// The transaction actor.
 pub struct TransactionActor;
 
+/// The task that delivers a [`TxMsg::Timer`].
+type TimerTask = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>;
+
 enum Server {
     Invite(ServerInvite),
     NonInvite(ServerNonInvite),
@@ -79,10 +82,7 @@ pub struct TxState {
     timer_c: Option<Instant>,
     timer_c_fired: bool,
     /// The pending wake-up: when, and the task that will deliver it.
-    scheduled: Option<(
-        Instant,
-        tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>,
-    )>,
+    scheduled: Option<(Instant, TimerTask)>,
 }
 
 impl Actor for TransactionActor {

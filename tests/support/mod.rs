@@ -280,7 +280,12 @@ pub struct Phone {
 
 impl Phone {
     pub async fn udp(proxy: SocketAddr) -> Phone {
-        let sock = Arc::new(UdpSocket::bind((loopback(PHONE), 0)).await.expect("bind"));
+        Self::udp_from(SocketAddr::new(loopback(PHONE), 0), proxy).await
+    }
+
+    /// A UDP phone bound to `bind` (for IPv6).
+    pub async fn udp_from(bind: SocketAddr, proxy: SocketAddr) -> Phone {
+        let sock = Arc::new(UdpSocket::bind(bind).await.expect("bind"));
         let addr = sock.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let link = spawn_udp_reader(sock, tx);
@@ -586,8 +591,15 @@ pub async fn proxy(listen: &[&str], extra: &str) -> Proxy {
     let ip = loopback(PROXY);
     let mut toml = format!("[instance]\nname = \"test\"\nadvertised_host = \"{ip}\"\n");
     for t in listen {
+        // "udp@[::1]": a listener on another address than the proxy's own.
+        let (t, host) = t.split_once('@').unwrap_or((t, ""));
+        let host = if host.is_empty() {
+            ip.to_string()
+        } else {
+            host.to_string()
+        };
         toml.push_str(&format!(
-            "[[listen]]\ntransport = \"{t}\"\naddress = \"{ip}:0\"\n"
+            "[[listen]]\ntransport = \"{t}\"\naddress = \"{host}:0\"\n"
         ));
     }
     toml.push_str(extra);
