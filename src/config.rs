@@ -32,6 +32,9 @@ pub struct Config {
     /// Which pair serves requests from endpoints.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Upstream health probing.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Overload protection.
     #[serde(default)]
     pub overload: OverloadConfig,
@@ -118,6 +121,38 @@ pub struct RoutingConfig {
     /// Pair that receives requests from endpoints; defaults to the first `[[pair]]`.
     #[serde(default)]
     pub serving_pair: Option<String>,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Seconds between OPTIONS probes of an in-service server; 0 disables probing.
+    pub oos_check: u64,
+    /// Seconds between OPTIONS probes of an out-of-service server.
+    pub oos_force: u64,
+    /// How long a probe may go unanswered (ms).
+    pub probe_timeout_ms: u64,
+    /// Missed probes before a server is out of service.
+    pub down_after: u32,
+    /// Answered probes before an out-of-service server is back.
+    pub up_after: u32,
+    /// A request sent to a pair member that gets no response at all within this time (ms)
+    /// is sent to the other member instead.
+    pub failover_timeout_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            oos_check: 5,
+            oos_force: 5,
+            probe_timeout_ms: 1000,
+            down_after: 1,
+            up_after: 1,
+            failover_timeout_ms: 1000,
+        }
+    }
 }
 
 /// `[overload]`
@@ -358,6 +393,10 @@ pub struct Settings {
     pub timers: crate::sip::transaction::Timers,
     /// Runtime threads.
     pub worker_threads: usize,
+    /// Upstream probing.
+    pub probe: crate::health::probe::ProbeConfig,
+    /// No-response time after which a request is retried on the other pair member.
+    pub failover_timeout: Duration,
 }
 
 impl Config {
@@ -518,7 +557,31 @@ impl Config {
         if self.runtime.worker_threads == 0 || self.runtime.worker_threads > 256 {
             return Err(err("runtime.worker_threads", "must be between 1 and 256"));
         }
+        let h = &self.health;
+        if h.oos_force == 0 {
+            return Err(err("health.oos_force", "must be at least 1 second"));
+        }
+        if h.probe_timeout_ms < 10 {
+            return Err(err("health.probe_timeout_ms", "must be at least 10 ms"));
+        }
+        if h.down_after == 0 {
+            return Err(err("health.down_after", "must be at least 1"));
+        }
+        if h.up_after == 0 {
+            return Err(err("health.up_after", "must be at least 1"));
+        }
+        if h.failover_timeout_ms < 10 {
+            return Err(err("health.failover_timeout_ms", "must be at least 10 ms"));
+        }
         Ok(Settings {
+            probe: crate::health::probe::ProbeConfig {
+                oos_check: (h.oos_check > 0).then(|| Duration::from_secs(h.oos_check)),
+                oos_force: Duration::from_secs(h.oos_force),
+                timeout: Duration::from_millis(h.probe_timeout_ms),
+                down_after: h.down_after,
+                up_after: h.up_after,
+            },
+            failover_timeout: Duration::from_millis(h.failover_timeout_ms),
             worker_threads: self.runtime.worker_threads,
             name: self.instance.name.clone(),
             advertised_host,

@@ -252,8 +252,10 @@ impl Sippool {
 
 #[tokio::test]
 async fn upstream_503_becomes_500() {
+    // Both members answer 503: the backup is tried, then the client gets 500.
     let mut up = Upstream::udp(Behaviour::Reply(503)).await;
-    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let mut backup = Upstream::udp(Behaviour::Reply(503)).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), &backup.uri())).await;
     let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
     let ruri = format!("sip:bob@{}", up.addr.ip());
     phone
@@ -268,8 +270,10 @@ async fn upstream_503_becomes_500() {
         .await;
     let (r, _) = phone.recv_final().await;
     assert_eq!(r.status(), Some(500));
-    // The 503 was acknowledged toward the server.
+    // Each 503 was acknowledged toward its server.
     up.recv_method("ACK").await;
+    backup.recv_method("INVITE").await;
+    backup.recv_method("ACK").await;
     p.stop().await;
 }
 

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use ractor::{ActorCell, ActorRef};
 
 use crate::config::{HostPort, Settings};
+use crate::health::actors::{PairMsg, ProbeMsg, PROBE_BRANCH_PREFIX};
 use crate::health::{Member, PairStates};
 use crate::metrics::Metrics;
 use crate::sip::builder;
@@ -50,6 +51,13 @@ pub struct Core {
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client_txns: DashMap<String, ActorRef<TxMsg>>,
     upstream_ips: HashSet<IpAddr>,
+    /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
+    /// when both members share an IP).
+    backup_sources: Vec<(usize, SocketAddr, bool)>,
+    /// Outstanding OPTIONS probes by branch.
+    pub probes: DashMap<String, (ActorRef<ProbeMsg>, u64)>,
+    probe_actors: DashMap<(usize, Member), ActorRef<ProbeMsg>>,
+    pair_actors: OnceLock<Vec<ActorRef<PairMsg>>>,
     tx_supervisor: OnceLock<ActorCell>,
     conn_supervisor: OnceLock<ActorCell>,
     invite_bucket: Mutex<TokenBucket>,
@@ -74,7 +82,21 @@ impl Core {
                 }
             }
         }
+        let backup_sources = settings
+            .pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let b = p.backup.socket_addr()?;
+                let same_ip = p.primary.socket_addr().is_some_and(|a| a.ip() == b.ip());
+                Some((i, b, same_ip))
+            })
+            .collect();
         Core {
+            backup_sources,
+            probes: DashMap::new(),
+            probe_actors: DashMap::new(),
+            pair_actors: OnceLock::new(),
             identity: LocalIdentity::from_settings(&settings),
             router: Router::from_settings(&settings),
             pairs: PairStates::new(settings.pairs.len()),
@@ -101,6 +123,40 @@ impl Core {
         let _ = self.conn_supervisor.set(conn);
     }
 
+    /// Records the pair actors (once, at start-up).
+    pub fn set_pair_actors(&self, actors: Vec<ActorRef<PairMsg>>) {
+        let _ = self.pair_actors.set(actors);
+    }
+
+    /// Records the (re)started probe actor of a pair member.
+    pub fn register_probe(&self, pair: usize, member: Member, actor: ActorRef<ProbeMsg>) {
+        self.probe_actors.insert((pair, member), actor);
+    }
+
+    /// Asks the probe actor of a pair member to probe now.
+    pub fn suspect(&self, pair: usize, member: Member) {
+        if let Some(a) = self.probe_actors.get(&(pair, member)) {
+            let _ = a.send_message(ProbeMsg::Suspect);
+        }
+    }
+
+    /// A request from the backup of a pair whose active member is not the backup: tell the
+    /// pair actor (SPEC section 2: the backup has taken over).
+    fn note_request_source(&self, source: SocketAddr) {
+        for (i, addr, same_ip) in &self.backup_sources {
+            let from_backup = if *same_ip {
+                *addr == source
+            } else {
+                addr.ip() == source.ip()
+            };
+            if from_backup && self.pairs.active(*i) != Some(Member::Backup) {
+                if let Some(a) = self.pair_actors.get().and_then(|v| v.get(*i)) {
+                    let _ = a.send_message(PairMsg::FromBackup);
+                }
+            }
+        }
+    }
+
     /// The supervisor of connection actors.
     pub fn conn_supervisor(&self) -> Option<&ActorCell> {
         self.conn_supervisor.get()
@@ -113,11 +169,16 @@ impl Core {
 
     /// The server the pair's active member names; `None` when the pair is out of service.
     pub fn active_member(&self, pair: usize) -> Option<&HostPort> {
+        self.member_server(pair, self.pairs.active(pair)?)
+    }
+
+    /// The server of one member of a pair.
+    pub fn member_server(&self, pair: usize, m: Member) -> Option<&HostPort> {
         let p = self.settings.pairs.get(pair)?;
-        match self.pairs.active(pair)? {
-            Member::Primary => Some(&p.primary),
-            Member::Backup => Some(&p.backup),
-        }
+        Some(match m {
+            Member::Primary => &p.primary,
+            Member::Backup => &p.backup,
+        })
     }
 
     /// Routes one received message (see the module documentation).
@@ -134,6 +195,33 @@ impl Core {
             Some(Ok(v)) => v.branch().map(str::to_string),
             _ => None,
         };
+        if let Some(b) = branch
+            .as_deref()
+            .filter(|b| b.starts_with(PROBE_BRANCH_PREFIX))
+        {
+            if let (Some(p), Some(code)) = (self.probes.get(b), inbound.msg.status()) {
+                let retry_after = inbound
+                    .msg
+                    .header_value("Retry-After")
+                    .and_then(|v| {
+                        crate::sip::syntax::parse_u32(
+                            crate::sip::syntax::trim(
+                                v.split(|&c| c == b';' || c == b'(')
+                                    .next()
+                                    .unwrap_or_default(),
+                            ),
+                            86_400,
+                        )
+                    })
+                    .map(|s| std::time::Duration::from_secs(u64::from(s)));
+                let _ = p.0.send_message(ProbeMsg::Response {
+                    seq: p.1,
+                    code,
+                    retry_after,
+                });
+            }
+            return;
+        }
         if let Some(b) = branch {
             if let Some(tx) = self.client_txns.get(&b).map(|r| r.clone()) {
                 match tx.send_message(TxMsg::Response(Box::new(inbound))) {
@@ -195,6 +283,9 @@ impl Core {
         let msg = &inbound.msg;
         let method = msg.method().cloned().unwrap_or(Method::Other("".into()));
         self.metrics.request(method.as_str());
+        if !self.backup_sources.is_empty() {
+            self.note_request_source(inbound.source);
+        }
         let Some(key) = proxy::server_key(msg) else {
             // No usable top Via: answer along the packet source if a Via is there at all.
             match msg.top_via() {

@@ -5,7 +5,8 @@
 //!  |- UDP listener (one per UDP socket)          owns the socket and its receive loop
 //!  |- TCP listener (one per TCP socket)          owns the accept loop
 //!  |- Connection supervisor --> Connection (one per TCP connection)
-//!  '- Transaction supervisor --> Transaction (one per server transaction)
+//!  |- Transaction supervisor --> Transaction (one per server transaction)
+//!  '- Health supervisor --> Pair (one per pair), Probe (one per upstream server)
 //! ```
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
@@ -215,6 +216,14 @@ impl Actor for RootSupervisor {
                 }
             }
         }
+        // Health last: probes go out through the listeners' sockets.
+        Actor::spawn_linked(
+            None,
+            crate::health::actors::HealthSupervisor,
+            core.clone(),
+            cell.clone(),
+        )
+        .await?;
         Ok(core)
     }
 

@@ -14,6 +14,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::config::HostPort;
+use crate::health::pair::other;
+use crate::health::Member;
 use crate::metrics::{KindLabels, Metrics};
 use crate::sip::builder;
 use crate::sip::message::{Framing, Message, Method};
@@ -65,6 +68,8 @@ struct Branch {
     /// The INVITE as sent, parsed, to build its CANCEL and ACK.
     sent: Option<Message>,
     provisional: bool,
+    /// Any response at all arrived on this branch.
+    answered: bool,
     cancel: Option<ClientNonInvite>,
 }
 
@@ -81,6 +86,14 @@ pub struct TxState {
     final_sent: bool,
     timer_c: Option<Instant>,
     timer_c_fired: bool,
+    /// The forwarding plan (kept to build a retry).
+    plan: Option<Plan>,
+    /// The pair member the request went to.
+    member: Option<(usize, Member)>,
+    /// Whether the other member was tried already.
+    retried: bool,
+    /// When to give up on the member that has not answered at all.
+    failover_at: Option<Instant>,
     /// The pending wake-up: when, and the task that will deliver it.
     scheduled: Option<(Instant, TimerTask)>,
 }
@@ -107,6 +120,10 @@ impl Actor for TransactionActor {
             final_sent: false,
             timer_c: None,
             timer_c_fired: false,
+            plan: None,
+            member: None,
+            retried: false,
+            failover_at: None,
             scheduled: None,
         })
     }
@@ -124,10 +141,10 @@ impl Actor for TransactionActor {
             }
             TxMsg::Request(inbound) => state.on_retransmission(*inbound, now).await,
             TxMsg::Cancel(inbound) => state.on_cancel(*inbound, now).await,
-            TxMsg::Response(inbound) => state.on_response(*inbound, now).await,
+            TxMsg::Response(inbound) => state.on_response(&myself, *inbound, now).await,
             TxMsg::Timer => {
                 state.scheduled = None; // it has fired
-                state.on_timer(now).await;
+                state.on_timer(&myself, now).await;
             }
         }
         if state.is_done() {
@@ -204,51 +221,76 @@ impl TxState {
 
     async fn forward(&mut self, myself: &ActorRef<TxMsg>, plan: Plan, now: Instant) {
         let hp = match &plan.destination {
-            Destination::Pair(i) => match self.core.active_member(*i) {
-                Some(hp) => hp.clone(),
+            Destination::Pair(i) => match self.core.pairs.active(*i) {
+                Some(m) => {
+                    self.member = Some((*i, m));
+                    self.core.member_server(*i, m).cloned()
+                }
                 None => {
                     let mut r = Reject::new(503, "Service Unavailable");
                     r.extra.push("Retry-After: 5".into());
                     return self.respond(now, &r);
                 }
             },
-            Destination::Host(hp) => hp.clone(),
+            Destination::Host(hp) => Some(hp.clone()),
         };
-        let Some(target) = resolve(&hp).await else {
-            tracing::warn!(event = "host_not_resolved", host = %hp.host);
-            return self.respond(now, &Reject::new(503, "Service Unavailable"));
-        };
-        let Some(req) = self.request.as_ref() else {
-            return;
+        self.plan = Some(plan);
+        match hp {
+            Some(hp) => self.launch(myself, hp, now).await,
+            None => self.respond(now, &Reject::new(500, "Server Internal Error")),
+        }
+    }
+
+    /// Sends the request to `hp` on a new branch. When that fails at once (no route, no
+    /// connection) the other member of the pair is tried; when nothing can be tried the
+    /// client gets 500 (a transport error counts as a 503, RFC 3261 sections 16.9 and 16.7).
+    async fn launch(&mut self, myself: &ActorRef<TxMsg>, mut hp: HostPort, now: Instant) {
+        loop {
+            let sent = match resolve(&hp).await {
+                Some(target) => self.start_branch(myself, target, now).await,
+                None => {
+                    tracing::warn!(event = "host_not_resolved", host = %hp.host);
+                    false
+                }
+            };
+            if sent {
+                return;
+            }
+            if let Some(b) = &mut self.branch {
+                terminate_client(&mut b.client);
+            }
+            match self.failover_target() {
+                Some(next) => hp = next,
+                None => return self.respond(now, &Reject::new(500, "Server Internal Error")),
+            }
+        }
+    }
+
+    /// Creates the client transaction toward `target` and sends the request.
+    async fn start_branch(
+        &mut self,
+        myself: &ActorRef<TxMsg>,
+        target: Target,
+        now: Instant,
+    ) -> bool {
+        let (Some(req), Some(plan)) = (self.request.as_ref(), self.plan.as_ref()) else {
+            return false;
         };
         let branch_id = plan.new_branch();
         let bytes = plan.build(&req.msg, &self.core.identity, target.transport, &branch_id);
         let is_invite = req.msg.method() == Some(&Method::Invite);
         let reliable = target.transport.is_reliable();
         let (client, sent) = if is_invite {
-            let sent = Message::parse(
-                bytes.clone(),
-                Framing::Stream,
-                &crate::sip::message::Limits {
-                    max_size: usize::MAX,
-                    max_headers: usize::MAX,
-                },
-            )
-            .ok();
-            (
-                Client::Invite(ClientInvite::new(now, reliable, self.timers, bytes.clone())),
-                sent,
-            )
+            let limits = crate::sip::message::Limits {
+                max_size: usize::MAX,
+                max_headers: usize::MAX,
+            };
+            let sent = Message::parse(bytes.clone(), Framing::Stream, &limits).ok();
+            let c = ClientInvite::new(now, reliable, self.timers, bytes.clone());
+            (Client::Invite(c), sent)
         } else {
-            (
-                Client::NonInvite(ClientNonInvite::new(
-                    now,
-                    reliable,
-                    self.timers,
-                    bytes.clone(),
-                )),
-                None,
-            )
+            let c = ClientNonInvite::new(now, reliable, self.timers, bytes.clone());
+            (Client::NonInvite(c), None)
         };
         self.core
             .client_txns
@@ -260,18 +302,39 @@ impl TxState {
             client,
             sent,
             provisional: false,
+            answered: false,
             cancel: None,
         };
         let ok = send_on(&self.core, &mut branch, bytes).await;
         self.branch = Some(branch);
-        if !ok {
-            // A transport error counts as a 503 from that target (RFC 3261 section 16.9),
-            // and a 503 becomes 500 toward the client (section 16.7 step 6).
-            if let Some(b) = &mut self.branch {
-                terminate_client(&mut b.client);
-            }
-            self.respond(now, &Reject::new(500, "Server Internal Error"));
+        if self.member.is_some() {
+            self.failover_at = Some(now + self.core.settings.failover_timeout);
         }
+        ok
+    }
+
+    /// The other member of the pair, when the request went to a pair member, has not been
+    /// retried yet, is still unanswered and the other member is up. Records the retry.
+    fn failover_target(&mut self) -> Option<HostPort> {
+        let (pair, member) = self.member?;
+        if self.retried || self.final_sent || self.cancelled {
+            return None;
+        }
+        let other = other(member);
+        if !self.core.pairs.is_up(pair, other) {
+            return None;
+        }
+        let hp = self.core.member_server(pair, other)?.clone();
+        self.core.suspect(pair, member);
+        self.retried = true;
+        self.member = Some((pair, other));
+        self.failover_at = None;
+        self.core.metrics.retries.inc();
+        tracing::info!(event = "transaction_retried", to = %hp, key = %self.key);
+        if let Some(b) = self.branch.take() {
+            self.core.client_txns.remove(&b.id);
+        }
+        Some(hp)
     }
 
     async fn on_retransmission(&mut self, inbound: Inbound, now: Instant) {
@@ -333,7 +396,7 @@ impl TxState {
         send_on(&self.core, b, bytes).await;
     }
 
-    async fn on_response(&mut self, inbound: Inbound, now: Instant) {
+    async fn on_response(&mut self, myself: &ActorRef<TxMsg>, inbound: Inbound, now: Instant) {
         let msg = &inbound.msg;
         let Some(code) = msg.status() else {
             return;
@@ -341,6 +404,16 @@ impl TxState {
         let Some(b) = &mut self.branch else {
             return;
         };
+        let branch = msg
+            .top_via()
+            .and_then(Result::ok)
+            .and_then(|v| v.branch().map(str::to_string));
+        if branch.as_deref() != Some(b.id.as_str()) {
+            // A late answer on a branch given up for the other member.
+            return;
+        }
+        b.answered = true;
+        self.failover_at = None;
         if matches!(msg.cseq(), Some((_, Method::Cancel))) {
             if let Some(c) = &mut b.cancel {
                 c.on_response(now, code);
@@ -377,6 +450,10 @@ impl TxState {
         }
         self.timer_c = None;
         if code == 503 {
+            // The member is unavailable: the other one gets the request, if it may.
+            if let Some(hp) = self.failover_target() {
+                return self.launch(myself, hp, now).await;
+            }
             // RFC 3261 section 16.7 step 6: never relay a 503.
             self.respond(now, &Reject::new(500, "Server Internal Error"));
             return;
@@ -385,7 +462,16 @@ impl TxState {
         self.send_to_client(now, code, bytes, "relayed");
     }
 
-    async fn on_timer(&mut self, now: Instant) {
+    async fn on_timer(&mut self, myself: &ActorRef<TxMsg>, now: Instant) {
+        if self.failover_at.is_some_and(|t| t <= now) {
+            self.failover_at = None;
+            let unanswered = self.branch.as_ref().is_some_and(|b| !b.answered);
+            if unanswered {
+                if let Some(hp) = self.failover_target() {
+                    return self.launch(myself, hp, now).await;
+                }
+            }
+        }
         let resend = match &mut self.server {
             Some(Server::Invite(s)) => s.handle_timeout(now),
             Some(Server::NonInvite(s)) => {
@@ -418,6 +504,9 @@ impl TxState {
         }
         if timed_out {
             self.core.metrics.upstream_timeouts.inc();
+            if let Some(hp) = self.failover_target() {
+                return self.launch(myself, hp, now).await;
+            }
             self.respond(now, &Reject::new(408, "Request Timeout"));
         }
         if self.timer_c.is_some_and(|t| t <= now) {
@@ -545,7 +634,7 @@ impl TxState {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut all: Vec<Option<Instant>> = vec![self.timer_c];
+        let mut all: Vec<Option<Instant>> = vec![self.timer_c, self.failover_at];
         match &self.server {
             Some(Server::Invite(s)) => all.push(s.poll_timeout()),
             Some(Server::NonInvite(s)) => all.push(s.poll_timeout()),

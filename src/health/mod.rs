@@ -1,24 +1,30 @@
 //! Upstream health and pair state.
 //!
-//! Holds, per pair, which member is active, published to the forwarding path through atomics
-//! (no locks). Probing with OPTIONS and the switching rules arrive with the failover work
-//! (issue 3); until then the primary is always active.
+//! `probe` (one server's health from OPTIONS probes) and `pair` (which member is active)
+//! are sans-IO; `actors` drives them. [`PairStates`] publishes, per pair, the active member
+//! and whether each member is up to the forwarding path through atomics (no locks).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+pub mod actors;
+pub mod pair;
+pub mod probe;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// A member of a primary/backup pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Member {
     /// The primary server.
-    Primary,
+    Primary = 0,
     /// The backup server.
-    Backup,
+    Backup = 1,
 }
 
 /// The active member of every pair, readable without locks.
 #[derive(Debug)]
 pub struct PairStates {
     active: Vec<AtomicU8>,
+    /// Per pair: primary up, backup up.
+    up: Vec<[AtomicBool; 2]>,
 }
 
 const PRIMARY: u8 = 0;
@@ -30,6 +36,9 @@ impl PairStates {
     pub fn new(n: usize) -> Self {
         PairStates {
             active: (0..n).map(|_| AtomicU8::new(PRIMARY)).collect(),
+            up: (0..n)
+                .map(|_| [AtomicBool::new(true), AtomicBool::new(true)])
+                .collect(),
         }
     }
 
@@ -39,6 +48,21 @@ impl PairStates {
             PRIMARY => Some(Member::Primary),
             BACKUP => Some(Member::Backup),
             _ => None,
+        }
+    }
+
+    /// Whether a member is up as far as probing knows.
+    pub fn is_up(&self, i: usize, m: Member) -> bool {
+        self.up
+            .get(i)
+            .and_then(|u| u.get(m as usize))
+            .is_some_and(|b| b.load(Ordering::Acquire))
+    }
+
+    /// Publishes a member's probe state.
+    pub fn set_up(&self, i: usize, m: Member, up: bool) {
+        if let Some(b) = self.up.get(i).and_then(|u| u.get(m as usize)) {
+            b.store(up, Ordering::Release);
         }
     }
 

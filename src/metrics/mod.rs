@@ -92,6 +92,10 @@ pub struct Metrics {
     pub overload_rejections: Family<ReasonLabels, Counter>,
     /// Client transactions that timed out (408 generated).
     pub upstream_timeouts: Counter,
+    /// Changes of a pair's active member.
+    pub failovers: Counter,
+    /// Requests sent again to the other member of a pair.
+    pub retries: Counter,
 }
 
 impl Default for Metrics {
@@ -114,6 +118,8 @@ impl Metrics {
             actor_failures: Family::default(),
             overload_rejections: Family::default(),
             upstream_timeouts: Counter::default(),
+            failovers: Counter::default(),
+            retries: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -160,6 +166,16 @@ impl Metrics {
             "upstream_timeouts",
             "Forwarded requests that got no final response in time",
             m.upstream_timeouts.clone(),
+        );
+        registry.register(
+            "pair_switches",
+            "Changes of a pair's active member",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "failover_retries",
+            "Requests sent again to the other member of a pair",
+            m.retries.clone(),
         );
         Metrics { registry, ..m }
     }

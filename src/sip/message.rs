@@ -469,6 +469,16 @@ impl Message {
         out
     }
 
+    /// The value of the first header with this name (case-insensitive, long form).
+    pub fn header_value(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find_map(|h| {
+            let line = self.slice(h.line.clone());
+            let colon = memchr::memchr(b':', line)?;
+            let n = syntax::trim(line.get(..colon)?);
+            eq_ic(n, name.as_bytes()).then(|| self.value(h))
+        })
+    }
+
     /// The top Via, parsed. `None` when absent; `Some(Err)` when it does not parse.
     pub fn top_via(&self) -> Option<Result<Via<'_>, crate::sip::via::ViaError>> {
         let h = self.first(HeaderName::Via)?;

@@ -1,0 +1,407 @@
+//! Health actors: one probe actor per upstream server, one pair actor per pair, under a
+//! health supervisor that restarts a failed probe actor.
+//!
+//! A probe actor drives a [`ProbeState`] with time and the answers to its OPTIONS (which
+//! reach it through [`Core`]'s dispatch by branch), logs `upstream_down` / `upstream_up`
+//! and tells its pair actor. The pair actor drives a [`PairLogic`], publishes the active
+//! member to [`crate::health::PairStates`] and logs `pair_switched`,
+//! `pair_out_of_service` and `pair_back_in_service`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::actors::transport::{resolve, Target};
+use crate::actors::Core;
+use crate::config::HostPort;
+use crate::metrics::KindLabels;
+
+use super::pair::{name, PairLogic};
+use super::probe::{Change, ProbeState};
+use super::Member;
+
+/// Every probe branch starts with this, so responses find their probe actor.
+pub const PROBE_BRANCH_PREFIX: &str = "z9hG4bKspprobe";
+
+/// Messages of a probe actor.
+#[derive(Debug)]
+pub enum ProbeMsg {
+    /// Something may be due.
+    Tick,
+    /// A response to probe `seq`.
+    Response {
+        /// Probe number.
+        seq: u64,
+        /// Status code.
+        code: u16,
+        /// Retry-After of a 503.
+        retry_after: Option<Duration>,
+    },
+    /// A transaction toward this server got no answer: probe now.
+    Suspect,
+}
+
+/// Messages of a pair actor.
+#[derive(Debug)]
+pub enum PairMsg {
+    /// A member's probe state changed.
+    Server {
+        /// Which member.
+        member: Member,
+        /// Up or down.
+        up: bool,
+        /// Why.
+        reason: String,
+    },
+    /// A request arrived from the backup server.
+    FromBackup,
+}
+
+/// What a probe actor is started with (kept by the supervisor to restart it).
+#[derive(Clone)]
+pub struct ProbeSpec {
+    core: Arc<Core>,
+    pair: usize,
+    member: Member,
+    server: HostPort,
+    pair_actor: ActorRef<PairMsg>,
+}
+
+/// The probe actor.
+pub struct ProbeActor;
+
+type TickTask = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<ProbeMsg>>>;
+
+/// Its state.
+pub struct ProbeActorState {
+    spec: ProbeSpec,
+    probe: ProbeState,
+    id: u64,
+    scheduled: Option<(Instant, TickTask)>,
+    outstanding_branch: Option<String>,
+}
+
+impl Actor for ProbeActor {
+    type Msg = ProbeMsg;
+    type State = ProbeActorState;
+    type Arguments = ProbeSpec;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ProbeMsg>,
+        spec: ProbeSpec,
+    ) -> Result<ProbeActorState, ActorProcessingErr> {
+        spec.core
+            .register_probe(spec.pair, spec.member, myself.clone());
+        let _ = myself.send_message(ProbeMsg::Tick);
+        Ok(ProbeActorState {
+            probe: ProbeState::new(spec.core.settings.probe, Instant::now()),
+            id: rand::random::<u32>().into(),
+            spec,
+            scheduled: None,
+            outstanding_branch: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ProbeMsg>,
+        msg: ProbeMsg,
+        st: &mut ProbeActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            ProbeMsg::Tick => {
+                st.scheduled = None;
+                if let Some(c) = st.probe.handle_timeout(now) {
+                    st.forget_branch();
+                    st.report(c);
+                }
+            }
+            ProbeMsg::Response {
+                seq,
+                code,
+                retry_after,
+            } => {
+                if code >= 200 {
+                    st.forget_branch();
+                }
+                if let Some(c) = st.probe.on_response(now, seq, code, retry_after) {
+                    st.report(c);
+                }
+            }
+            ProbeMsg::Suspect => st.probe.probe_soon(now),
+        }
+        if let Some(seq) = st.probe.poll_probe(now) {
+            st.send_probe(&myself, seq, now).await;
+        }
+        if let Some(next) = st.probe.poll_timeout() {
+            if st.scheduled.as_ref().is_none_or(|(s, _)| next < *s) {
+                if let Some((_, old)) = st.scheduled.take() {
+                    old.abort();
+                }
+                let task =
+                    myself.send_after(next.saturating_duration_since(now), || ProbeMsg::Tick);
+                st.scheduled = Some((next, task));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ProbeMsg>,
+        st: &mut ProbeActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, t)) = st.scheduled.take() {
+            t.abort();
+        }
+        st.forget_branch();
+        Ok(())
+    }
+}
+
+impl ProbeActorState {
+    fn forget_branch(&mut self) {
+        if let Some(b) = self.outstanding_branch.take() {
+            self.spec.core.probes.remove(&b);
+        }
+    }
+
+    async fn send_probe(&mut self, myself: &ActorRef<ProbeMsg>, seq: u64, now: Instant) {
+        let core = &self.spec.core;
+        let Some(target) = resolve(&self.spec.server).await else {
+            tracing::warn!(event = "host_not_resolved", host = %self.spec.server.host, pair = %self.pair_name());
+            if let Some(c) = self.probe.unreachable(now, "host not resolved") {
+                self.report(c);
+            }
+            return;
+        };
+        let branch = format!("{PROBE_BRANCH_PREFIX}{:x}x{seq}", self.id);
+        let bytes = options_request(core, &self.spec.server, target, &branch, self.id, seq);
+        core.probes.insert(branch.clone(), (myself.clone(), seq));
+        if let Some(old) = self.outstanding_branch.replace(branch) {
+            core.probes.remove(&old);
+        }
+        if let Err(e) = crate::actors::connection::send(core, target, bytes).await {
+            tracing::debug!(event = "probe_send_failed", server = %self.spec.server, error = ?e);
+            // Counts as an unanswered probe when its timeout comes.
+        }
+    }
+
+    fn pair_name(&self) -> &str {
+        self.spec
+            .core
+            .settings
+            .pairs
+            .get(self.spec.pair)
+            .map_or("", |p| p.name.as_str())
+    }
+
+    fn report(&self, c: Change) {
+        let (up, reason) = match c {
+            Change::Down(r) => (false, r),
+            Change::Up(r) => (true, r),
+        };
+        let event = if up { "upstream_up" } else { "upstream_down" };
+        if up {
+            tracing::info!(event, pair = %self.pair_name(), member = name(self.spec.member), server = %self.spec.server, reason = %reason);
+        } else {
+            tracing::warn!(event, pair = %self.pair_name(), member = name(self.spec.member), server = %self.spec.server, reason = %reason);
+        }
+        self.spec
+            .core
+            .pairs
+            .set_up(self.spec.pair, self.spec.member, up);
+        let _ = self.spec.pair_actor.send_message(PairMsg::Server {
+            member: self.spec.member,
+            up,
+            reason,
+        });
+    }
+}
+
+/// The OPTIONS probe for `server`.
+fn options_request(
+    core: &Core,
+    server: &HostPort,
+    target: Target,
+    branch: &str,
+    id: u64,
+    seq: u64,
+) -> bytes::Bytes {
+    let host = if server.host.contains(':') {
+        format!("[{}]", server.host)
+    } else {
+        server.host.clone()
+    };
+    let adv = &core.identity.advertised_host;
+    let text = format!(
+        "OPTIONS sip:{host}:{port};transport={t} SIP/2.0\r\n\
+         Via: {via}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:sippool@{adv}>;tag=probe{id:x}\r\n\
+         To: <sip:{host}:{port}>\r\n\
+         Call-ID: probe-{id:x}-{seq}@{adv}\r\n\
+         CSeq: {seq} OPTIONS\r\n\
+         User-Agent: sippool\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = server.port,
+        t = target.transport.uri_param(),
+        via = core.identity.via(target.transport, branch),
+    );
+    bytes::Bytes::from(text)
+}
+
+/// The pair actor.
+pub struct PairActor;
+
+/// Its state.
+pub struct PairActorState {
+    core: Arc<Core>,
+    index: usize,
+    logic: PairLogic,
+}
+
+impl Actor for PairActor {
+    type Msg = PairMsg;
+    type State = PairActorState;
+    type Arguments = (Arc<Core>, usize);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PairMsg>,
+        (core, index): Self::Arguments,
+    ) -> Result<PairActorState, ActorProcessingErr> {
+        let failback = core.settings.pairs.get(index).is_some_and(|p| p.failback);
+        Ok(PairActorState {
+            core,
+            index,
+            logic: PairLogic::new(failback),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PairMsg>,
+        msg: PairMsg,
+        st: &mut PairActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let switch = match msg {
+            PairMsg::Server { member, up, reason } => st.logic.on_server(member, up, &reason),
+            PairMsg::FromBackup => st.logic.on_request_from_backup(),
+        };
+        let Some(s) = switch else {
+            return Ok(());
+        };
+        let core = &st.core;
+        core.pairs.set_active(st.index, s.to);
+        let pair = core
+            .settings
+            .pairs
+            .get(st.index)
+            .map_or("", |p| p.name.as_str());
+        let label = |m: Option<Member>| m.map_or("none", name);
+        core.metrics.failovers.inc();
+        match (s.from, s.to) {
+            (_, None) => {
+                tracing::error!(event = "pair_out_of_service", pair, from = label(s.from), why = %s.why)
+            }
+            (None, Some(to)) => {
+                tracing::info!(event = "pair_back_in_service", pair, to = name(to), why = %s.why)
+            }
+            (Some(from), Some(to)) => {
+                tracing::warn!(event = "pair_switched", pair, from = name(from), to = name(to), why = %s.why)
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Supervises the pair and probe actors; restarts a probe actor that fails.
+pub struct HealthSupervisor;
+
+/// Its state: how to restart each probe actor.
+pub struct HealthState {
+    core: Arc<Core>,
+    specs: HashMap<ActorId, ProbeSpec>,
+}
+
+impl Actor for HealthSupervisor {
+    type Msg = ();
+    type State = HealthState;
+    type Arguments = Arc<Core>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        core: Arc<Core>,
+    ) -> Result<HealthState, ActorProcessingErr> {
+        let mut specs = HashMap::new();
+        let mut pair_actors = Vec::new();
+        for (i, p) in core.settings.pairs.iter().enumerate() {
+            let (pa, _) =
+                Actor::spawn_linked(None, PairActor, (core.clone(), i), myself.get_cell()).await?;
+            pair_actors.push(pa.clone());
+            for (member, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
+                let spec = ProbeSpec {
+                    core: core.clone(),
+                    pair: i,
+                    member,
+                    server: server.clone(),
+                    pair_actor: pa.clone(),
+                };
+                let (probe, _) =
+                    Actor::spawn_linked(None, ProbeActor, spec.clone(), myself.get_cell()).await?;
+                specs.insert(probe.get_id(), spec);
+            }
+        }
+        core.set_pair_actors(pair_actors);
+        Ok(HealthState { core, specs })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        st: &mut HealthState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let kind = if st.specs.contains_key(&cell.get_id()) {
+                "probe"
+            } else {
+                "pair"
+            };
+            st.core
+                .metrics
+                .actor_failures
+                .get_or_create(&KindLabels { kind })
+                .inc();
+            tracing::error!(event = "health_actor_failed", kind, error = %err);
+            match st.specs.remove(&cell.get_id()) {
+                Some(spec) => {
+                    let (probe, _) =
+                        Actor::spawn_linked(None, ProbeActor, spec.clone(), myself.get_cell())
+                            .await?;
+                    st.specs.insert(probe.get_id(), spec);
+                }
+                // A pair actor holds state that cannot be rebuilt: fail upward.
+                None => myself.stop(Some("pair actor failed".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::proxy::BRANCH_PREFIX;
+
+    #[test]
+    fn probe_branches_are_ours() {
+        assert!(PROBE_BRANCH_PREFIX.starts_with(BRANCH_PREFIX));
+    }
+}
