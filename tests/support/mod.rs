@@ -424,6 +424,8 @@ pub enum Behaviour {
     Silent,
     /// Answers every request with this final status.
     Reply(u16),
+    /// Answers OPTIONS with 200 after this many milliseconds; ignores everything else.
+    LateOptions(u64),
 }
 
 /// A test upstream SIP server (UAS).
@@ -485,6 +487,14 @@ impl Upstream {
                 match (b, method.as_str()) {
                     (_, "ACK") => {}
                     (Behaviour::Silent, _) => {}
+                    (Behaviour::LateOptions(ms), "OPTIONS") => {
+                        let text = response(&r.msg, 200, "Late", &contact);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            r.reply(&text).await;
+                        });
+                    }
+                    (Behaviour::LateOptions(_), _) => {}
                     (Behaviour::Reply(code), _) => {
                         r.reply(&response(&r.msg, code, "Test", &contact)).await;
                     }

@@ -1,0 +1,232 @@
+//! Upstream health and failover over real sockets: OPTIONS probing, the pair's switching
+//! rules, and transaction retry on the other member.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sippool::actors::Proxy;
+use sippool::health::Member;
+use sippool::sip::transport::Transport;
+use support::*;
+
+/// A pair probed every second with a 300 ms probe timeout.
+fn probed_pair(primary: &Upstream, backup: &Upstream, extra: &str) -> String {
+    format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{}\"\nbackup = \"{}\"\n{extra}\
+         [health]\noos_check = 1\noos_force = 1\nprobe_timeout_ms = 300\n",
+        primary.uri(),
+        backup.uri()
+    )
+}
+
+async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+fn active(p: &Proxy) -> Option<Member> {
+    p.core().pairs.active(0)
+}
+
+/// Sends an INVITE, acknowledges its final response, and returns that response.
+async fn invite(phone: &mut Phone) -> SipMsg {
+    let call_id = unique("fo");
+    let branch = unique("z9hG4bKf");
+    let ruri = "sip:bob@site.example";
+    let req = phone.request("INVITE", ruri, &call_id, &branch, "", "");
+    phone.send(&req).await;
+    let (r, _) = phone.recv_final().await;
+    let ack = if r.status() == Some(200) {
+        phone.in_dialog("ACK", &r, &call_id, 1, &unique("z9hG4bKa"))
+    } else {
+        // ACK for a non-2xx final: the INVITE's branch, the response's To (RFC 3261 17.1.1.3).
+        phone
+            .request("ACK", ruri, &call_id, &branch, "", "")
+            .replace(
+                &format!("To: <{ruri}>"),
+                &format!("To: {}", r.header("to").unwrap()),
+            )
+    };
+    phone.send(&ack).await;
+    r
+}
+
+#[tokio::test]
+async fn silent_primary_switches_within_oos_check_plus_timeout() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    // Let the first probe round pass, then silence the primary.
+    until("primary probed up", Duration::from_secs(3), || {
+        p.core().pairs.is_up(0, Member::Primary)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    primary.set(Behaviour::Silent);
+    let took = until("switch to backup", Duration::from_secs(4), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    assert!(
+        took <= Duration::from_millis(1300 + 400),
+        "switch took {took:?}"
+    );
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(200));
+    backup.recv_method("INVITE").await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn request_from_backup_switches_at_once() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    let proxy_addr = p.local_addr(Transport::Udp).unwrap();
+    assert_eq!(active(&p), Some(Member::Primary));
+    // The backup server sends a request through the proxy (from its own address).
+    let sock = tokio::net::UdpSocket::bind((backup.addr.ip(), 0))
+        .await
+        .unwrap();
+    let req = format!(
+        "OPTIONS sip:{proxy_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={}\r\nMax-Forwards: 70\r\n\
+         From: <sip:b@x>;tag=1\r\nTo: <sip:{proxy_addr}>\r\nCall-ID: {}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        sock.local_addr().unwrap(),
+        unique("z9hG4bKb"),
+        unique("fb")
+    );
+    sock.send_to(req.as_bytes(), proxy_addr).await.unwrap();
+    until("switch to backup", Duration::from_millis(500), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    let mut phone = Phone::udp(proxy_addr).await;
+    assert_eq!(invite(&mut phone).await.status(), Some(200));
+    backup.recv_method("INVITE").await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn both_silent_gives_503_with_retry_after_and_recovers() {
+    let primary = Upstream::udp(Behaviour::Silent).await;
+    let backup = Upstream::udp(Behaviour::Silent).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    until("pair out of service", Duration::from_secs(3), || {
+        active(&p).is_none()
+    })
+    .await;
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(503));
+    assert!(r.header("retry-after").is_some(), "{}", r.text());
+    // The backup comes back first: it takes over.
+    backup.set(Behaviour::Answer);
+    until("back in service", Duration::from_secs(3), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(200), "{}", r.text());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn no_flapping_without_failback() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    primary.set(Behaviour::Silent);
+    until("switch", Duration::from_secs(4), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    primary.set(Behaviour::Answer);
+    until("primary up again", Duration::from_secs(4), || {
+        p.core().pairs.is_up(0, Member::Primary)
+    })
+    .await;
+    // Another probe round: still on the backup.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(active(&p), Some(Member::Backup));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn failback_returns_to_primary() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(
+        &["udp"],
+        &probed_pair(&primary, &backup, "failback = true\n"),
+    )
+    .await;
+    primary.set(Behaviour::Silent);
+    until("switch", Duration::from_secs(4), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    primary.set(Behaviour::Answer);
+    until("failback", Duration::from_secs(4), || {
+        active(&p) == Some(Member::Primary)
+    })
+    .await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn late_probe_answers_are_ignored() {
+    // The primary answers OPTIONS, but only after the probe timeout.
+    let primary = Upstream::udp(Behaviour::LateOptions(500)).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    until("switch", Duration::from_secs(3), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    // Three more probe rounds: every answer is late, the primary stays down.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(!p.core().pairs.is_up(0, Member::Primary));
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn unanswered_invite_is_retried_on_the_backup() {
+    // Probing is slow here (30 s): only the transaction notices the dead primary.
+    let primary = Upstream::udp(Behaviour::Silent).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{}\"\nbackup = \"{}\"\n[health]\noos_check = 30\nfailover_timeout_ms = 200\n",
+        primary.uri(),
+        backup.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(200), "{}", r.text());
+    backup.recv_method("INVITE").await;
+    assert_eq!(p.core().metrics.retries.get(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn invite_answered_503_is_retried_on_the_backup() {
+    let primary = Upstream::udp(Behaviour::Reply(503)).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{}\"\nbackup = \"{}\"\n[health]\noos_check = 0\n",
+        primary.uri(),
+        backup.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    assert_eq!(invite(&mut phone).await.status(), Some(200));
+    p.stop().await;
+}
