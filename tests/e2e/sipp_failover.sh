@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Failover end to end: SIPp places calls at a steady rate through sippool to an HA pair of
+# SIPp servers; the primary is killed (SIGKILL) mid-run. Every call must succeed, and calls
+# must land on the backup after the kill.
+#
+#   tests/e2e/sipp_failover.sh [RATE] [SECONDS] [KILL_AT]     default 50 calls/s, 20 s, 10 s
+#
+# Loopback only: sippool 127.0.0.40, primary 127.0.0.41, backup 127.0.0.42, UAC 127.0.0.43.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+RATE="${1:-50}"
+SECS="${2:-20}"
+KILL_AT="${3:-10}"
+CALLS=$((RATE * SECS))
+WORK="$(mktemp -d /tmp/sippool-failover.XXXXXX)"
+BIN="$ROOT/target/release/sippool"
+UAS="$ROOT/tests/e2e/uas_ha.xml"
+command -v sipp >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cat > "$WORK/sippool.toml" <<TOML
+[instance]
+name = "failover"
+advertised_host = "127.0.0.40"
+[[listen]]
+transport = "udp"
+address = "127.0.0.40:5060"
+[[pair]]
+name = "ha"
+primary = "127.0.0.41:5060"
+backup = "127.0.0.42:5060"
+[health]
+oos_check = 1
+oos_force = 1
+probe_timeout_ms = 500
+failover_timeout_ms = 500
+TOML
+
+(cd "$WORK" && exec sipp -sf "$UAS" -i 127.0.0.41 -p 5060 -nostdin -timeout 120s -trace_stat -fd 1 -stf primary.csv > primary.log 2>&1) &
+primary=$!
+pids+=($primary)
+(cd "$WORK" && exec sipp -sf "$UAS" -i 127.0.0.42 -p 5060 -nostdin -timeout 120s -trace_stat -fd 1 -stf backup.csv > backup.log 2>&1) &
+pids+=($!)
+# The servers listen before sippool sends its first probe.
+for ip in 127.0.0.41 127.0.0.42; do
+  for _ in $(seq 100); do
+    awk -v h="$(printf '%02X%02X%02X%02X:13C4' $(echo $ip | awk -F. '{print $4,$3,$2,$1}'))" '$2==h{f=1} END{exit !f}' /proc/net/udp && break
+    sleep 0.1
+  done
+done
+"$BIN" run --config "$WORK/sippool.toml" > "$WORK/sippool.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q proxy_initialised "$WORK/sippool.log" && break
+  sleep 0.1
+done
+grep -q proxy_initialised "$WORK/sippool.log" || { cat "$WORK/sippool.log"; exit 1; }
+
+(cd "$WORK" && exec timeout 120 sipp -sn uac 127.0.0.40:5060 -i 127.0.0.43 -p 5070 -r "$RATE" -m "$CALLS" \
+  -nostdin -timeout 100s -recv_timeout 10000 -trace_stat -trace_err -stf uac.csv > uac.log 2>&1) &
+uac=$!
+sleep "$KILL_AT"
+kill -KILL "$primary"
+echo "primary killed at ${KILL_AT}s"
+rc=0
+wait "$uac" || rc=$?
+
+ok=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $16}')
+failed=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $18}')
+switched=$(grep -c '"pair_switched"\|event="pair_switched"\|pair_switched' "$WORK/sippool.log" || true)
+backup_calls=$(tail -1 "$WORK/backup.csv" | awk -F';' '{print $13}')
+echo "failover: calls=$CALLS successful=$ok failed=$failed rc=$rc pair_switched_events=$switched backup_calls_created=$backup_calls"
+grep -E "upstream_down|pair_switched|transaction_retried" "$WORK/sippool.log" | head -5
+if [ "$rc" = 0 ] && [ "$ok" = "$CALLS" ] && [ "$failed" = 0 ] && [ "$switched" -ge 1 ] && [ "${backup_calls:-0}" -gt 0 ]; then
+  echo "failover e2e: 1 passed, 0 failed"
+  rm -rf "$WORK"
+else
+  echo "failover e2e: failed, logs in $WORK"
+  tail -20 "$WORK/uac.log"
+  exit 1
+fi
