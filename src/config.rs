@@ -47,6 +47,28 @@ pub struct Config {
     /// Threads.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// DNS resolution of upstream names (RFC 3263).
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// DNS servers (`ip:port`); empty uses the system's resolvers (`/etc/resolv.conf`).
+    pub servers: Vec<String>,
+    /// Query timeout (ms).
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout_ms: 2000,
+        }
+    }
 }
 
 /// `[runtime]`
@@ -254,6 +276,8 @@ pub struct HostPort {
     pub port: u16,
     /// Transport, UDP when not given.
     pub transport: Transport,
+    /// Whether the port was written (RFC 3263: then no SRV lookup).
+    pub explicit_port: bool,
 }
 
 impl HostPort {
@@ -301,11 +325,11 @@ impl FromStr for HostPort {
             }
         }
         let (host, port) = split_host_port(hostport)?;
-        let port = port.unwrap_or(transport.default_port());
         Ok(HostPort {
             host,
-            port,
+            port: port.unwrap_or(transport.default_port()),
             transport,
+            explicit_port: port.is_some(),
         })
     }
 }
@@ -393,6 +417,10 @@ pub struct Settings {
     pub timers: crate::sip::transaction::Timers,
     /// Runtime threads.
     pub worker_threads: usize,
+    /// DNS servers to ask (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// DNS query timeout.
+    pub dns_timeout: Duration,
     /// Upstream probing.
     pub probe: crate::health::probe::ProbeConfig,
     /// No-response time after which a request is retried on the other pair member.
@@ -573,7 +601,21 @@ impl Config {
         if h.failover_timeout_ms < 10 {
             return Err(err("health.failover_timeout_ms", "must be at least 10 ms"));
         }
+        let mut dns_servers = Vec::with_capacity(self.dns.servers.len());
+        for (i, d) in self.dns.servers.iter().enumerate() {
+            dns_servers.push(SocketAddr::from_str(d.trim()).map_err(|e| {
+                err(
+                    format!("dns.servers[{i}]"),
+                    format!("'{d}' is not ip:port: {e}"),
+                )
+            })?);
+        }
+        if self.dns.timeout_ms == 0 {
+            return Err(err("dns.timeout_ms", "must be positive"));
+        }
         Ok(Settings {
+            dns_servers,
+            dns_timeout: Duration::from_millis(self.dns.timeout_ms),
             probe: crate::health::probe::ProbeConfig {
                 oos_check: (h.oos_check > 0).then(|| Duration::from_secs(h.oos_check)),
                 oos_force: Duration::from_secs(h.oos_force),

@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod sip;

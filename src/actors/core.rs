@@ -25,7 +25,7 @@ use crate::sip::transport::Transport;
 use crate::sip::via::Via;
 
 use super::transaction::{TransactionActor, TxMsg};
-use super::transport::{resolve, send_reply, send_udp, Inbound, ReplyPath, Transports};
+use super::transport::{send_reply, send_udp, Inbound, ReplyPath, Transports};
 
 /// Everything the actors share. Read-mostly; the tables are concurrent maps.
 pub struct Core {
@@ -43,6 +43,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// Size and header caps.
     pub limits: Limits,
+    /// DNS (RFC 3263) for upstream and route names.
+    pub locator: crate::dns::Locator,
     /// Server transactions by key.
     pub server_txns: DashMap<String, ActorRef<TxMsg>>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
@@ -51,6 +53,7 @@ pub struct Core {
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client_txns: DashMap<String, ActorRef<TxMsg>>,
     upstream_ips: HashSet<IpAddr>,
+    located_upstream_ips: DashMap<IpAddr, ()>,
     /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
     /// when both members share an IP).
     backup_sources: Vec<(usize, SocketAddr, bool)>,
@@ -73,7 +76,8 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// Builds the core from settings whose listen addresses are already bound.
-    pub fn new(settings: Settings) -> Core {
+    pub fn new(settings: Settings) -> Result<Core, crate::dns::LocatorError> {
+        let locator = crate::dns::Locator::new(&settings.dns_servers, settings.dns_timeout)?;
         let mut upstream_ips = HashSet::new();
         for p in &settings.pairs {
             for hp in [&p.primary, &p.backup] {
@@ -92,7 +96,8 @@ impl Core {
                 Some((i, b, same_ip))
             })
             .collect();
-        Core {
+        Ok(Core {
+            locator,
             backup_sources,
             probes: DashMap::new(),
             probe_actors: DashMap::new(),
@@ -110,11 +115,12 @@ impl Core {
             lingering: DashMap::new(),
             client_txns: DashMap::new(),
             upstream_ips,
+            located_upstream_ips: DashMap::new(),
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
             settings,
-        }
+        })
     }
 
     /// Sets the supervisors new actors are linked to (once, at start-up).
@@ -162,9 +168,17 @@ impl Core {
         self.conn_supervisor.get()
     }
 
-    /// Whether `ip` is one of the configured upstream servers.
+    /// Whether `ip` is one of the configured upstream servers (given as IPs, or located
+    /// by name for probing).
     pub fn is_upstream(&self, ip: IpAddr) -> bool {
-        self.upstream_ips.contains(&ip)
+        self.upstream_ips.contains(&ip) || self.located_upstream_ips.contains_key(&ip)
+    }
+
+    /// Records the address a named upstream server was located at.
+    pub fn learn_upstream_ip(&self, ip: IpAddr) {
+        if !self.upstream_ips.contains(&ip) {
+            self.located_upstream_ips.insert(ip, ());
+        }
     }
 
     /// The server the pair's active member names; `None` when the pair is out of service.
@@ -444,7 +458,7 @@ impl Core {
         }
         let core = self.clone();
         tokio::spawn(async move {
-            if let Some(target) = resolve(&hp).await {
+            if let Some(target) = core.locator.locate(&hp).await {
                 let bytes = plan.build(&inbound.msg, &core.identity, target.transport, &branch);
                 let _ = super::connection::send(&core, target, bytes).await;
             }

@@ -81,7 +81,10 @@ impl Proxy {
             .iter()
             .map(|l| (l.transport, l.address))
             .collect();
-        let core = Arc::new(Core::new(settings));
+        let core = Arc::new(
+            Core::new(settings)
+                .map_err(|e| StartError(format!("DNS resolver cannot start: {}", e.0)))?,
+        );
         spawn_sweeper(Arc::downgrade(&core));
         let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
             .await

@@ -28,7 +28,7 @@ use crate::sip::transaction::{
 
 use super::connection::{self, ConnOrUdp};
 use super::core::{response_destination, Core, Lingering};
-use super::transport::{resolve, send_reply, send_udp, ConnHandle, Inbound, Target};
+use super::transport::{send_reply, send_udp, ConnHandle, Inbound, Target};
 
 /// Messages of a transaction actor.
 #[derive(Debug)]
@@ -246,7 +246,7 @@ impl TxState {
     /// client gets 500 (a transport error counts as a 503, RFC 3261 sections 16.9 and 16.7).
     async fn launch(&mut self, myself: &ActorRef<TxMsg>, mut hp: HostPort, now: Instant) {
         loop {
-            let sent = match resolve(&hp).await {
+            let sent = match self.core.locator.locate(&hp).await {
                 Some(target) => self.start_branch(myself, target, now).await,
                 None => {
                     tracing::warn!(event = "host_not_resolved", host = %hp.host);

@@ -7,14 +7,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use ractor::ActorRef;
 use tokio::net::UdpSocket;
 
-use crate::config::HostPort;
 use crate::sip::message::Message;
 use crate::sip::transport::Transport;
 
@@ -187,24 +185,4 @@ pub fn send_udp(sock: &Arc<UdpSocket>, dest: SocketAddr, bytes: Bytes) -> Result
         }
         Err(e) => Err(SendError::Io(e.to_string())),
     }
-}
-
-/// Resolves a host:port to a socket address (IP literals at once, names through the
-/// system resolver; RFC 3263 SRV resolution arrives with the failover work).
-pub async fn resolve(hp: &HostPort) -> Option<Target> {
-    if let Some(addr) = hp.socket_addr() {
-        return Some(Target {
-            transport: hp.transport,
-            addr,
-        });
-    }
-    let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
-        .await
-        .ok()?
-        .ok()?;
-    addrs.next().map(|addr| Target {
-        transport: hp.transport,
-        addr,
-    })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::actors::transport::{resolve, Target};
+use crate::actors::transport::Target;
 use crate::actors::Core;
 use crate::config::HostPort;
 use crate::metrics::KindLabels;
@@ -172,13 +172,14 @@ impl ProbeActorState {
 
     async fn send_probe(&mut self, myself: &ActorRef<ProbeMsg>, seq: u64, now: Instant) {
         let core = &self.spec.core;
-        let Some(target) = resolve(&self.spec.server).await else {
+        let Some(target) = core.locator.locate(&self.spec.server).await else {
             tracing::warn!(event = "host_not_resolved", host = %self.spec.server.host, pair = %self.pair_name());
             if let Some(c) = self.probe.unreachable(now, "host not resolved") {
                 self.report(c);
             }
             return;
         };
+        core.learn_upstream_ip(target.addr.ip());
         let branch = format!("{PROBE_BRANCH_PREFIX}{:x}x{seq}", self.id);
         let bytes = options_request(core, &self.spec.server, target, &branch, self.id, seq);
         core.probes.insert(branch.clone(), (myself.clone(), seq));

@@ -192,6 +192,7 @@ fn uri_destination(u: &SipUri<'_>) -> Destination {
         host: u.target_host().to_string(),
         port: u.port.unwrap_or(transport.default_port()),
         transport,
+        explicit_port: u.port.is_some(),
     })
 }
 

@@ -438,11 +438,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn udp(b: Behaviour) -> Upstream {
-        let sock = Arc::new(
-            UdpSocket::bind((loopback(UPSTREAM), 0))
-                .await
-                .expect("bind"),
-        );
+        Self::udp_at(SocketAddr::new(loopback(UPSTREAM), 0), b).await
+    }
+
+    /// A UDP server on a given address.
+    pub async fn udp_at(bind: SocketAddr, b: Behaviour) -> Upstream {
+        let sock = Arc::new(UdpSocket::bind(bind).await.expect("bind"));
         let addr = sock.local_addr().expect("addr");
         let (tx, rx_net) = mpsc::unbounded_channel();
         spawn_udp_reader(sock, tx);

@@ -1,0 +1,206 @@
+//! Upstream servers given by name, resolved per RFC 3263 through a real DNS server on
+//! loopback (dnsmasq, Debian package dnsmasq-base).
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sippool::config::HostPort;
+use sippool::health::Member;
+use sippool::sip::transport::Transport;
+use support::*;
+
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    hosts: std::path::PathBuf,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.hosts);
+    }
+}
+
+impl Dnsmasq {
+    /// dnsmasq on a fresh loopback address, records from `hosts` (an /etc/hosts file) and
+    /// `srv` (`--srv-host` values), every answer with a TTL of 1 s.
+    fn start(hosts: &str, srv: &[String]) -> Dnsmasq {
+        let ip = loopback(9);
+        let port = std::net::UdpSocket::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path =
+            std::env::temp_dir().join(format!("sippool-hosts-{}-{port}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(hosts.as_bytes())
+            .unwrap();
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            "--local-ttl=1",
+            &format!("--listen-address={ip}"),
+            &format!("--port={port}"),
+            &format!("--addn-hosts={}", path.display()),
+        ]);
+        for s in srv {
+            cmd.arg(format!("--srv-host={s}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq must be installed (apt-get install dnsmasq-base)");
+        Dnsmasq {
+            child,
+            addr: SocketAddr::new(ip, port),
+            hosts: path,
+        }
+    }
+
+    fn rewrite_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).unwrap();
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits until the server answers for `hp`.
+    async fn ready(&self, hp: &str) {
+        let loc = sippool::dns::Locator::new(&[self.addr], Duration::from_millis(200)).unwrap();
+        let hp: HostPort = hp.parse().unwrap();
+        let start = Instant::now();
+        while loc.locate(&hp).await.is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "dnsmasq did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn config(dns: &Dnsmasq, primary: &str, backup: &str) -> String {
+    format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{primary}\"\nbackup = \"{backup}\"\n\
+         [dns]\nservers = [\"{}\"]\ntimeout_ms = 300\n\
+         [health]\noos_check = 1\noos_force = 1\nprobe_timeout_ms = 300\n",
+        dns.addr
+    )
+}
+
+async fn call_reaches(phone: &mut Phone, up: &mut Upstream) {
+    let call_id = unique("dns");
+    let req = phone.request(
+        "INVITE",
+        "sip:bob@site.example",
+        &call_id,
+        &unique("z9hG4bKd"),
+        "",
+        "",
+    );
+    phone.send(&req).await;
+    let got = up.recv_method("INVITE").await;
+    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
+    let (ok, _) = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200));
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa")))
+        .await;
+}
+
+#[tokio::test]
+async fn srv_record_names_the_server_and_its_port() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let dns = Dnsmasq::start(
+        &format!("{} pbx-a.sippool.test\n", up.addr.ip()),
+        &[format!(
+            "_sip._udp.pbx.sippool.test,pbx-a.sippool.test,{},10,10",
+            up.addr.port()
+        )],
+    );
+    dns.ready("pbx-a.sippool.test:1").await;
+    let p = proxy(&["udp"], &config(&dns, "pbx.sippool.test", "127.0.2.254:9")).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    call_reaches(&mut phone, &mut up).await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_counts_as_down() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let dns = Dnsmasq::start(&format!("{} pbx-a.sippool.test\n", up.addr.ip()), &[]);
+    dns.ready("pbx-a.sippool.test:1").await;
+    let primary = format!("pbx-a.sippool.test:{}", up.addr.port());
+    let p = proxy(
+        &["udp"],
+        &config(&dns, &primary, "nothing-here.sippool.test:5060"),
+    )
+    .await;
+    let start = Instant::now();
+    while p.core().pairs.is_up(0, Member::Backup) {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "backup still counted up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.core().pairs.is_up(0, Member::Primary));
+    assert_eq!(p.core().pairs.active(0), Some(Member::Primary));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_record_is_used_once_its_ttl_expires() {
+    let mut a = Upstream::udp(Behaviour::Answer).await;
+    let port = a.addr.port();
+    let b_ip = loopback(UPSTREAM);
+    let mut b = Upstream::udp_at(SocketAddr::new(b_ip, port), Behaviour::Answer).await;
+    let dns = Dnsmasq::start(&format!("{} pbx-b.sippool.test\n", a.addr.ip()), &[]);
+    dns.ready("pbx-b.sippool.test:1").await;
+    let primary = format!("pbx-b.sippool.test:{port}");
+    let p = proxy(&["udp"], &config(&dns, &primary, "127.0.2.254:9")).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    call_reaches(&mut phone, &mut a).await;
+    dns.rewrite_hosts(&format!("{b_ip} pbx-b.sippool.test\n"));
+    // The answer had a TTL of 1 s: after it, the new address is looked up and used.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let call_id = unique("ttl");
+        let req = phone.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &call_id,
+            &unique("z9hG4bKt"),
+            "",
+            "",
+        );
+        phone.send(&req).await;
+        let (r, _) = phone.recv_final().await;
+        assert_eq!(r.status(), Some(200));
+        let at_b = b
+            .drain(Duration::from_millis(100))
+            .await
+            .iter()
+            .any(|m| m.header("call-id") == Some(call_id.as_str()));
+        if at_b {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new record was never used");
+    }
+    p.stop().await;
+}
