@@ -760,7 +760,7 @@ mod tests {
         };
         assert_eq!(
             plan.destination,
-            Destination::Host("203.0.113.9:5060".parse().unwrap())
+            Destination::Host("203.0.113.9".parse().unwrap())
         );
         let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKspx");
         let text = std::str::from_utf8(&out).unwrap();
