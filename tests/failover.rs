@@ -230,3 +230,43 @@ async fn invite_answered_503_is_retried_on_the_backup() {
     assert_eq!(invite(&mut phone).await.status(), Some(200));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn request_for_another_site_goes_to_that_sites_active_member() {
+    let a1 = Upstream::udp(Behaviour::Answer).await;
+    let a2 = Upstream::udp(Behaviour::Answer).await;
+    let b1 = Upstream::udp(Behaviour::Silent).await;
+    let mut b2 = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"site-a\"\ndomain = \"site-a.example\"\nprimary = \"{}\"\nbackup = \"{}\"\n\
+         [[pair]]\nname = \"site-b\"\ndomain = \"site-b.example\"\nprimary = \"{}\"\nbackup = \"{}\"\n\
+         [routing]\nserving_pair = \"site-a\"\n\
+         [health]\noos_check = 1\noos_force = 1\nprobe_timeout_ms = 300\n",
+        a1.uri(),
+        a2.uri(),
+        b1.uri(),
+        b2.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    // Site B's primary is silent: site B switches to its backup, site A stays on its primary.
+    until("site-b on its backup", Duration::from_secs(3), || {
+        p.core().pairs.active(1) == Some(Member::Backup)
+    })
+    .await;
+    assert_eq!(p.core().pairs.active(0), Some(Member::Primary));
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let call_id = unique("site");
+    let req = phone.request(
+        "INVITE",
+        "sip:agent@site-b.example",
+        &call_id,
+        &unique("z9hG4bKs"),
+        "",
+        "",
+    );
+    phone.send(&req).await;
+    let got = b2.recv_method("INVITE").await;
+    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    p.stop().await;
+}
