@@ -146,6 +146,13 @@ impl Core {
         }
     }
 
+    /// An INVITE sent to a pair member got no answer at all: counts as a missed probe.
+    pub fn report_unanswered(&self, pair: usize, member: Member) {
+        if let Some(a) = self.probe_actors.get(&(pair, member)) {
+            let _ = a.send_message(ProbeMsg::Unanswered);
+        }
+    }
+
     /// A request from the backup of a pair whose active member is not the backup: tell the
     /// pair actor (SPEC section 2: the backup has taken over).
     fn note_request_source(&self, source: SocketAddr) {

@@ -259,7 +259,7 @@ impl TxState {
             if let Some(b) = &mut self.branch {
                 terminate_client(&mut b.client);
             }
-            match self.failover_target() {
+            match self.failover_target(false) {
                 Some(next) => hp = next,
                 None => return self.respond(now, &Reject::new(500, "Server Internal Error")),
             }
@@ -315,8 +315,19 @@ impl TxState {
 
     /// The other member of the pair, when the request went to a pair member, has not been
     /// retried yet, is still unanswered and the other member is up. Records the retry.
-    fn failover_target(&mut self) -> Option<HostPort> {
+    fn failover_target(&mut self, unanswered: bool) -> Option<HostPort> {
         let (pair, member) = self.member?;
+        let is_invite = self
+            .request
+            .as_ref()
+            .is_some_and(|r| r.msg.method() == Some(&Method::Invite));
+        if unanswered && is_invite {
+            // As strong a sign as an unanswered probe (only INVITE: one stray request that a
+            // server ignores must not take it out of service).
+            self.core.report_unanswered(pair, member);
+        } else {
+            self.core.suspect(pair, member);
+        }
         if self.retried || self.final_sent || self.cancelled {
             return None;
         }
@@ -325,7 +336,6 @@ impl TxState {
             return None;
         }
         let hp = self.core.member_server(pair, other)?.clone();
-        self.core.suspect(pair, member);
         self.retried = true;
         self.member = Some((pair, other));
         self.failover_at = None;
@@ -451,7 +461,7 @@ impl TxState {
         self.timer_c = None;
         if code == 503 {
             // The member is unavailable: the other one gets the request, if it may.
-            if let Some(hp) = self.failover_target() {
+            if let Some(hp) = self.failover_target(false) {
                 return self.launch(myself, hp, now).await;
             }
             // RFC 3261 section 16.7 step 6: never relay a 503.
@@ -467,7 +477,7 @@ impl TxState {
             self.failover_at = None;
             let unanswered = self.branch.as_ref().is_some_and(|b| !b.answered);
             if unanswered {
-                if let Some(hp) = self.failover_target() {
+                if let Some(hp) = self.failover_target(true) {
                     return self.launch(myself, hp, now).await;
                 }
             }
@@ -504,7 +514,7 @@ impl TxState {
         }
         if timed_out {
             self.core.metrics.upstream_timeouts.inc();
-            if let Some(hp) = self.failover_target() {
+            if let Some(hp) = self.failover_target(true) {
                 return self.launch(myself, hp, now).await;
             }
             self.respond(now, &Reject::new(408, "Request Timeout"));

@@ -39,8 +39,10 @@ pub enum ProbeMsg {
         /// Retry-After of a 503.
         retry_after: Option<Duration>,
     },
-    /// A transaction toward this server got no answer: probe now.
+    /// A transaction toward this server failed: probe now.
     Suspect,
+    /// An INVITE toward this server got no answer at all: a missed probe.
+    Unanswered,
 }
 
 /// Messages of a pair actor.
@@ -133,6 +135,12 @@ impl Actor for ProbeActor {
                 }
             }
             ProbeMsg::Suspect => st.probe.probe_soon(now),
+            ProbeMsg::Unanswered => {
+                if let Some(c) = st.probe.missed(now, "no answer to an INVITE") {
+                    st.forget_branch();
+                    st.report(c);
+                }
+            }
         }
         if let Some(seq) = st.probe.poll_probe(now) {
             st.send_probe(&myself, seq, now).await;

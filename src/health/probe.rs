@@ -199,6 +199,21 @@ impl ProbeState {
         change
     }
 
+    /// A request other than a probe went unanswered: counts like a missed probe, and the
+    /// probe outstanding, if any, is abandoned.
+    pub fn missed(&mut self, now: Instant, what: &str) -> Option<Change> {
+        self.outstanding = None;
+        self.ok_in_a_row = 0;
+        self.missed_in_a_row = self.missed_in_a_row.saturating_add(1);
+        let change = if self.up && self.missed_in_a_row >= self.cfg.down_after {
+            self.go_down(now, what.to_string())
+        } else {
+            None
+        };
+        self.next_probe = now + self.interval();
+        change
+    }
+
     /// The server cannot be reached at all (its name does not resolve, or no transport).
     pub fn unreachable(&mut self, now: Instant, why: &str) -> Option<Change> {
         self.outstanding = None;
@@ -334,6 +349,20 @@ mod tests {
             p.on_response(now, s, 200, None),
             Some(Change::Up(_))
         ));
+    }
+
+    #[test]
+    fn an_unanswered_invite_counts_as_a_missed_probe() {
+        let t0 = Instant::now();
+        let mut p = ProbeState::new(cfg(), t0);
+        let seq = p.poll_probe(t0).unwrap();
+        assert!(matches!(
+            p.missed(t0, "no answer to an INVITE"),
+            Some(Change::Down(_))
+        ));
+        // The abandoned probe's answer is late now.
+        assert_eq!(p.on_response(t0, seq, 200, None), None);
+        assert!(!p.is_up());
     }
 
     #[test]
