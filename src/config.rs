@@ -78,11 +78,16 @@ pub struct RuntimeConfig {
     /// Threads that run the proxy. 1 (the default) runs everything on one thread, which
     /// costs the fewest CPU cycles per call; raise it when one core is saturated.
     pub worker_threads: usize,
+    /// On SIGTERM/SIGINT, how long transactions in flight may take to finish (seconds).
+    pub drain_timeout_s: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { worker_threads: 1 }
+        RuntimeConfig {
+            worker_threads: 1,
+            drain_timeout_s: 30,
+        }
     }
 }
 
@@ -200,6 +205,11 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// A connection that carries nothing for this long is closed (seconds).
     pub idle_timeout_s: u64,
+    /// TCP connections from one IP address at once.
+    pub max_connections_per_ip: usize,
+    /// A message that has started to arrive on a stream must be complete within this time
+    /// (ms), or the connection is closed (slow senders cannot hold buffers).
+    pub message_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -210,6 +220,8 @@ impl Default for LimitsConfig {
             max_transactions: 100_000,
             max_connections: 100_000,
             idle_timeout_s: 600,
+            max_connections_per_ip: 1000,
+            message_timeout_ms: 10_000,
         }
     }
 }
@@ -417,6 +429,8 @@ pub struct Settings {
     pub timers: crate::sip::transaction::Timers,
     /// Runtime threads.
     pub worker_threads: usize,
+    /// Longest graceful drain.
+    pub drain_timeout: Duration,
     /// DNS servers to ask (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// DNS query timeout.
@@ -569,6 +583,12 @@ impl Config {
         if l.max_transactions == 0 {
             return Err(err("limits.max_transactions", "must be at least 1"));
         }
+        if l.max_connections_per_ip == 0 {
+            return Err(err("limits.max_connections_per_ip", "must be at least 1"));
+        }
+        if l.message_timeout_ms < 100 {
+            return Err(err("limits.message_timeout_ms", "must be at least 100 ms"));
+        }
         if l.max_connections == 0 {
             return Err(err("limits.max_connections", "must be at least 1"));
         }
@@ -625,6 +645,7 @@ impl Config {
             },
             failover_timeout: Duration::from_millis(h.failover_timeout_ms),
             worker_threads: self.runtime.worker_threads,
+            drain_timeout: Duration::from_secs(self.runtime.drain_timeout_s),
             name: self.instance.name.clone(),
             advertised_host,
             listeners,

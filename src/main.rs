@@ -118,12 +118,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(settings))
+            rt.block_on(run(settings, config))
         }
     }
 }
 
-async fn run(settings: config::Settings) -> ExitCode {
+async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let drain_timeout = settings.drain_timeout;
     let proxy = match Proxy::start(settings).await {
         Ok(p) => p,
         Err(e) => {
@@ -131,30 +133,68 @@ async fn run(settings: config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reason = tokio::select! {
-        r = shutdown_signal() => r,
-        _ = proxy.wait() => "actor tree stopped",
-    };
-    tracing::info!(event = "proxy_stopping", reason);
-    proxy.stop().await;
-    if reason == "actor tree stopped" {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        std::future::pending::<()>().await;
-        return "never";
+        eprintln!("sippool: cannot install signal handlers");
+        return ExitCode::FAILURE;
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let first = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => reload(&proxy, &path),
+            _ = proxy.wait() => {
+                tracing::error!(event = "proxy_stopping", reason = "actor tree stopped");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    // Graceful drain: no new dialogs, finish what is in flight, then exit. A second
+    // signal exits at once.
+    let core = proxy.core().clone();
+    core.start_drain();
+    tracing::info!(
+        event = "drain_started",
+        signal = first,
+        in_flight = core.server_txns.len(),
+        timeout_s = drain_timeout.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let outcome = tokio::select! {
+        _ = term.recv() => "second signal",
+        _ = int.recv() => "second signal",
+        r = async {
+            while !core.server_txns.is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    return "drain timeout";
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            "drained"
+        } => r,
+    };
+    tracing::info!(
+        event = "proxy_stopping",
+        reason = outcome,
+        in_flight = core.server_txns.len()
+    );
+    proxy.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the config file; the INVITE rate takes effect at once, other keys at
+/// the next restart.
+fn reload(proxy: &Proxy, path: &std::path::Path) {
+    match config::load_settings(path) {
+        Ok(s) => {
+            proxy.core().set_invite_rate(s.invite_rate);
+            tracing::info!(event = "config_reloaded", file = %path.display(), invite_rate = s.invite_rate);
+        }
+        Err(e) => {
+            tracing::error!(event = "config_error", file = %path.display(), key = %e.key, problem = %e.problem);
+        }
     }
 }

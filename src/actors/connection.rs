@@ -35,6 +35,8 @@ pub enum ConnMsg {
     Data(Bytes),
     /// The reader saw the end of the stream, an error or the idle timeout.
     Closed(&'static str),
+    /// Is the message that began arriving at this instant still incomplete?
+    CheckPartial(std::time::Instant),
 }
 
 /// The connection actor.
@@ -47,6 +49,8 @@ pub struct ConnState {
     writer: OwnedWriteHalf,
     framer: StreamFramer,
     reader: JoinHandle<()>,
+    /// Since when part of a message has been waiting for the rest.
+    partial_since: Option<std::time::Instant>,
 }
 
 impl Actor for ConnectionActor {
@@ -98,6 +102,7 @@ impl Actor for ConnectionActor {
             handle,
             writer,
             reader,
+            partial_since: None,
         })
     }
 
@@ -121,9 +126,13 @@ impl Actor for ConnectionActor {
                 }
                 state.framer.push(&chunk);
                 loop {
+                    if state.framer.buffered() == 0 {
+                        break;
+                    }
                     match state.framer.next_frame() {
                         Ok(None) => break,
                         Ok(Some(Frame::Ping)) => {
+                            state.partial_since = None;
                             // RFC 5626 section 4.4.1: answer CRLFCRLF with CRLF.
                             if state.writer.write_all(b"\r\n").await.is_err() {
                                 myself.stop(Some("write failed".into()));
@@ -131,6 +140,7 @@ impl Actor for ConnectionActor {
                             }
                         }
                         Ok(Some(Frame::Message(bytes))) => {
+                            state.partial_since = None;
                             match Message::parse(bytes, Framing::Stream, &state.core.limits) {
                                 Ok(msg) => state.core.dispatch(Inbound {
                                     msg,
@@ -157,6 +167,23 @@ impl Actor for ConnectionActor {
                 }
             }
             ConnMsg::Closed(reason) => myself.stop(Some(reason.into())),
+            ConnMsg::CheckPartial(since) => {
+                if state.partial_since == Some(since) {
+                    Metrics::count(&state.core.metrics.overload_rejections, "slow_message");
+                    tracing::info!(event = "connection_closed", peer = %state.handle.peer, reason = "message_timeout");
+                    myself.stop(Some("message timeout".into()));
+                }
+                return Ok(());
+            }
+        }
+        // A message left incomplete must be completed within message_timeout_ms.
+        if state.framer.buffered() == 0 {
+            state.partial_since = None;
+        } else if state.partial_since.is_none() {
+            let since = std::time::Instant::now();
+            state.partial_since = Some(since);
+            let wait = Duration::from_millis(state.core.settings.limits.message_timeout_ms);
+            drop(myself.send_after(wait, move || ConnMsg::CheckPartial(since)));
         }
         Ok(())
     }
@@ -319,6 +346,14 @@ pub fn spawn_accept_loop(core: Arc<Core>, listener: TcpListener) -> JoinHandle<(
             if core.transports.open_connections() >= core.settings.limits.max_connections {
                 Metrics::count(&core.metrics.overload_rejections, "connections");
                 tracing::debug!(event = "connection_refused", %peer, reason = "max_connections");
+                drop(stream);
+                continue;
+            }
+            if core.transports.connections_from(peer.ip())
+                >= core.settings.limits.max_connections_per_ip
+            {
+                Metrics::count(&core.metrics.overload_rejections, "connections_per_ip");
+                tracing::debug!(event = "connection_refused", %peer, reason = "max_connections_per_ip");
                 drop(stream);
                 continue;
             }

@@ -64,6 +64,17 @@ pub struct Core {
     tx_supervisor: OnceLock<ActorCell>,
     conn_supervisor: OnceLock<ActorCell>,
     invite_bucket: Mutex<TokenBucket>,
+    overload: Mutex<OverloadEpisode>,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// An episode of INVITE-rate overload, for the `overload_started` / `overload_ended` events.
+#[derive(Debug, Default)]
+struct OverloadEpisode {
+    /// When it started, and the last rejection.
+    since: Option<(Instant, Instant)>,
+    rejected: u64,
+    admitted: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -119,6 +130,8 @@ impl Core {
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
+            overload: Mutex::new(OverloadEpisode::default()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             settings,
         })
     }
@@ -381,6 +394,13 @@ impl Core {
     fn new_transaction(self: &Arc<Self>, key: String, inbound: Inbound) {
         let msg = &inbound.msg;
         let initial_invite = msg.method() == Some(&Method::Invite) && msg.to_tag().is_none();
+        let out_of_dialog =
+            msg.to_tag().is_none() && !matches!(msg.method(), Some(Method::Ack | Method::Cancel));
+        if out_of_dialog && self.is_draining() {
+            Metrics::count(&self.metrics.overload_rejections, "draining");
+            self.respond_stateless(&inbound, 503, "Service Unavailable", &["Retry-After: 30"]);
+            return;
+        }
         if self.server_txns.len() >= self.settings.limits.max_transactions {
             Metrics::count(&self.metrics.overload_rejections, "transactions");
             self.respond_stateless(&inbound, 503, "Service Unavailable", &["Retry-After: 5"]);
@@ -413,10 +433,74 @@ impl Core {
     }
 
     fn admit_invite(&self) -> bool {
-        match self.invite_bucket.lock() {
-            Ok(mut b) => b.take(Instant::now()),
+        let now = Instant::now();
+        let admitted = match self.invite_bucket.lock() {
+            Ok(mut b) => b.take(now),
             Err(_) => true,
+        };
+        if let Ok(mut o) = self.overload.lock() {
+            if admitted {
+                o.admitted += 1;
+            } else {
+                o.rejected += 1;
+                match &mut o.since {
+                    Some((_, last)) => *last = now,
+                    None => {
+                        o.since = Some((now, now));
+                        o.rejected = 1;
+                        o.admitted = 0;
+                        tracing::warn!(
+                            event = "overload_started",
+                            invite_rate = self.invite_rate()
+                        );
+                    }
+                }
+            }
         }
+        self.end_overload_if_quiet(now);
+        admitted
+    }
+
+    /// Ends an overload episode after a second without a rejection (called on every
+    /// INVITE and by the once-a-second sweeper).
+    pub fn end_overload_if_quiet(&self, now: Instant) {
+        let Ok(mut o) = self.overload.lock() else {
+            return;
+        };
+        if let Some((start, last)) = o.since {
+            if now.saturating_duration_since(last) >= std::time::Duration::from_secs(1) {
+                tracing::info!(
+                    event = "overload_ended",
+                    seconds = now.saturating_duration_since(start).as_secs_f64(),
+                    rejected = o.rejected,
+                    admitted = o.admitted,
+                );
+                *o = OverloadEpisode::default();
+            }
+        }
+    }
+
+    /// The INVITE rate in force (0 = off).
+    pub fn invite_rate(&self) -> u32 {
+        self.invite_bucket.lock().map_or(0, |b| b.rate as u32)
+    }
+
+    /// Changes the INVITE rate at runtime (config reload).
+    pub fn set_invite_rate(&self, rate: u32) {
+        if let Ok(mut b) = self.invite_bucket.lock() {
+            *b = TokenBucket::new(rate);
+        }
+    }
+
+    /// Stops taking new dialogs: new out-of-dialog requests get 503 from now on.
+    pub fn start_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// ACK that matches no server transaction: the ACK for a 2xx, forwarded statelessly

@@ -139,7 +139,11 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
         loop {
             tick.tick().await;
             match core.upgrade() {
-                Some(c) => c.sweep_lingering(std::time::Instant::now()),
+                Some(c) => {
+                    let now = std::time::Instant::now();
+                    c.sweep_lingering(now);
+                    c.end_overload_if_quiet(now);
+                }
                 None => return,
             }
         }

@@ -103,6 +103,7 @@ pub struct Transports {
     conns: DashMap<(Transport, SocketAddr), ConnHandle>,
     next_conn_id: AtomicU64,
     open: AtomicUsize,
+    per_ip: DashMap<std::net::IpAddr, usize>,
 }
 
 impl Transports {
@@ -129,12 +130,17 @@ impl Transports {
     /// Records an open connection so that requests toward its peer reuse it.
     pub fn add_conn(&self, h: ConnHandle) {
         self.open.fetch_add(1, Ordering::Relaxed);
+        *self.per_ip.entry(h.peer.ip()).or_insert(0) += 1;
         self.conns.insert((h.transport, h.peer), h);
     }
 
     /// Forgets a closed connection.
     pub fn remove_conn(&self, transport: Transport, peer: SocketAddr, id: u64) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.per_ip.remove_if_mut(&peer.ip(), |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
         self.conns.remove_if(&(transport, peer), |_, h| h.id == id);
     }
 
@@ -144,6 +150,11 @@ impl Transports {
             .iter()
             .find(|e| e.value().actor.get_id() == id)
             .map(|e| e.value().clone())
+    }
+
+    /// Open connections from one IP address.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip.get(&ip).map_or(0, |n| *n)
     }
 
     /// Open connections.

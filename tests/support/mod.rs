@@ -426,6 +426,8 @@ pub enum Behaviour {
     Reply(u16),
     /// Answers OPTIONS with 200 after this many milliseconds; ignores everything else.
     LateOptions(u64),
+    /// INVITE -> 180 at once and 200 after this many milliseconds; others -> 200.
+    AnswerAfter(u64),
 }
 
 /// A test upstream SIP server (UAS).
@@ -496,6 +498,14 @@ impl Upstream {
                         });
                     }
                     (Behaviour::LateOptions(_), _) => {}
+                    (Behaviour::AnswerAfter(ms), "INVITE") => {
+                        r.reply(&response(&r.msg, 180, "Ringing", &contact)).await;
+                        let ok = response(&r.msg, 200, "OK", &contact);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            r.reply(&ok).await;
+                        });
+                    }
                     (Behaviour::Reply(code), _) => {
                         r.reply(&response(&r.msg, code, "Test", &contact)).await;
                     }
