@@ -371,3 +371,44 @@ async fn sighup_reloads_the_invite_rate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn oversized_message_closes_the_stream_and_too_many_headers_get_400() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "{}[limits]\nmax_message_size = 4096\nmax_headers = 20\n",
+        pair(&up.uri(), NO_BACKUP)
+    );
+    let p = proxy(&["tcp", "udp"], &extra).await;
+    // Over TCP: a message larger than the cap cannot be framed; the connection is closed.
+    let mut c = tokio::net::TcpStream::connect(p.local_addr(Transport::Tcp).unwrap())
+        .await
+        .unwrap();
+    let big = format!(
+        "MESSAGE sip:bob@site.example SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1;branch=z9hG4bKbig\r\nContent-Length: 5000\r\n\r\n{}",
+        "x".repeat(5000)
+    );
+    let _ = c.write_all(big.as_bytes()).await;
+    assert!(closed(&mut c, WAIT).await);
+    assert_eq!(
+        sippool::metrics::Metrics::reason_value(&p.core().metrics.parse_errors, "too_large"),
+        1
+    );
+    // Over UDP: more header lines than the cap get 400.
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let many = "X-Filler: y\r\n".repeat(30);
+    phone
+        .send(&phone.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &unique("hdr"),
+            &unique("z9hG4bKh"),
+            &many,
+            "",
+        ))
+        .await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(400));
+    assert!(r.start.contains("Too Many Header Fields"), "{}", r.start);
+    p.stop().await;
+}
