@@ -50,6 +50,17 @@ pub struct Config {
     /// DNS resolution of upstream names (RFC 3263).
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The HTTP endpoint (`/metrics`, `/status`, `/healthz`, `/readyz`, `/`).
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Socket address to serve on.
+    pub address: String,
 }
 
 /// `[dns]`
@@ -431,6 +442,8 @@ pub struct Settings {
     pub worker_threads: usize,
     /// Longest graceful drain.
     pub drain_timeout: Duration,
+    /// HTTP endpoint address, if any.
+    pub http: Option<SocketAddr>,
     /// DNS servers to ask (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// DNS query timeout.
@@ -633,7 +646,17 @@ impl Config {
         if self.dns.timeout_ms == 0 {
             return Err(err("dns.timeout_ms", "must be positive"));
         }
+        let http = match &self.http {
+            None => None,
+            Some(h) => Some(SocketAddr::from_str(h.address.trim()).map_err(|e| {
+                err(
+                    "http.address",
+                    format!("'{}' is not a socket address: {e}", h.address),
+                )
+            })?),
+        };
         Ok(Settings {
+            http,
             dns_servers,
             dns_timeout: Duration::from_millis(self.dns.timeout_ms),
             probe: crate::health::probe::ProbeConfig {

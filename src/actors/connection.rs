@@ -147,6 +147,7 @@ impl Actor for ConnectionActor {
                                     transport: state.handle.transport,
                                     source: state.handle.peer,
                                     reply: ReplyPath::Stream(state.handle.clone()),
+                                    received: std::time::Instant::now(),
                                 }),
                                 Err(e) => {
                                     Metrics::count(

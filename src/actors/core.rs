@@ -37,6 +37,10 @@ pub struct Core {
     pub router: Router,
     /// Active member of each pair.
     pub pairs: PairStates,
+    /// Server and pair status for `/status`.
+    pub health_status: crate::health::HealthStatus,
+    /// When the proxy started.
+    pub started: std::time::SystemTime,
     /// Sockets and connections.
     pub transports: Transports,
     /// Metrics.
@@ -116,6 +120,8 @@ impl Core {
             identity: LocalIdentity::from_settings(&settings),
             router: Router::from_settings(&settings),
             pairs: PairStates::new(settings.pairs.len()),
+            health_status: crate::health::HealthStatus::new(settings.pairs.len()),
+            started: std::time::SystemTime::now(),
             transports: Transports::default(),
             metrics: Metrics::new(),
             limits: Limits {

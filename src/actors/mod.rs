@@ -34,6 +34,7 @@ pub struct Proxy {
     core: Arc<Core>,
     root: ActorRef<()>,
     bound: Vec<(Transport, SocketAddr)>,
+    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 /// Start-up failed.
@@ -76,6 +77,13 @@ impl Proxy {
             l.address = actual;
             sockets.push(bound);
         }
+        let http_listener = match settings.http {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                tracing::error!(event = "http_listener_cannot_start", address = %addr, error = %e);
+                StartError(format!("HTTP listener {addr} cannot start: {e}"))
+            })?),
+        };
         let bound: Vec<(Transport, SocketAddr)> = settings
             .listeners
             .iter()
@@ -89,13 +97,27 @@ impl Proxy {
         let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
             .await
             .map_err(|e| StartError(format!("actor tree cannot start: {e}")))?;
+        let http = match http_listener {
+            Some(l) => {
+                let addr = l.local_addr().map_err(|e| StartError(e.to_string()))?;
+                let task = tokio::spawn(crate::metrics::http::serve(core.clone(), l));
+                Some((addr, task))
+            }
+            None => None,
+        };
         tracing::info!(
             event = "proxy_initialised",
+            http = ?http.as_ref().map(|(a, _)| *a),
             instance = %core.settings.name,
             listeners = ?bound,
             pairs = core.settings.pairs.len(),
         );
-        Ok(Proxy { core, root, bound })
+        Ok(Proxy {
+            core,
+            root,
+            bound,
+            http,
+        })
     }
 
     /// The shared core (tables, metrics).
@@ -113,8 +135,16 @@ impl Proxy {
         self.bound.iter().find(|(bt, _)| *bt == t).map(|(_, a)| *a)
     }
 
+    /// The bound HTTP address, if the endpoint is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
     /// Stops every actor and closes every socket.
     pub async fn stop(self) {
+        if let Some((_, task)) = &self.http {
+            task.abort();
+        }
         self.root.stop(None);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
             while self.root.get_status() != ractor::ActorStatus::Stopped {

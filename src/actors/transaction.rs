@@ -305,7 +305,14 @@ impl TxState {
             answered: false,
             cancel: None,
         };
+        let received = req.received;
         let ok = send_on(&self.core, &mut branch, bytes).await;
+        if ok {
+            self.core
+                .metrics
+                .latency
+                .observe(received.elapsed().as_secs_f64());
+        }
         self.branch = Some(branch);
         if self.member.is_some() {
             self.failover_at = Some(now + self.core.settings.failover_timeout);
@@ -456,6 +463,10 @@ impl TxState {
             }
             let bytes = builder::forward_response(msg);
             self.send_to_client(now, code, bytes, "relayed");
+            self.core
+                .metrics
+                .latency
+                .observe(inbound.received.elapsed().as_secs_f64());
             return;
         }
         self.timer_c = None;
@@ -470,6 +481,10 @@ impl TxState {
         }
         let bytes = builder::forward_response(msg);
         self.send_to_client(now, code, bytes, "relayed");
+        self.core
+            .metrics
+            .latency
+            .observe(inbound.received.elapsed().as_secs_f64());
     }
 
     async fn on_timer(&mut self, myself: &ActorRef<TxMsg>, now: Instant) {

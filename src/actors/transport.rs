@@ -29,6 +29,8 @@ pub struct Inbound {
     pub source: SocketAddr,
     /// How to answer it.
     pub reply: ReplyPath,
+    /// When it was read from the socket.
+    pub received: std::time::Instant,
 }
 
 /// The way back to whoever sent a message.

@@ -85,6 +85,7 @@ pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, sou
                 transport: Transport::Udp,
                 source,
                 reply: ReplyPath::Udp(sock.clone()),
+                received: std::time::Instant::now(),
             }),
             Err(e) => Metrics::count(&core.metrics.parse_errors, parse_reason(e)),
         }

@@ -130,6 +130,11 @@ impl Actor for ProbeActor {
                 if code >= 200 {
                     st.forget_branch();
                 }
+                if code >= 200 && seq > 0 {
+                    if let Some(rtt) = st.probe.rtt_of(seq, now) {
+                        st.spec.core.metrics.probe_rtt.observe(rtt.as_secs_f64());
+                    }
+                }
                 if let Some(c) = st.probe.on_response(now, seq, code, retry_after) {
                     st.report(c);
                 }
@@ -145,6 +150,7 @@ impl Actor for ProbeActor {
         if let Some(seq) = st.probe.poll_probe(now) {
             st.send_probe(&myself, seq, now).await;
         }
+        st.publish();
         if let Some(next) = st.probe.poll_timeout() {
             if st.scheduled.as_ref().is_none_or(|(s, _)| next < *s) {
                 if let Some((_, old)) = st.scheduled.take() {
@@ -198,6 +204,22 @@ impl ProbeActorState {
             tracing::debug!(event = "probe_send_failed", server = %self.spec.server, error = ?e);
             // Counts as an unanswered probe when its timeout comes.
         }
+    }
+
+    /// Publishes this server's state for `/status` and the metrics.
+    fn publish(&self) {
+        let p = &self.probe;
+        self.spec.core.health_status.set_server(
+            self.spec.pair,
+            self.spec.member,
+            super::ServerStatus {
+                up: p.is_up(),
+                last_probe: p.last_probe.map(super::wall),
+                last_rtt: p.last_rtt,
+                since: super::wall(p.since),
+                reason: p.last_reason.clone(),
+            },
+        );
     }
 
     fn pair_name(&self) -> &str {
@@ -307,6 +329,15 @@ impl Actor for PairActor {
         };
         let core = &st.core;
         core.pairs.set_active(st.index, s.to);
+        core.health_status.set_switch(
+            st.index,
+            super::SwitchStatus {
+                at: std::time::SystemTime::now(),
+                from: s.from,
+                to: s.to,
+                why: s.why.clone(),
+            },
+        );
         let pair = core
             .settings
             .pairs

@@ -9,6 +9,96 @@ pub mod pair;
 pub mod probe;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the status page shows of one server, published by its probe actor.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    /// In service.
+    pub up: bool,
+    /// When the last probe was answered or timed out.
+    pub last_probe: Option<SystemTime>,
+    /// Round trip of the last answered probe.
+    pub last_rtt: Option<Duration>,
+    /// Since when the server has been in its current state.
+    pub since: SystemTime,
+    /// Why it is in its current state.
+    pub reason: String,
+}
+
+/// What the status page shows of one pair's last switch, published by its pair actor.
+#[derive(Debug, Clone)]
+pub struct SwitchStatus {
+    /// When.
+    pub at: SystemTime,
+    /// From which member (`None`: out of service).
+    pub from: Option<Member>,
+    /// To which member.
+    pub to: Option<Member>,
+    /// Why.
+    pub why: String,
+}
+
+/// Status snapshots for `/status`, written on state changes only.
+#[derive(Debug)]
+pub struct HealthStatus {
+    servers: Vec<[Mutex<ServerStatus>; 2]>,
+    switches: Vec<Mutex<Option<SwitchStatus>>>,
+}
+
+impl HealthStatus {
+    /// Snapshots for `n` pairs, every server assumed up.
+    pub fn new(n: usize) -> Self {
+        let fresh = || {
+            Mutex::new(ServerStatus {
+                up: true,
+                last_probe: None,
+                last_rtt: None,
+                since: SystemTime::now(),
+                reason: "not probed yet".into(),
+            })
+        };
+        HealthStatus {
+            servers: (0..n).map(|_| [fresh(), fresh()]).collect(),
+            switches: (0..n).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Publishes a server's status.
+    pub fn set_server(&self, pair: usize, m: Member, s: ServerStatus) {
+        if let Some(slot) = self.servers.get(pair).and_then(|v| v.get(m as usize)) {
+            if let Ok(mut g) = slot.lock() {
+                *g = s;
+            }
+        }
+    }
+
+    /// A server's status.
+    pub fn server(&self, pair: usize, m: Member) -> Option<ServerStatus> {
+        let slot = self.servers.get(pair)?.get(m as usize)?;
+        slot.lock().ok().map(|g| g.clone())
+    }
+
+    /// Publishes a pair's last switch.
+    pub fn set_switch(&self, pair: usize, s: SwitchStatus) {
+        if let Some(slot) = self.switches.get(pair) {
+            if let Ok(mut g) = slot.lock() {
+                *g = Some(s);
+            }
+        }
+    }
+
+    /// A pair's last switch.
+    pub fn switch(&self, pair: usize) -> Option<SwitchStatus> {
+        self.switches.get(pair)?.lock().ok()?.clone()
+    }
+}
+
+/// Converts a monotonic instant in the past into wall-clock time.
+pub fn wall(at: Instant) -> SystemTime {
+    SystemTime::now() - Instant::now().saturating_duration_since(at)
+}
 
 /// A member of a primary/backup pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -126,6 +126,14 @@ impl ProbeState {
         }
     }
 
+    /// The round trip of probe `seq` if it is the one outstanding.
+    pub fn rtt_of(&self, seq: u64, now: Instant) -> Option<Duration> {
+        match self.outstanding {
+            Some((s, sent)) if s == seq => Some(now.saturating_duration_since(sent)),
+            _ => None,
+        }
+    }
+
     /// A final response to probe `seq`. `retry_after` is the 503's Retry-After, if any.
     pub fn on_response(
         &mut self,

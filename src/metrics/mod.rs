@@ -3,10 +3,14 @@
 //! This module owns the registry and the handles the rest of the proxy increments. It does
 //! not serve HTTP; an endpoint encodes [`Metrics::encode`].
 
+pub mod http;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Status class of a response.
@@ -71,6 +75,17 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// `pair`, `member` and `server` labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// Pair name.
+    pub pair: String,
+    /// `primary` or `backup`.
+    pub member: &'static str,
+    /// host:port;transport
+    pub server: String,
+}
+
 /// Every metric the proxy keeps.
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +111,16 @@ pub struct Metrics {
     pub failovers: Counter,
     /// Requests sent again to the other member of a pair.
     pub retries: Counter,
+    /// 1 when the server answers probes, per server (set at scrape time).
+    pub upstream_up: Family<ServerLabels, Gauge>,
+    /// 1 for the active member of each pair (set at scrape time).
+    pub upstream_active: Family<ServerLabels, Gauge>,
+    /// OPTIONS probe round trips, seconds.
+    pub probe_rtt: Histogram,
+    /// Time a message spends inside the proxy, from receipt to forwarding, seconds.
+    pub latency: Histogram,
+    /// Transactions that have ended but still absorb retransmissions.
+    pub lingering: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +145,15 @@ impl Metrics {
             upstream_timeouts: Counter::default(),
             failovers: Counter::default(),
             retries: Counter::default(),
+            upstream_up: Family::default(),
+            upstream_active: Family::default(),
+            probe_rtt: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            latency: Histogram::new([
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+            ]),
+            lingering: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +210,38 @@ impl Metrics {
             "failover_retries",
             "Requests sent again to the other member of a pair",
             m.retries.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "Whether the upstream server answers probes",
+            m.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_active",
+            "Whether the server is its pair's active member",
+            m.upstream_active.clone(),
+        );
+        registry.register_with_unit(
+            "probe_rtt",
+            "Round trip of OPTIONS probes",
+            prometheus_client::registry::Unit::Seconds,
+            m.probe_rtt.clone(),
+        );
+        registry.register_with_unit(
+            "message_latency",
+            "Time a message spends inside the proxy",
+            prometheus_client::registry::Unit::Seconds,
+            m.latency.clone(),
+        );
+        registry.register(
+            "transactions_lingering",
+            "Ended transactions still absorbing retransmissions",
+            m.lingering.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         Metrics { registry, ..m }
     }

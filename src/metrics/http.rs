@@ -1,0 +1,213 @@
+//! The HTTP endpoint (axum): `/metrics` (OpenMetrics text), `/status` (JSON), `/healthz`,
+//! `/readyz` and `/` (a dashboard that refreshes itself from `/status`).
+//!
+//! It reads the proxy's shared state and never changes it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::actors::Core;
+use crate::health::pair::name;
+use crate::health::Member;
+use crate::metrics::ServerLabels;
+
+/// Serves until the task is aborted.
+pub async fn serve(core: Arc<Core>, listener: TcpListener) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/", get(dashboard))
+        .with_state(core);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(event = "http_server_failed", error = %e);
+    }
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    refresh_gauges(&core);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        core.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Sets the gauges that mirror state kept elsewhere.
+fn refresh_gauges(core: &Core) {
+    core.metrics.lingering.set(core.lingering.len() as i64);
+    for (i, p) in core.settings.pairs.iter().enumerate() {
+        let active = core.pairs.active(i);
+        for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
+            let labels = ServerLabels {
+                pair: p.name.clone(),
+                member: name(m),
+                server: server.to_string(),
+            };
+            core.metrics
+                .upstream_up
+                .get_or_create(&labels)
+                .set(i64::from(core.pairs.is_up(i, m)));
+            core.metrics
+                .upstream_active
+                .get_or_create(&labels)
+                .set(i64::from(active == Some(m)));
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The `/status` document.
+pub fn status_json(core: &Core) -> Value {
+    let pairs: Vec<Value> = core
+        .settings
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let active = core.pairs.active(i);
+            let members: Vec<Value> = [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
+                .into_iter()
+                .map(|(m, server)| {
+                    let st = core.health_status.server(i, m);
+                    json!({
+                        "role": name(m),
+                        "server": server.to_string(),
+                        "state": if core.pairs.is_up(i, m) { "up" } else { "down" },
+                        "active": active == Some(m),
+                        "since": st.as_ref().map(|s| unix(s.since)),
+                        "reason": st.as_ref().map(|s| s.reason.clone()),
+                        "last_probe": st.as_ref().and_then(|s| s.last_probe).map(unix),
+                        "last_rtt_ms": st.as_ref().and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    })
+                })
+                .collect();
+            let switch = core.health_status.switch(i).map(|s| {
+                json!({
+                    "at": unix(s.at),
+                    "from": s.from.map(name),
+                    "to": s.to.map(name),
+                    "why": s.why,
+                })
+            });
+            json!({
+                "name": p.name,
+                "domain": p.domain,
+                "state": if active.is_some() { "in_service" } else { "out_of_service" },
+                "active": active.map(name),
+                "failback": p.failback,
+                "members": members,
+                "last_switch": switch,
+            })
+        })
+        .collect();
+    let listeners: Vec<Value> = core
+        .settings
+        .listeners
+        .iter()
+        .map(|l| json!({"transport": l.transport.uri_param(), "address": l.address.to_string()}))
+        .collect();
+    let m = &core.metrics;
+    json!({
+        "instance": core.settings.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": unix(core.started),
+        "now": unix(SystemTime::now()),
+        "ready": !core.is_draining(),
+        "draining": core.is_draining(),
+        "listeners": listeners,
+        "connections": core.transports.open_connections(),
+        "flows": 0,
+        "transactions": core.server_txns.len(),
+        "transactions_lingering": core.lingering.len(),
+        "overload": {
+            "invite_rate": core.invite_rate(),
+            "rejected_invite_rate": crate::metrics::Metrics::reason_value(&m.overload_rejections, "invite_rate"),
+            "rejected_transactions": crate::metrics::Metrics::reason_value(&m.overload_rejections, "transactions"),
+            "rejected_draining": crate::metrics::Metrics::reason_value(&m.overload_rejections, "draining"),
+        },
+        "calls": {
+            "invites_received": m.requests.get_or_create(&crate::metrics::MethodLabels { method: "INVITE" }).get(),
+        },
+        "pairs": pairs,
+    })
+}
+
+async fn status(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    axum::Json(status_json(&core))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> Response {
+    if core.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+const DASHBOARD: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sippool</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#f6f7f9;color:#1d2330}
+h1{font-size:1.4em;margin:0 0 .2em} .sub{color:#667;margin-bottom:1em}
+.pair{background:#fff;border-radius:8px;padding:1em;margin-bottom:1em;box-shadow:0 1px 3px #0002}
+.pair h2{font-size:1.1em;margin:0 0 .5em} table{border-collapse:collapse;width:100%}
+td,th{text-align:left;padding:.35em .6em;border-bottom:1px solid #eee}
+.up{color:#0a7d32;font-weight:600} .down{color:#c0262d;font-weight:600}
+.active{background:#e4f5e9} .badge{display:inline-block;padding:.1em .5em;border-radius:4px;background:#0a7d32;color:#fff;font-size:.85em}
+.oos{background:#c0262d} .kpi{display:inline-block;margin-right:2em} .kpi b{font-size:1.4em;display:block}
+</style></head><body>
+<h1>sippool <span id="instance"></span></h1><div class="sub" id="sub">loading...</div>
+<div id="kpis"></div><div id="pairs"></div>
+<script>
+let last=null;
+function esc(s){return String(s??'').replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]))}
+function ago(t,now){if(!t)return '-';const s=Math.max(0,now-t);return s<90?s.toFixed(0)+' s ago':(s/60).toFixed(1)+' min ago'}
+async function tick(){
+ try{
+  const r=await fetch('/status',{cache:'no-store'});const st=await r.json();
+  document.getElementById('instance').textContent=st.instance;
+  document.getElementById('sub').textContent=(st.draining?'DRAINING - ':'')+'v'+st.version+', '+st.transactions+' transactions in flight, '+st.connections+' connections';
+  let cps='-';
+  if(last){const dt=st.now-last.now; if(dt>0) cps=((st.calls.invites_received-last.calls.invites_received)/dt).toFixed(1);}
+  last=st;
+  document.getElementById('kpis').innerHTML=
+   '<div class="kpi">calls/s<b id="cps">'+cps+'</b></div>'+
+   '<div class="kpi">503 (rate)<b>'+st.overload.rejected_invite_rate+'</b></div>'+
+   '<div class="kpi">503 (caps)<b>'+st.overload.rejected_transactions+'</b></div>'+
+   '<div class="kpi">INVITE limit<b>'+(st.overload.invite_rate||'off')+'</b></div>';
+  document.getElementById('pairs').innerHTML=st.pairs.map(p=>{
+   const badge=p.active?'<span class="badge">active: '+esc(p.active)+'</span>':'<span class="badge oos">OUT OF SERVICE</span>';
+   const rows=p.members.map(m=>'<tr class="'+(m.active?'active':'')+'"><td>'+esc(m.role)+(m.active?' (active)':'')+'</td><td>'+esc(m.server)+'</td><td class="'+m.state+'">'+m.state+'</td><td>since '+ago(m.since,st.now)+'</td><td>'+esc(m.reason)+'</td><td>'+(m.last_rtt_ms==null?'-':m.last_rtt_ms.toFixed(1)+' ms')+'</td></tr>').join('');
+   const sw=p.last_switch?'<div>last switch '+ago(p.last_switch.at,st.now)+': '+esc(p.last_switch.from||'none')+' &rarr; '+esc(p.last_switch.to||'none')+' ('+esc(p.last_switch.why)+')</div>':'';
+   return '<div class="pair" data-pair="'+esc(p.name)+'"><h2>'+esc(p.name)+' '+badge+'</h2><table><tr><th>member</th><th>server</th><th>state</th><th></th><th>reason</th><th>probe RTT</th></tr>'+rows+'</table>'+sw+'</div>';
+  }).join('');
+ }catch(e){document.getElementById('sub').textContent='status unavailable: '+e}
+}
+tick();setInterval(tick,1000);
+</script></body></html>
+"#;

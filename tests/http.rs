@@ -1,0 +1,155 @@
+//! The HTTP endpoint: metrics that move by exactly the right amounts during a call, the
+//! status document through a failover, and the health probes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sippool::health::Member;
+use sippool::sip::transport::Transport;
+use support::*;
+
+fn http_extra(primary: &Upstream, backup: &Upstream, health: &str) -> String {
+    format!(
+        "[[pair]]\nname = \"site\"\nprimary = \"{}\"\nbackup = \"{}\"\n[health]\n{health}\n[http]\naddress = \"{}:0\"\n",
+        primary.uri(),
+        backup.uri(),
+        loopback(PROXY)
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_a_call_exactly() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &http_extra(&up, &backup, "oos_check = 0")).await;
+    let http = p.http_addr().unwrap();
+    let (code, before) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let call_id = unique("m");
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "sip:bob@site.example",
+            &call_id,
+            &unique("z9hG4bKm"),
+            "",
+            "",
+        ))
+        .await;
+    up.recv_method("INVITE").await;
+    let (ok, _) = phone.recv_final().await;
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa")))
+        .await;
+    up.recv_method("ACK").await;
+    phone
+        .send(&phone.in_dialog("BYE", &ok, &call_id, 2, &unique("z9hG4bKb")))
+        .await;
+    up.recv_method("BYE").await;
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    let (_, after) = http_get(http, "/metrics").await;
+    let delta = |s: &str| sample(&after, s) - sample(&before, s);
+    assert_eq!(
+        delta("sippool_requests_received_total{method=\"INVITE\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("sippool_requests_received_total{method=\"ACK\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("sippool_requests_received_total{method=\"BYE\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("sippool_responses_sent_total{class=\"_1xx\",origin=\"local\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("sippool_responses_sent_total{class=\"_1xx\",origin=\"relayed\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("sippool_responses_sent_total{class=\"_2xx\",origin=\"relayed\"}"),
+        2.0
+    );
+    assert_eq!(
+        delta("sippool_message_latency_seconds_count"),
+        5.0,
+        "INVITE, 180, 200, BYE, 200"
+    );
+    let active_primary = after
+        .lines()
+        .find(|l| l.starts_with("sippool_upstream_active{pair=\"site\",member=\"primary\""))
+        .unwrap();
+    assert!(active_primary.ends_with(" 1"), "{active_primary}");
+    assert!(after.contains("sippool_build_info{version="), "{after}");
+    assert!(after.ends_with("# EOF\n"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn status_follows_a_failover() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(
+        &["udp"],
+        &http_extra(
+            &primary,
+            &backup,
+            "oos_check = 1\noos_force = 1\nprobe_timeout_ms = 300",
+        ),
+    )
+    .await;
+    let http = p.http_addr().unwrap();
+    let (code, body) = http_get(http, "/status").await;
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["pairs"][0]["active"], "primary");
+    primary.set(Behaviour::Silent);
+    let start = Instant::now();
+    while p.core().pairs.active(0) != Some(Member::Backup) {
+        assert!(start.elapsed() < Duration::from_secs(4));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = http_get(http, "/status").await;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pair = &st["pairs"][0];
+    assert_eq!(pair["active"], "backup");
+    assert_eq!(pair["state"], "in_service");
+    assert_eq!(pair["members"][0]["state"], "down");
+    assert_eq!(pair["members"][1]["active"], true);
+    assert!(pair["members"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no answer"));
+    assert_eq!(pair["last_switch"]["from"], "primary");
+    assert_eq!(pair["last_switch"]["to"], "backup");
+    assert!(pair["members"][1]["last_rtt_ms"].as_f64().is_some());
+    let (_, metrics) = http_get(http, "/metrics").await;
+    assert!(metrics.contains("sippool_upstream_up{pair=\"site\",member=\"primary\""));
+    assert!(
+        metrics.contains("sippool_pair_switches_total 1"),
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &http_extra(&primary, &backup, "oos_check = 0")).await;
+    let http = p.http_addr().unwrap();
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+    let (code, page) = http_get(http, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>sippool</title>"));
+    p.core().start_drain();
+    assert_eq!(http_get(http, "/readyz").await.0, 503);
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    p.stop().await;
+}
