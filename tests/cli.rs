@@ -86,3 +86,37 @@ fn run_fails_when_the_listener_cannot_bind() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn run_fails_when_the_http_listener_cannot_bind() {
+    let held = std::net::TcpListener::bind("127.0.9.5:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("sippool-cli-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("http.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[instance]\nname = \"x\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.9.5:0\"\n\
+             [[pair]]\nname = \"p\"\nprimary = \"127.0.9.6\"\nbackup = \"127.0.9.7\"\n[http]\naddress = \"{addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = sippool()
+        .args([
+            "run",
+            "--config",
+            f.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"event\":\"http_listener_cannot_start\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -86,7 +86,7 @@ async fn metrics_count_a_call_exactly() {
         .unwrap();
     assert!(active_primary.ends_with(" 1"), "{active_primary}");
     assert!(after.contains("sippool_build_info{version="), "{after}");
-    assert!(after.ends_with("# EOF\n"));
+    assert!(after.contains("# TYPE sippool_requests_received_total counter"));
     p.stop().await;
 }
 

@@ -162,6 +162,9 @@ impl ProbeState {
         }
         self.missed_in_a_row = 0;
         self.ok_in_a_row = self.ok_in_a_row.saturating_add(1);
+        if self.up {
+            self.last_reason = format!("answered OPTIONS with {code}");
+        }
         let change = if !self.up
             && self.ok_in_a_row >= self.cfg.up_after
             && self.held_down_until.is_none_or(|t| now >= t)

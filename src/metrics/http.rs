@@ -33,16 +33,68 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener) {
     }
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
+/// OpenMetrics for clients that ask for it (Prometheus does), the Prometheus text format
+/// (0.0.4) otherwise (curl, promtool).
+async fn metrics(State(core): State<Arc<Core>>, headers: axum::http::HeaderMap) -> Response {
     refresh_gauges(&core);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        core.metrics.encode(),
-    )
-        .into_response()
+    let text = core.metrics.encode();
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            to_prometheus_text(&text),
+        )
+            .into_response()
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text: counters' HELP/TYPE name the `_total`
+/// series, and the `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((kind, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(kind);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Sets the gauges that mirror state kept elsewhere.
@@ -211,3 +263,17 @@ async function tick(){
 tick();setInterval(tick,1000);
 </script></body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_totals() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 3\n# HELP x_rtt RTT.\n# TYPE x_rtt histogram\n# UNIT x_rtt seconds\nx_rtt_count 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_rtt RTT.\n# TYPE x_rtt histogram\nx_rtt_count 1\n"
+        );
+    }
+}

@@ -10,7 +10,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Status class of a response.
@@ -73,6 +72,13 @@ pub struct ReasonLabels {
 pub struct KindLabels {
     /// What kind of actor or connection.
     pub kind: &'static str,
+}
+
+/// `version` label of the build information.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Crate version.
+    pub version: &'static str,
 }
 
 /// `pair`, `member` and `server` labels.
@@ -238,11 +244,13 @@ impl Metrics {
             "Ended transactions still absorbing retransmissions",
             m.lingering.clone(),
         );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information (always 1)", build);
         Metrics { registry, ..m }
     }
 

@@ -5,6 +5,7 @@
 #   tests/e2e/flood.sh [COUNT] [MAX_RSS_KB]       default 50000 INVITEs, 65536 KiB
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+. "$ROOT/tests/e2e/lib.sh"
 COUNT="${1:-50000}"
 MAX_RSS_KB="${2:-65536}"
 WORK="$(mktemp -d /tmp/sippool-flood.XXXXXX)"
@@ -32,7 +33,7 @@ pids+=($!)
 "$BIN" run --config "$WORK/sippool.toml" > "$WORK/sippool.log" 2>&1 &
 proxy=$!
 pids+=($proxy)
-for _ in $(seq 100); do grep -q proxy_initialised "$WORK/sippool.log" && break; sleep 0.1; done
+wait_log "$WORK/sippool.log" proxy_initialised
 rss_before=$(awk '/VmRSS/{print $2}' /proc/$proxy/status)
 result=$(python3 "$ROOT/tests/e2e/flood.py" 127.0.0.50:5060 127.0.0.53 "$COUNT")
 hwm=$(awk '/VmHWM/{print $2}' /proc/$proxy/status)

@@ -7,6 +7,7 @@
 # Loopback only: sippool on 127.0.0.20, the UAS on 127.0.0.21, the UAC on 127.0.0.22.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+. "$ROOT/tests/e2e/lib.sh"
 CALLS="${1:-2000}"
 RATE="${2:-200}"
 WORK="$(mktemp -d /tmp/sippool-e2e.XXXXXX)"
@@ -43,12 +44,8 @@ TOML
 pids+=($!)
 sipp -sn uas -i 127.0.0.21 -p 5060 -nostdin -timeout 120s > "$WORK/uas.log" 2>&1 &
 pids+=($!)
-# Wait for the proxy's UDP socket rather than sleeping a fixed time.
-for _ in $(seq 100); do
-  grep -q proxy_initialised "$WORK/sippool.log" && break
-  sleep 0.1
-done
-grep -q proxy_initialised "$WORK/sippool.log" || { cat "$WORK/sippool.log"; exit 1; }
+wait_log "$WORK/sippool.log" proxy_initialised
+wait_udp 127.0.0.21 5060
 
 fail=0
 for t in u1 t1; do

@@ -8,6 +8,7 @@
 # Loopback only: sippool 127.0.0.40, primary 127.0.0.41, backup 127.0.0.42, UAC 127.0.0.43.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+. "$ROOT/tests/e2e/lib.sh"
 RATE="${1:-50}"
 SECS="${2:-20}"
 KILL_AT="${3:-10}"
@@ -46,19 +47,11 @@ pids+=($primary)
 (cd "$WORK" && exec sipp -sf "$UAS" -i 127.0.0.42 -p 5060 -nostdin -timeout 120s -trace_stat -fd 1 -stf backup.csv > backup.log 2>&1) &
 pids+=($!)
 # The servers listen before sippool sends its first probe.
-for ip in 127.0.0.41 127.0.0.42; do
-  for _ in $(seq 100); do
-    awk -v h="$(printf '%02X%02X%02X%02X:13C4' $(echo $ip | awk -F. '{print $4,$3,$2,$1}'))" '$2==h{f=1} END{exit !f}' /proc/net/udp && break
-    sleep 0.1
-  done
-done
+wait_udp 127.0.0.41 5060
+wait_udp 127.0.0.42 5060
 "$BIN" run --config "$WORK/sippool.toml" > "$WORK/sippool.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  grep -q proxy_initialised "$WORK/sippool.log" && break
-  sleep 0.1
-done
-grep -q proxy_initialised "$WORK/sippool.log" || { cat "$WORK/sippool.log"; exit 1; }
+wait_log "$WORK/sippool.log" proxy_initialised
 
 (cd "$WORK" && exec timeout 120 sipp -sn uac 127.0.0.40:5060 -i 127.0.0.43 -p 5070 -r "$RATE" -m "$CALLS" \
   -nostdin -timeout 100s -recv_timeout 10000 -trace_stat -trace_err -stf uac.csv > uac.log 2>&1) &
