@@ -330,7 +330,10 @@ impl Core {
             // No usable top Via: answer along the packet source if a Via is there at all.
             match msg.top_via() {
                 Some(_) if method != Method::Ack => {
-                    self.respond_stateless(&inbound, 400, "Malformed Via", &[]);
+                    let (code, reason) = msg
+                        .defect()
+                        .map_or((400, "Malformed Via"), |d| (d.code, d.reason));
+                    self.respond_stateless(&inbound, code, reason, &[]);
                 }
                 _ => Metrics::count(&self.metrics.dropped, "no_via"),
             }

@@ -528,7 +528,7 @@ impl Message {
 }
 
 /// Positions of the `<` and `>` of the first bracketed URI outside quoted strings.
-fn angle_span(v: &[u8]) -> Option<(usize, usize)> {
+pub fn angle_span(v: &[u8]) -> Option<(usize, usize)> {
     let mut in_quote = false;
     let mut escaped = false;
     let mut open = None;

@@ -379,6 +379,17 @@ fn wants_record_route(msg: &Message) -> bool {
 /// Checks a request (RFC 3261 section 16.3) and decides what to do with it.
 pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> Decision {
     let msg = rx.msg;
+    if msg.first(HeaderName::Via).is_none() {
+        return Decision::Drop("no Via");
+    }
+    // A wrong SIP version is answered as such, whatever else is wrong (RFC 3261 8.2.2.?).
+    if let Some(d) = msg.defect().filter(|d| d.code == 505) {
+        return Decision::Respond(Reject {
+            code: d.code,
+            reason: Cow::Borrowed(d.reason),
+            extra: Vec::new(),
+        });
+    }
     // A response needs a Via to go back along.
     let via = match msg.top_via() {
         Some(Ok(v)) => v,
@@ -552,8 +563,19 @@ fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
     }
     for name in [HeaderName::From, HeaderName::To] {
         if let Some(h) = msg.first(name) {
-            if name_addr_uri(msg.value(h)).is_none() || !quotes_balanced(msg.value(h)) {
+            if !name_addr_ok(msg.value(h)) {
                 return Err(Reject::new(400, "Malformed From or To"));
+            }
+        }
+    }
+    for h in msg.all(HeaderName::Contact) {
+        let v = msg.value(h);
+        if crate::sip::syntax::trim(v) == b"*" {
+            continue;
+        }
+        for r in crate::sip::syntax::split_list(v) {
+            if !name_addr_ok(v.get(r).unwrap_or_default()) {
+                return Err(Reject::new(400, "Malformed Contact"));
             }
         }
     }
@@ -579,6 +601,31 @@ fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
         }
     }
     Ok(())
+}
+
+/// A From/To/Contact value: quotes balanced; a display name that is not quoted is tokens
+/// and spaces only; no white space just inside `<` and `>`; an addr-spec without `<>` has
+/// no `?headers` (RFC 3261 section 20 and RFC 4475 sections 3.1.2.13-15).
+fn name_addr_ok(v: &[u8]) -> bool {
+    use crate::sip::syntax::{is_lws, is_token_char, trim};
+    if !quotes_balanced(v) || name_addr_uri(v).is_none() {
+        return false;
+    }
+    match crate::sip::message::angle_span(v) {
+        Some((open, close)) => {
+            let display = trim(v.get(..open).unwrap_or_default());
+            let display_ok = display.first() == Some(&b'"')
+                || display.iter().all(|&b| is_token_char(b) || is_lws(b));
+            let first = v.get(open + 1).copied().unwrap_or(b'>');
+            let last = close
+                .checked_sub(1)
+                .and_then(|i| v.get(i))
+                .copied()
+                .unwrap_or(b'<');
+            display_ok && !is_lws(first) && !is_lws(last)
+        }
+        None => name_addr_uri(v).is_some_and(|u| !u.contains(&b'?')),
+    }
 }
 
 fn quotes_balanced(v: &[u8]) -> bool {

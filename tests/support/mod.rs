@@ -555,6 +555,11 @@ impl Upstream {
             .expect("upstream: closed")
     }
 
+    /// The next request, or `None` when the server's task ended.
+    pub async fn recv_any(&mut self) -> Option<SipMsg> {
+        self.rx.recv().await
+    }
+
     /// The next request of this method (others are skipped).
     pub async fn recv_method(&mut self, method: &str) -> SipMsg {
         loop {
