@@ -530,7 +530,10 @@ impl Config {
             Some(h) if !h.trim().is_empty() => h.trim().trim_matches(['[', ']']).to_string(),
             Some(_) => return Err(err("instance.advertised_host", "must not be empty")),
             None => {
-                let ip = listeners[0].address.ip();
+                let ip = listeners
+                    .first()
+                    .map(|l| l.address.ip())
+                    .ok_or_else(|| err("listen", "at least one [[listen]] socket is required"))?;
                 if ip.is_unspecified() {
                     return Err(err(
                         "instance.advertised_host",

@@ -5,6 +5,17 @@
 //! supervision; [`health`] holds upstream state; [`metrics`] counts; [`config`] loads and
 //! validates the configuration.
 
+// Nothing reachable from the network or the config may panic (see also `sip`'s own lints).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod actors;
 pub mod config;
 pub mod dns;

@@ -122,7 +122,7 @@ impl Actor for ConnectionActor {
             ConnMsg::Data(chunk) => {
                 #[cfg(feature = "fault-injection")]
                 if memchr::memmem::find(&chunk, b"X-Sippool-Fault: panic-connection").is_some() {
-                    panic!("injected fault in connection actor");
+                    super::fault::injected("connection");
                 }
                 state.framer.push(&chunk);
                 loop {

@@ -12,6 +12,8 @@
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
 pub mod connection;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod core;
 pub mod tcp;
 pub mod transaction;

@@ -188,7 +188,7 @@ impl TxState {
                 .slice(h.line.clone())
                 .starts_with(b"X-Sippool-Fault: panic-transaction")
         }) {
-            panic!("injected fault in transaction actor");
+            super::fault::injected("transaction");
         }
         let reliable = inbound.transport.is_reliable();
         self.dest = response_destination(&inbound.msg, inbound.source, &inbound.reply);

@@ -5,6 +5,16 @@
 //! section 17 state machines, `proxy` the section 16 rules and `builder` writes what goes
 //! out. Nothing here opens a socket or reads a clock.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod builder;
 pub mod framing;
 pub mod message;
