@@ -12,9 +12,9 @@
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
 pub mod connection;
+pub mod core;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-pub mod core;
 pub mod tcp;
 pub mod transaction;
 pub mod transport;
