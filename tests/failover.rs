@@ -270,3 +270,26 @@ async fn request_for_another_site_goes_to_that_sites_active_member() {
     assert_eq!(phone.recv_final().await.0.status(), Some(200));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn one_ignored_invite_does_not_take_a_live_server_down() {
+    // The primary answers probes but drops INVITEs (as a server does with one it dislikes).
+    let primary = Upstream::udp(Behaviour::IgnoreInvite).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{}\"\nbackup = \"{}\"\n\
+         [health]\noos_check = 1\noos_force = 1\nprobe_timeout_ms = 300\nfailover_timeout_ms = 300\n",
+        primary.uri(),
+        backup.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    // The call still gets through, on the backup...
+    assert_eq!(invite(&mut phone).await.status(), Some(200));
+    backup.recv_method("INVITE").await;
+    // ... but the primary, which keeps answering probes, stays in service and active.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(p.core().pairs.is_up(0, Member::Primary));
+    assert_eq!(active(&p), Some(Member::Primary));
+    p.stop().await;
+}

@@ -58,6 +58,11 @@ pub struct Core {
     pub client_txns: DashMap<String, ActorRef<TxMsg>>,
     upstream_ips: HashSet<IpAddr>,
     located_upstream_ips: DashMap<IpAddr, ()>,
+    /// Pair members by the address they answer from.
+    member_addrs: DashMap<SocketAddr, (usize, Member)>,
+    /// When each member was last heard from (µs since `epoch`).
+    heard: Vec<[std::sync::atomic::AtomicU64; 2]>,
+    epoch: Instant,
     /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
     /// when both members share an IP).
     backup_sources: Vec<(usize, SocketAddr, bool)>,
@@ -133,6 +138,27 @@ impl Core {
             client_txns: DashMap::new(),
             upstream_ips,
             located_upstream_ips: DashMap::new(),
+            member_addrs: {
+                let m = DashMap::new();
+                for (i, p) in settings.pairs.iter().enumerate() {
+                    for (member, hp) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
+                    {
+                        if let Some(a) = hp.socket_addr() {
+                            m.insert(a, (i, member));
+                        }
+                    }
+                }
+                m
+            },
+            heard: (0..settings.pairs.len())
+                .map(|_| {
+                    [
+                        std::sync::atomic::AtomicU64::new(0),
+                        std::sync::atomic::AtomicU64::new(0),
+                    ]
+                })
+                .collect(),
+            epoch: Instant::now(),
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
@@ -165,10 +191,36 @@ impl Core {
         }
     }
 
-    /// An INVITE sent to a pair member got no answer at all: counts as a missed probe.
-    pub fn report_unanswered(&self, pair: usize, member: Member) {
+    /// An INVITE sent to a pair member at `sent_at` got no answer at all.
+    pub fn report_unanswered(&self, pair: usize, member: Member, sent_at: Instant) {
         if let Some(a) = self.probe_actors.get(&(pair, member)) {
-            let _ = a.send_message(ProbeMsg::Unanswered);
+            let _ = a.send_message(ProbeMsg::Unanswered { sent_at });
+        }
+    }
+
+    /// Records the address a pair member sends from (its located address).
+    pub fn learn_member_addr(&self, addr: SocketAddr, pair: usize, member: Member) {
+        self.member_addrs.insert(addr, (pair, member));
+    }
+
+    /// Whether anything at all was heard from a pair member after `since`.
+    pub fn heard_since(&self, pair: usize, member: Member, since: Instant) -> bool {
+        let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) else {
+            return false;
+        };
+        let at = slot.load(std::sync::atomic::Ordering::Relaxed);
+        let since = since.saturating_duration_since(self.epoch).as_micros() as u64;
+        at > since
+    }
+
+    /// Notes a response from `source` if it is a pair member.
+    fn note_heard(&self, source: SocketAddr) {
+        if let Some(e) = self.member_addrs.get(&source) {
+            let (pair, member) = *e;
+            if let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) {
+                let now = self.epoch.elapsed().as_micros() as u64;
+                slot.store(now, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -231,6 +283,7 @@ impl Core {
     }
 
     fn on_response(self: &Arc<Self>, inbound: Inbound) {
+        self.note_heard(inbound.source);
         let branch = match inbound.msg.top_via() {
             Some(Ok(v)) => v.branch().map(str::to_string),
             _ => None,

@@ -94,6 +94,8 @@ pub struct TxState {
     retried: bool,
     /// When to give up on the member that has not answered at all.
     failover_at: Option<Instant>,
+    /// When the current branch was sent.
+    branch_sent_at: Option<Instant>,
     /// The pending wake-up: when, and the task that will deliver it.
     scheduled: Option<(Instant, TimerTask)>,
 }
@@ -124,6 +126,7 @@ impl Actor for TransactionActor {
             member: None,
             retried: false,
             failover_at: None,
+            branch_sent_at: None,
             scheduled: None,
         })
     }
@@ -259,7 +262,7 @@ impl TxState {
             if let Some(b) = &mut self.branch {
                 terminate_client(&mut b.client);
             }
-            match self.failover_target(false) {
+            match self.failover_target(false, now) {
                 Some(next) => hp = next,
                 None => return self.respond(now, &Reject::new(500, "Server Internal Error")),
             }
@@ -314,6 +317,7 @@ impl TxState {
                 .observe(received.elapsed().as_secs_f64());
         }
         self.branch = Some(branch);
+        self.branch_sent_at = Some(now);
         if self.member.is_some() {
             self.failover_at = Some(now + self.core.settings.failover_timeout);
         }
@@ -322,16 +326,17 @@ impl TxState {
 
     /// The other member of the pair, when the request went to a pair member, has not been
     /// retried yet, is still unanswered and the other member is up. Records the retry.
-    fn failover_target(&mut self, unanswered: bool) -> Option<HostPort> {
+    fn failover_target(&mut self, unanswered: bool, now: Instant) -> Option<HostPort> {
         let (pair, member) = self.member?;
         let is_invite = self
             .request
             .as_ref()
             .is_some_and(|r| r.msg.method() == Some(&Method::Invite));
         if unanswered && is_invite {
-            // As strong a sign as an unanswered probe (only INVITE: one stray request that a
-            // server ignores must not take it out of service).
-            self.core.report_unanswered(pair, member);
+            // Evidence for the probe actor, which weighs it (only INVITE: one stray request
+            // that a server ignores must not take it out of service).
+            self.core
+                .report_unanswered(pair, member, self.branch_sent_at.unwrap_or(now));
         } else {
             self.core.suspect(pair, member);
         }
@@ -472,7 +477,7 @@ impl TxState {
         self.timer_c = None;
         if code == 503 {
             // The member is unavailable: the other one gets the request, if it may.
-            if let Some(hp) = self.failover_target(false) {
+            if let Some(hp) = self.failover_target(false, now) {
                 return self.launch(myself, hp, now).await;
             }
             // RFC 3261 section 16.7 step 6: never relay a 503.
@@ -492,7 +497,7 @@ impl TxState {
             self.failover_at = None;
             let unanswered = self.branch.as_ref().is_some_and(|b| !b.answered);
             if unanswered {
-                if let Some(hp) = self.failover_target(true) {
+                if let Some(hp) = self.failover_target(true, now) {
                     return self.launch(myself, hp, now).await;
                 }
             }
@@ -529,7 +534,7 @@ impl TxState {
         }
         if timed_out {
             self.core.metrics.upstream_timeouts.inc();
-            if let Some(hp) = self.failover_target(true) {
+            if let Some(hp) = self.failover_target(true, now) {
                 return self.launch(myself, hp, now).await;
             }
             self.respond(now, &Reject::new(408, "Request Timeout"));

@@ -41,8 +41,11 @@ pub enum ProbeMsg {
     },
     /// A transaction toward this server failed: probe now.
     Suspect,
-    /// An INVITE toward this server got no answer at all: a missed probe.
-    Unanswered,
+    /// An INVITE sent to this server at `sent_at` got no answer at all.
+    Unanswered {
+        /// When it was sent.
+        sent_at: Instant,
+    },
 }
 
 /// Messages of a pair actor.
@@ -83,6 +86,8 @@ pub struct ProbeActorState {
     id: u64,
     scheduled: Option<(Instant, TickTask)>,
     outstanding_branch: Option<String>,
+    /// INVITEs left unanswered while nothing at all was heard from the server.
+    silent_unanswered: u32,
 }
 
 impl Actor for ProbeActor {
@@ -104,6 +109,7 @@ impl Actor for ProbeActor {
             spec,
             scheduled: None,
             outstanding_branch: None,
+            silent_unanswered: 0,
         })
     }
 
@@ -130,6 +136,9 @@ impl Actor for ProbeActor {
                 if code >= 200 {
                     st.forget_branch();
                 }
+                if code >= 200 {
+                    st.silent_unanswered = 0;
+                }
                 if code >= 200 && seq > 0 {
                     if let Some(rtt) = st.probe.rtt_of(seq, now) {
                         st.spec.core.metrics.probe_rtt.observe(rtt.as_secs_f64());
@@ -140,10 +149,25 @@ impl Actor for ProbeActor {
                 }
             }
             ProbeMsg::Suspect => st.probe.probe_soon(now),
-            ProbeMsg::Unanswered => {
-                if let Some(c) = st.probe.missed(now, "no answer to an INVITE") {
-                    st.forget_branch();
-                    st.report(c);
+            ProbeMsg::Unanswered { sent_at } => {
+                let core = &st.spec.core;
+                if core.heard_since(st.spec.pair, st.spec.member, sent_at) {
+                    // It answers other things: this one request was just ignored.
+                    st.silent_unanswered = 0;
+                    st.probe.probe_soon(now);
+                } else {
+                    // Silent since then. Two such INVITEs are as good as a missed probe (a
+                    // dead server under load); one alone only brings the next probe forward.
+                    st.silent_unanswered += 1;
+                    if st.silent_unanswered >= 2 {
+                        st.silent_unanswered = 0;
+                        if let Some(c) = st.probe.missed(now, "no answer to INVITEs") {
+                            st.forget_branch();
+                            st.report(c);
+                        }
+                    } else {
+                        st.probe.probe_soon(now);
+                    }
                 }
             }
         }
@@ -194,6 +218,7 @@ impl ProbeActorState {
             return;
         };
         core.learn_upstream_ip(target.addr.ip());
+        core.learn_member_addr(target.addr, self.spec.pair, self.spec.member);
         let branch = format!("{PROBE_BRANCH_PREFIX}{:x}x{seq}", self.id);
         let bytes = options_request(core, &self.spec.server, target, &branch, self.id, seq);
         core.probes.insert(branch.clone(), (myself.clone(), seq));

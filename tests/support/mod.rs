@@ -428,6 +428,9 @@ pub enum Behaviour {
     LateOptions(u64),
     /// INVITE -> 180 at once and 200 after this many milliseconds; others -> 200.
     AnswerAfter(u64),
+    /// Ignores INVITEs, answers everything else with 200 (a live server that drops one
+    /// request it does not like).
+    IgnoreInvite,
 }
 
 /// A test upstream SIP server (UAS).
@@ -498,6 +501,7 @@ impl Upstream {
                         });
                     }
                     (Behaviour::LateOptions(_), _) => {}
+                    (Behaviour::IgnoreInvite, "INVITE") => {}
                     (Behaviour::AnswerAfter(ms), "INVITE") => {
                         r.reply(&response(&r.msg, 180, "Ringing", &contact)).await;
                         let ok = response(&r.msg, 200, "OK", &contact);
