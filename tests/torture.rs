@@ -178,10 +178,11 @@ fn torture_config(up: &Upstream) -> String {
     )
 }
 
+/// A whole normal call (INVITE, 200, ACK, BYE, 200) through the same proxy.
 async fn check_call(phone: &mut Phone, up: &mut Upstream, file: &str) {
     let id = unique("after");
     let req = phone.request(
-        "OPTIONS",
+        "INVITE",
         "sip:bob@site.example",
         &id,
         &unique("z9hG4bKn"),
@@ -189,14 +190,29 @@ async fn check_call(phone: &mut Phone, up: &mut Upstream, file: &str) {
         "",
     );
     phone.send(&req).await;
-    loop {
+    let (ok, _) = phone.recv_final().await;
+    assert_eq!(
+        ok.status(),
+        Some(200),
+        "call after {file} failed: {}",
+        ok.text()
+    );
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &id, 1, &unique("z9hG4bKa")))
+        .await;
+    phone
+        .send(&phone.in_dialog("BYE", &ok, &id, 2, &unique("z9hG4bKb")))
+        .await;
+    let (bye_ok, _) = phone.recv_final().await;
+    assert_eq!(bye_ok.status(), Some(200), "BYE after {file} failed");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
         let m = up.recv().await;
         if m.header("call-id") == Some(id.as_str()) {
-            break;
+            seen.push(m.method().unwrap_or_default().to_string());
         }
     }
-    let (r, _) = phone.recv_final().await;
-    assert_eq!(r.status(), Some(200), "normal request after {file} failed");
+    assert_eq!(seen, ["INVITE", "ACK", "BYE"], "after {file}");
 }
 
 /// Waits for the request with this Call-ID at the upstream server.
