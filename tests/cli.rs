@@ -52,22 +52,12 @@ fn unknown_key_is_an_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn run_fails_when_the_listener_cannot_bind() {
-    // Take a TCP port, then ask sippool to listen on it.
-    let held = std::net::TcpListener::bind("127.0.9.1:0").unwrap();
-    let addr = held.local_addr().unwrap();
-    let dir = std::env::temp_dir().join(format!("sippool-cli-bind-{}", std::process::id()));
+/// Runs sippool on `config` and expects it to exit non-zero logging `event`.
+fn expect_run_failure(name: &str, config: &str, event: &str) {
+    let dir = std::env::temp_dir().join(format!("sippool-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("bind.toml");
-    std::fs::write(
-        &f,
-        format!(
-            "[instance]\nname = \"x\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"{addr}\"\n\
-             [[pair]]\nname = \"p\"\nprimary = \"127.0.9.2\"\nbackup = \"127.0.9.3\"\n"
-        ),
-    )
-    .unwrap();
+    let f = dir.join("c.toml");
+    std::fs::write(&f, config).unwrap();
     let out = sippool()
         .args([
             "run",
@@ -80,43 +70,35 @@ fn run_fails_when_the_listener_cannot_bind() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("\"event\":\"sip_listener_cannot_start\""),
-        "{err}"
-    );
+    assert!(err.contains(&format!("\"event\":\"{event}\"")), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_fails_when_the_listener_cannot_bind() {
+    // Take a TCP port, then ask sippool to listen on it.
+    let held = std::net::TcpListener::bind("127.0.9.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    expect_run_failure(
+        "bind",
+        &format!(
+            "[instance]\nname = \"x\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"{addr}\"\n\
+             [[pair]]\nname = \"p\"\nprimary = \"127.0.9.2\"\nbackup = \"127.0.9.3\"\n"
+        ),
+        "sip_listener_cannot_start",
+    );
 }
 
 #[test]
 fn run_fails_when_the_http_listener_cannot_bind() {
     let held = std::net::TcpListener::bind("127.0.9.5:0").unwrap();
     let addr = held.local_addr().unwrap();
-    let dir = std::env::temp_dir().join(format!("sippool-cli-http-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("http.toml");
-    std::fs::write(
-        &f,
-        format!(
+    expect_run_failure(
+        "http",
+        &format!(
             "[instance]\nname = \"x\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.9.5:0\"\n\
              [[pair]]\nname = \"p\"\nprimary = \"127.0.9.6\"\nbackup = \"127.0.9.7\"\n[http]\naddress = \"{addr}\"\n"
         ),
-    )
-    .unwrap();
-    let out = sippool()
-        .args([
-            "run",
-            "--config",
-            f.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("\"event\":\"http_listener_cannot_start\""),
-        "{err}"
+        "http_listener_cannot_start",
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

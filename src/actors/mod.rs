@@ -19,6 +19,7 @@ pub mod tcp;
 pub mod transaction;
 pub mod transport;
 pub mod udp;
+pub mod wakeup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -29,6 +29,7 @@ use crate::sip::transaction::{
 use super::connection::{self, ConnOrUdp};
 use super::core::{response_destination, Core, Lingering};
 use super::transport::{send_reply, send_udp, ConnHandle, Inbound, Target};
+use super::wakeup::Wakeup;
 
 /// Messages of a transaction actor.
 #[derive(Debug)]
@@ -45,9 +46,6 @@ pub enum TxMsg {
 
 /// The transaction actor.
 pub struct TransactionActor;
-
-/// The task that delivers a [`TxMsg::Timer`].
-type TimerTask = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TxMsg>>>;
 
 enum Server {
     Invite(ServerInvite),
@@ -96,8 +94,8 @@ pub struct TxState {
     failover_at: Option<Instant>,
     /// When the current branch was sent.
     branch_sent_at: Option<Instant>,
-    /// The pending wake-up: when, and the task that will deliver it.
-    scheduled: Option<(Instant, TimerTask)>,
+    /// The pending timer message.
+    wakeup: Wakeup<TxMsg>,
 }
 
 impl Actor for TransactionActor {
@@ -127,7 +125,7 @@ impl Actor for TransactionActor {
             retried: false,
             failover_at: None,
             branch_sent_at: None,
-            scheduled: None,
+            wakeup: Wakeup::default(),
         })
     }
 
@@ -146,7 +144,7 @@ impl Actor for TransactionActor {
             TxMsg::Cancel(inbound) => state.on_cancel(*inbound, now).await,
             TxMsg::Response(inbound) => state.on_response(&myself, *inbound, now).await,
             TxMsg::Timer => {
-                state.scheduled = None; // it has fired
+                state.wakeup.fired();
                 state.on_timer(&myself, now).await;
             }
         }
@@ -684,14 +682,7 @@ impl TxState {
         let Some(next) = self.next_deadline() else {
             return;
         };
-        if self.scheduled.as_ref().is_some_and(|(s, _)| *s <= next) {
-            return;
-        }
-        if let Some((_, old)) = self.scheduled.take() {
-            old.abort();
-        }
-        let task = myself.send_after(next.saturating_duration_since(now), || TxMsg::Timer);
-        self.scheduled = Some((next, task));
+        self.wakeup.schedule(myself, next, now, || TxMsg::Timer);
     }
 }
 

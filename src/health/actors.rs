@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::transport::Target;
+use crate::actors::wakeup::Wakeup;
 use crate::actors::Core;
 use crate::config::HostPort;
 use crate::metrics::KindLabels;
@@ -77,14 +78,12 @@ pub struct ProbeSpec {
 /// The probe actor.
 pub struct ProbeActor;
 
-type TickTask = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<ProbeMsg>>>;
-
 /// Its state.
 pub struct ProbeActorState {
     spec: ProbeSpec,
     probe: ProbeState,
     id: u64,
-    scheduled: Option<(Instant, TickTask)>,
+    wakeup: Wakeup<ProbeMsg>,
     outstanding_branch: Option<String>,
     /// INVITEs left unanswered while nothing at all was heard from the server.
     silent_unanswered: u32,
@@ -107,7 +106,7 @@ impl Actor for ProbeActor {
             probe: ProbeState::new(spec.core.settings.probe, Instant::now()),
             id: rand::random::<u32>().into(),
             spec,
-            scheduled: None,
+            wakeup: Wakeup::default(),
             outstanding_branch: None,
             silent_unanswered: 0,
         })
@@ -122,7 +121,7 @@ impl Actor for ProbeActor {
         let now = Instant::now();
         match msg {
             ProbeMsg::Tick => {
-                st.scheduled = None;
+                st.wakeup.fired();
                 if let Some(c) = st.probe.handle_timeout(now) {
                     st.forget_branch();
                     st.report(c);
@@ -176,14 +175,7 @@ impl Actor for ProbeActor {
         }
         st.publish();
         if let Some(next) = st.probe.poll_timeout() {
-            if st.scheduled.as_ref().is_none_or(|(s, _)| next < *s) {
-                if let Some((_, old)) = st.scheduled.take() {
-                    old.abort();
-                }
-                let task =
-                    myself.send_after(next.saturating_duration_since(now), || ProbeMsg::Tick);
-                st.scheduled = Some((next, task));
-            }
+            st.wakeup.schedule(&myself, next, now, || ProbeMsg::Tick);
         }
         Ok(())
     }
@@ -193,9 +185,7 @@ impl Actor for ProbeActor {
         _myself: ActorRef<ProbeMsg>,
         st: &mut ProbeActorState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some((_, t)) = st.scheduled.take() {
-            t.abort();
-        }
+        st.wakeup.cancel();
         st.forget_branch();
         Ok(())
     }

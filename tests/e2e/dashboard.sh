@@ -7,13 +7,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
 SHOT="${1:-/tmp/sippool-dashboard.png}"
-WORK="$(mktemp -d /tmp/sippool-dash.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
 CHROME=$(command -v chromium || command -v chromium-browser) || { echo "chromium not found" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init dash
 cat > "$WORK/sippool.toml" <<TOML
 [instance]
 name = "dashboard-demo"

@@ -8,12 +8,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
 COUNT="${1:-50000}"
 MAX_RSS_KB="${2:-65536}"
-WORK="$(mktemp -d /tmp/sippool-flood.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init flood
 
 cat > "$WORK/sippool.toml" <<TOML
 [instance]

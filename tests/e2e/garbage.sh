@@ -5,12 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
-WORK="$(mktemp -d /tmp/sippool-garbage.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init garbage
 cat > "$WORK/sippool.toml" <<TOML
 [instance]
 name = "garbage"
@@ -43,8 +38,8 @@ uac=$!
 garbage=$(python3 "$ROOT/tests/e2e/garbage.py" 127.0.0.80:5060 127.0.0.84 10000 200 9)
 rc=0
 wait "$uac" || rc=$?
-ok=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $16}')
-failed=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $18}')
+ok=$(sipp_stat "$WORK/uac.csv" "SuccessfulCall(C)")
+failed=$(sipp_stat "$WORK/uac.csv" "FailedCall(C)")
 alive=no
 kill -0 "$proxy" 2>/dev/null && alive=yes
 echo "garbage: $garbage calls=1000 successful=$ok failed=$failed rc=$rc sippool_alive=$alive"

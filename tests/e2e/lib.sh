@@ -22,3 +22,25 @@ wait_log() {
   cat "$1" >&2
   return 1
 }
+
+# e2e_init NAME: a work directory in $WORK, the release binary in $BIN (built if missing),
+# and every process whose pid is added to $pids stopped when the script exits.
+e2e_init() {
+  WORK="$(mktemp -d "/tmp/sippool-$1.XXXXXX")"
+  BIN="$ROOT/target/release/sippool"
+  [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+  command -v sipp >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
+  pids=()
+  trap e2e_cleanup EXIT
+}
+
+e2e_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+
+# sipp_stat CSV COLUMN: the value of a column (by its header name, e.g. SuccessfulCall(C))
+# on the last line of a SIPp -trace_stat file.
+sipp_stat() {
+  awk -F';' -v col="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==col) c=i} END{print $c}' "$1"
+}

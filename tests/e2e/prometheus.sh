@@ -5,13 +5,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
-WORK="$(mktemp -d /tmp/sippool-prom.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
 PROM=$(command -v prometheus) || { echo "prometheus not found (apt-get install prometheus)" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init prom
 
 cat > "$WORK/sippool.toml" <<TOML
 [instance]

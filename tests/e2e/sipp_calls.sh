@@ -10,14 +10,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
 CALLS="${1:-2000}"
 RATE="${2:-200}"
-WORK="$(mktemp -d /tmp/sippool-e2e.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
-command -v sipp >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init e2e
 
 cat > "$WORK/sippool.toml" <<TOML
 [instance]
@@ -58,8 +52,8 @@ for t in u1 t1; do
   else
     rc=$?
   fi
-  ok=$(tail -1 "$WORK/uac-$name.csv" | awk -F';' '{print $16}')
-  failed=$(tail -1 "$WORK/uac-$name.csv" | awk -F';' '{print $18}')
+  ok=$(sipp_stat "$WORK/uac-$name.csv" "SuccessfulCall(C)")
+  failed=$(sipp_stat "$WORK/uac-$name.csv" "FailedCall(C)")
   echo "sipp $name: calls=$CALLS successful=$ok failed=$failed rc=$rc"
   if [ "$rc" != 0 ] || [ "$ok" != "$CALLS" ] || [ "$failed" != 0 ]; then
     fail=1

@@ -13,15 +13,9 @@ RATE="${1:-50}"
 SECS="${2:-20}"
 KILL_AT="${3:-10}"
 CALLS=$((RATE * SECS))
-WORK="$(mktemp -d /tmp/sippool-failover.XXXXXX)"
-BIN="$ROOT/target/release/sippool"
 UAS="$ROOT/tests/e2e/uas_ha.xml"
-command -v sipp >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+e2e_init failover
 
 cat > "$WORK/sippool.toml" <<TOML
 [instance]
@@ -62,10 +56,10 @@ echo "primary killed at ${KILL_AT}s"
 rc=0
 wait "$uac" || rc=$?
 
-ok=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $16}')
-failed=$(tail -1 "$WORK/uac.csv" | awk -F';' '{print $18}')
+ok=$(sipp_stat "$WORK/uac.csv" "SuccessfulCall(C)")
+failed=$(sipp_stat "$WORK/uac.csv" "FailedCall(C)")
 switched=$(grep -c '"pair_switched"\|event="pair_switched"\|pair_switched' "$WORK/sippool.log" || true)
-backup_calls=$(tail -1 "$WORK/backup.csv" | awk -F';' '{print $13}')
+backup_calls=$(sipp_stat "$WORK/backup.csv" "TotalCallCreated")
 echo "failover: calls=$CALLS successful=$ok failed=$failed rc=$rc pair_switched_events=$switched backup_calls_created=$backup_calls"
 grep -E "upstream_down|pair_switched|transaction_retried" "$WORK/sippool.log" | head -5
 if [ "$rc" = 0 ] && [ "$ok" = "$CALLS" ] && [ "$failed" = 0 ] && [ "$switched" -ge 1 ] && [ "${backup_calls:-0}" -gt 0 ]; then
