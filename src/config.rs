@@ -53,6 +53,49 @@ pub struct Config {
     /// The HTTP endpoint (`/metrics`, `/status`, `/healthz`, `/readyz`, `/`).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// Certificates for TLS listeners.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: String,
+    /// Private key, PEM.
+    pub key: String,
+    /// CA certificates that client certificates must chain to, PEM; set => mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// `required` (default) or `optional` (a certificate, when offered, is verified).
+    #[serde(default)]
+    pub client_auth: Option<String>,
+}
+
+/// Client certificate policy of TLS listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A client certificate is verified when offered.
+    Optional,
+    /// A verified client certificate is required.
+    Required,
+}
+
+/// TLS settings after validation.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificate chain file.
+    pub cert: std::path::PathBuf,
+    /// Key file.
+    pub key: std::path::PathBuf,
+    /// Client CA file.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
 }
 
 /// `[http]`
@@ -221,6 +264,10 @@ pub struct LimitsConfig {
     /// A message that has started to arrive on a stream must be complete within this time
     /// (ms), or the connection is closed (slow senders cannot hold buffers).
     pub message_timeout_ms: u64,
+    /// TLS handshakes in progress at once; more connections are closed at accept.
+    pub max_tls_handshakes: usize,
+    /// A TLS handshake must complete within this time (ms).
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -233,6 +280,8 @@ impl Default for LimitsConfig {
             idle_timeout_s: 600,
             max_connections_per_ip: 1000,
             message_timeout_ms: 10_000,
+            max_tls_handshakes: 1000,
+            tls_handshake_timeout_ms: 5000,
         }
     }
 }
@@ -444,6 +493,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// HTTP endpoint address, if any.
     pub http: Option<SocketAddr>,
+    /// TLS listener settings, if any.
+    pub tls: Option<TlsSettings>,
     /// DNS servers to ask (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// DNS query timeout.
@@ -505,13 +556,13 @@ impl Config {
             let transport = Transport::from_str(&l.transport).map_err(|_| {
                 err(
                     format!("listen[{i}].transport"),
-                    format!("unknown transport '{}' (udp or tcp)", l.transport),
+                    format!("unknown transport '{}' (udp, tcp or tls)", l.transport),
                 )
             })?;
-            if transport == Transport::Tls {
+            if transport == Transport::Tls && self.tls.is_none() {
                 return Err(err(
                     format!("listen[{i}].transport"),
-                    "tls listeners are not supported yet (udp or tcp)",
+                    "a tls listener needs a [tls] section with cert and key",
                 ));
             }
             let address = SocketAddr::from_str(l.address.trim()).map_err(|e| {
@@ -658,7 +709,47 @@ impl Config {
                 )
             })?),
         };
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => {
+                let client_auth = match (t.client_ca.as_deref(), t.client_auth.as_deref()) {
+                    (None, None) => ClientAuth::None,
+                    (None, Some(_)) => {
+                        return Err(err(
+                            "tls.client_auth",
+                            "needs tls.client_ca to verify against",
+                        ))
+                    }
+                    (Some(_), None | Some("required")) => ClientAuth::Required,
+                    (Some(_), Some("optional")) => ClientAuth::Optional,
+                    (Some(_), Some(other)) => {
+                        return Err(err(
+                            "tls.client_auth",
+                            format!("'{other}' is not required or optional"),
+                        ))
+                    }
+                };
+                for (key, path) in [
+                    ("tls.cert", Some(&t.cert)),
+                    ("tls.key", Some(&t.key)),
+                    ("tls.client_ca", t.client_ca.as_ref()),
+                ] {
+                    if let Some(p) = path {
+                        if !Path::new(p).is_file() {
+                            return Err(err(key, format!("file {p} not found")));
+                        }
+                    }
+                }
+                Some(TlsSettings {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    client_ca: t.client_ca.clone().map(Into::into),
+                    client_auth,
+                })
+            }
+        };
         Ok(Settings {
+            tls,
             http,
             dns_servers,
             dns_timeout: Duration::from_millis(self.dns.timeout_ms),

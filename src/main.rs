@@ -78,22 +78,27 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
-        Command::Check { config } => match config::load_settings(&config) {
-            Ok(s) => {
-                println!(
-                    "{}: ok (instance {}, {} listener(s), {} pair(s))",
-                    config.display(),
-                    s.name,
-                    s.listeners.len(),
-                    s.pairs.len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match config::load_settings(&config).and_then(|s| match &s.tls {
+                Some(t) => sippool::actors::tls::server_config(t).map(|_| s),
+                None => Ok(s),
+            }) {
+                Ok(s) => {
+                    println!(
+                        "{}: ok (instance {}, {} listener(s), {} pair(s))",
+                        config.display(),
+                        s.name,
+                        s.listeners.len(),
+                        s.pairs.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: config error: {e}", config.display());
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("{}: config error: {e}", config.display());
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Run { config, json } => {
             init_logging(json);
             let settings = match config::load_settings(&config) {

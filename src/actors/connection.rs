@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -46,7 +46,7 @@ pub struct ConnectionActor;
 pub struct ConnState {
     core: Arc<Core>,
     handle: ConnHandle,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf<Box<dyn Stream>>,
     framer: StreamFramer,
     reader: JoinHandle<()>,
     /// Since when part of a message has been waiting for the rest.
@@ -56,16 +56,14 @@ pub struct ConnState {
 impl Actor for ConnectionActor {
     type Msg = ConnMsg;
     type State = ConnState;
-    type Arguments = (Arc<Core>, TcpStream, Transport);
+    type Arguments = (Arc<Core>, Box<dyn Stream>, SocketAddr, Transport);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ConnMsg>,
-        (core, stream, transport): Self::Arguments,
+        (core, stream, peer, transport): Self::Arguments,
     ) -> Result<ConnState, ActorProcessingErr> {
-        let peer = stream.peer_addr()?;
-        let _ = stream.set_nodelay(true);
-        let (mut read, writer) = stream.into_split();
+        let (mut read, writer) = tokio::io::split(stream);
         let id = core.transports.next_id();
         let handle = ConnHandle::new(id, peer, transport, myself.clone());
         core.transports.add_conn(handle.clone());
@@ -258,23 +256,26 @@ impl Actor for ConnectionSupervisor {
     }
 }
 
+/// A byte stream a connection actor can own: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
 /// Starts a connection actor for `stream` under the connection supervisor.
 pub async fn start_connection(
     core: &Arc<Core>,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
     transport: Transport,
 ) -> Result<ConnHandle, SendError> {
     let sup = core
         .conn_supervisor()
         .cloned()
         .ok_or(SendError::NoTransport)?;
-    let peer = stream
-        .peer_addr()
-        .map_err(|e| SendError::Io(e.to_string()))?;
     let (actor, _) = Actor::spawn_linked(
         None,
         ConnectionActor,
-        (core.clone(), stream, transport),
+        (core.clone(), stream, peer, transport),
         sup,
     )
     .await
@@ -312,14 +313,22 @@ pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<Conn
                     .await
                     .map_err(|_| SendError::ConnectFailed("timeout".into()))?
                     .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
-            let h = start_connection(core, stream, Transport::Tcp).await?;
+            let _ = stream.set_nodelay(true);
+            let h = start_connection(core, Box::new(stream), target.addr, Transport::Tcp).await?;
             if h.send(bytes) {
                 Ok(ConnOrUdp::Conn(h))
             } else {
                 Err(SendError::Io("connection closed".into()))
             }
         }
-        Transport::Tls => Err(SendError::NoTransport),
+        Transport::Tls => {
+            // Toward a phone: over the connection it opened. Opening TLS toward upstream
+            // servers is not built yet.
+            match core.transports.conn_to(Transport::Tls, target.addr) {
+                Some(h) if h.send(bytes) => Ok(ConnOrUdp::Conn(h)),
+                _ => Err(SendError::NoTransport),
+            }
+        }
     }
 }
 
@@ -332,8 +341,14 @@ pub enum ConnOrUdp {
     Conn(ConnHandle),
 }
 
-/// Accepts TCP connections on a bound listener until the owning actor stops it.
-pub fn spawn_accept_loop(core: Arc<Core>, listener: TcpListener) -> JoinHandle<()> {
+/// Accepts TCP connections on a bound listener until the owning actor stops it; with an
+/// acceptor, each connection first completes a TLS handshake (bounded in time and in how
+/// many run at once).
+pub fn spawn_accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -358,10 +373,48 @@ pub fn spawn_accept_loop(core: Arc<Core>, listener: TcpListener) -> JoinHandle<(
                 drop(stream);
                 continue;
             }
+            let _ = stream.set_nodelay(true);
             let core2 = core.clone();
-            tokio::spawn(async move {
-                let _ = start_connection(&core2, stream, Transport::Tcp).await;
-            });
+            match &tls {
+                None => {
+                    tokio::spawn(async move {
+                        let _ =
+                            start_connection(&core2, Box::new(stream), peer, Transport::Tcp).await;
+                    });
+                }
+                Some(acceptor) => {
+                    let Some(permit) = core.tls_handshake_permit() else {
+                        Metrics::count(&core.metrics.overload_rejections, "tls_handshakes");
+                        drop(stream);
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let timeout =
+                            Duration::from_millis(core2.settings.limits.tls_handshake_timeout_ms);
+                        let accepted = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                        drop(permit);
+                        match accepted {
+                            Ok(Ok(tls)) => {
+                                let _ =
+                                    start_connection(&core2, Box::new(tls), peer, Transport::Tls)
+                                        .await;
+                            }
+                            Ok(Err(e)) => {
+                                Metrics::count(&core2.metrics.parse_errors, "tls_handshake");
+                                tracing::info!(event = "tls_handshake_failed", %peer, error = %e);
+                            }
+                            Err(_) => {
+                                Metrics::count(
+                                    &core2.metrics.parse_errors,
+                                    "tls_handshake_timeout",
+                                );
+                                tracing::info!(event = "tls_handshake_failed", %peer, error = "timeout");
+                            }
+                        }
+                    });
+                }
+            }
         }
     })
 }

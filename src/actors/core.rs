@@ -75,6 +75,7 @@ pub struct Core {
     invite_bucket: Mutex<TokenBucket>,
     overload: Mutex<OverloadEpisode>,
     draining: std::sync::atomic::AtomicBool,
+    tls_handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// An episode of INVITE-rate overload, for the `overload_started` / `overload_ended` events.
@@ -164,6 +165,9 @@ impl Core {
             invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
             overload: Mutex::new(OverloadEpisode::default()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            tls_handshakes: Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_tls_handshakes,
+            )),
             settings,
         })
     }
@@ -552,6 +556,11 @@ impl Core {
         if let Ok(mut b) = self.invite_bucket.lock() {
             *b = TokenBucket::new(rate);
         }
+    }
+
+    /// A place for one more TLS handshake, if the cap allows.
+    pub fn tls_handshake_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.tls_handshakes.clone().try_acquire_owned().ok()
     }
 
     /// Stops taking new dialogs: new out-of-dialog requests get 503 from now on.

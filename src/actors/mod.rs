@@ -16,6 +16,7 @@ pub mod core;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod tcp;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod udp;
@@ -54,19 +55,28 @@ impl std::error::Error for StartError {}
 
 enum Bound {
     Udp(Arc<UdpSocket>),
-    Tcp(TcpListener),
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
 }
 
 impl Proxy {
     /// Binds every listen socket, then starts the actor tree. A socket that cannot be bound
     /// is the event `sip_listener_cannot_start` and an error.
     pub async fn start(mut settings: Settings) -> Result<Proxy, StartError> {
+        let acceptor = match &settings.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(t).map_err(|e| StartError(format!("TLS: {e}")))?,
+            )),
+            None => None,
+        };
         let mut sockets = Vec::with_capacity(settings.listeners.len());
         for l in settings.listeners.iter_mut() {
             let bound = match l.transport {
                 Transport::Udp => bind_udp(l.address).map(|s| Bound::Udp(Arc::new(s))),
-                Transport::Tcp => bind_tcp(l.address).map(Bound::Tcp),
-                Transport::Tls => Err(std::io::Error::other("tls listeners are not supported yet")),
+                Transport::Tcp => bind_tcp(l.address).map(|s| Bound::Tcp(s, None)),
+                Transport::Tls => match &acceptor {
+                    Some(a) => bind_tcp(l.address).map(|s| Bound::Tcp(s, Some(a.clone()))),
+                    None => Err(std::io::Error::other("no [tls] configuration")),
+                },
             };
             let bound = bound.map_err(|e| {
                 tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
@@ -74,7 +84,7 @@ impl Proxy {
             })?;
             let actual = match &bound {
                 Bound::Udp(s) => s.local_addr(),
-                Bound::Tcp(s) => s.local_addr(),
+                Bound::Tcp(s, _) => s.local_addr(),
             }
             .map_err(|e| StartError(e.to_string()))?;
             l.address = actual;
@@ -245,11 +255,11 @@ impl Actor for RootSupervisor {
                     Actor::spawn_linked(None, udp::UdpListener, (core.clone(), sock), cell.clone())
                         .await?;
                 }
-                Bound::Tcp(listener) => {
+                Bound::Tcp(listener, tls) => {
                     Actor::spawn_linked(
                         None,
                         tcp::TcpListenerActor,
-                        (core.clone(), listener),
+                        (core.clone(), listener, tls),
                         cell.clone(),
                     )
                     .await?;

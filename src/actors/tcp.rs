@@ -1,4 +1,4 @@
-//! TCP listener actor: one per TCP listen socket. It owns the accept loop; each accepted
+//! TCP and TLS listener actor: one per stream listen socket. It owns the accept loop; each accepted
 //! connection becomes a connection actor under the connection supervisor.
 
 use std::sync::Arc;
@@ -21,15 +21,15 @@ pub struct TcpListenerState {
 impl Actor for TcpListenerActor {
     type Msg = ();
     type State = TcpListenerState;
-    type Arguments = (Arc<Core>, TcpListener);
+    type Arguments = (Arc<Core>, TcpListener, Option<tokio_rustls::TlsAcceptor>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
-        (core, listener): Self::Arguments,
+        (core, listener, tls): Self::Arguments,
     ) -> Result<TcpListenerState, ActorProcessingErr> {
         Ok(TcpListenerState {
-            accept_loop: spawn_accept_loop(core, listener),
+            accept_loop: spawn_accept_loop(core, listener, tls),
         })
     }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 use sippool::actors::Proxy;
 use sippool::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -194,8 +193,11 @@ impl Deframer {
 /// Where an agent sends and receives.
 pub enum Link {
     Udp(Arc<UdpSocket>),
-    Tcp(Arc<tokio::sync::Mutex<OwnedWriteHalf>>),
+    Stream(Arc<tokio::sync::Mutex<BoxWrite>>),
 }
+
+/// The write half of a TCP or TLS stream.
+pub type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// A received message and who sent it (for UDP), with a way to answer on the same link.
 pub struct Received {
@@ -215,16 +217,29 @@ pub async fn send_link(link: &Link, to: SocketAddr, bytes: &[u8]) {
         Link::Udp(s) => {
             s.send_to(bytes, to).await.expect("udp send");
         }
-        Link::Tcp(w) => {
-            w.lock().await.write_all(bytes).await.expect("tcp write");
+        Link::Stream(w) => {
+            w.lock().await.write_all(bytes).await.expect("stream write");
         }
     }
 }
 
 fn spawn_tcp_reader(stream: TcpStream, tx: mpsc::UnboundedSender<Received>) -> Arc<Link> {
     let peer = stream.peer_addr().expect("peer");
-    let (mut r, w) = stream.into_split();
-    let link = Arc::new(Link::Tcp(Arc::new(tokio::sync::Mutex::new(w))));
+    spawn_stream_reader(stream, peer, tx)
+}
+
+/// Reads SIP messages from any byte stream (TCP or TLS) into `tx`.
+pub fn spawn_stream_reader<S>(
+    stream: S,
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Received>,
+) -> Arc<Link>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut r, w) = tokio::io::split(stream);
+    let w: BoxWrite = Box::new(w);
+    let link = Arc::new(Link::Stream(Arc::new(tokio::sync::Mutex::new(w))));
     let l2 = link.clone();
     tokio::spawn(async move {
         let mut d = Deframer::default();
@@ -313,6 +328,33 @@ impl Phone {
             link,
             rx,
         }
+    }
+
+    /// A phone on an already connected stream (for TLS).
+    pub fn over_stream<S>(
+        stream: S,
+        local: SocketAddr,
+        proxy: SocketAddr,
+        transport: &'static str,
+    ) -> Phone
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = spawn_stream_reader(stream, proxy, tx);
+        Phone {
+            addr: local,
+            transport,
+            proxy,
+            link,
+            rx,
+        }
+    }
+
+    /// Whether the proxy closed the stream (or sends nothing) within `d`: `true` when the
+    /// link ended.
+    pub async fn closed_within(&mut self, d: Duration) -> bool {
+        matches!(tokio::time::timeout(d, self.rx.recv()).await, Ok(None))
     }
 
     pub async fn send(&self, text: &str) {
@@ -618,7 +660,11 @@ pub fn response(req: &SipMsg, code: u16, reason: &str, contact: &str) -> String 
 
 /// Starts a proxy on a fresh loopback address with `extra` TOML appended (pairs, timers).
 pub async fn proxy(listen: &[&str], extra: &str) -> Proxy {
-    let ip = loopback(PROXY);
+    proxy_at(loopback(PROXY), listen, extra).await
+}
+
+/// Starts a proxy on `ip` (when its certificate must name that address).
+pub async fn proxy_at(ip: IpAddr, listen: &[&str], extra: &str) -> Proxy {
     let mut toml = format!("[instance]\nname = \"test\"\nadvertised_host = \"{ip}\"\n");
     for t in listen {
         // "udp@[::1]": a listener on another address than the proxy's own.
