@@ -56,6 +56,17 @@ pub struct Config {
     /// Certificates for TLS listeners.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Flow tokens.
+    #[serde(default)]
+    pub flow: Option<FlowConfig>,
+}
+
+/// `[flow]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// HMAC key for flow tokens, hex, the same on every instance of the pool.
+    pub token_key: String,
 }
 
 /// `[tls]`
@@ -495,6 +506,8 @@ pub struct Settings {
     pub http: Option<SocketAddr>,
     /// TLS listener settings, if any.
     pub tls: Option<TlsSettings>,
+    /// Flow-token key (`None`: a random key per process).
+    pub flow_key: Option<Vec<u8>>,
     /// DNS servers to ask (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// DNS query timeout.
@@ -748,7 +761,27 @@ impl Config {
                 })
             }
         };
+        let flow_key = match &self.flow {
+            None => None,
+            Some(f) => {
+                let k = f.token_key.trim();
+                if k.len() < 32 || !k.len().is_multiple_of(2) || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err(
+                        "flow.token_key",
+                        "must be at least 16 bytes written as hex (32+ hex digits)",
+                    ));
+                }
+                Some(
+                    k.as_bytes()
+                        .chunks(2)
+                        .filter_map(|p| std::str::from_utf8(p).ok())
+                        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+                        .collect(),
+                )
+            }
+        };
         Ok(Settings {
+            flow_key,
             tls,
             http,
             dns_servers,

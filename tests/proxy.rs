@@ -75,10 +75,11 @@ async fn full_call_over_udp() {
         vias[1]
     );
     assert_eq!(invite.header("max-forwards"), Some("69"));
-    assert_eq!(
-        invite.all("record-route"),
-        vec![format!("<sip:{proxy_addr};lr>")]
-    );
+    // The phone asked for rport (behind NAT): the entry facing it names its flow.
+    let rr = invite.all("record-route");
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert_eq!(rr[0], format!("<sip:{proxy_addr};lr>"));
+    assert!(rr[1].ends_with(&format!("@{proxy_addr};lr>")), "{}", rr[1]);
     assert_eq!(ok.all("via").len(), 1, "our Via removed from the response");
     // The body is forwarded byte for byte.
     assert_eq!(invite.body, b"v=0\r\n");
@@ -93,9 +94,13 @@ async fn full_call_over_tcp() {
     let mut phone = Phone::tcp(proxy_addr).await;
     let (invite, _) = call(&mut phone, &mut up).await;
     assert!(invite.all("via")[0].starts_with("SIP/2.0/TCP "));
-    assert_eq!(
-        invite.all("record-route"),
-        vec![format!("<sip:{proxy_addr};transport=tcp;lr>")]
+    let rr = invite.all("record-route");
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert_eq!(rr[0], format!("<sip:{proxy_addr};transport=tcp;lr>"));
+    assert!(
+        rr[1].ends_with(&format!("@{proxy_addr};transport=tcp;lr>")),
+        "{}",
+        rr[1]
     );
     // A second call reuses the proxy's connection to the server.
     call(&mut phone, &mut up).await;
@@ -113,12 +118,13 @@ async fn udp_in_tcp_out_double_record_route() {
     let (invite, ok) = call(&mut phone, &mut up).await;
     assert!(invite.all("via")[0].starts_with(&format!("SIP/2.0/TCP {tcp};")));
     // RFC 5658: the entry facing the server on top, the one facing the phone below.
-    assert_eq!(
-        invite.all("record-route"),
-        vec![
-            format!("<sip:{tcp};transport=tcp;lr>"),
-            format!("<sip:{udp};lr>")
-        ]
+    let rr = invite.all("record-route");
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert_eq!(rr[0], format!("<sip:{tcp};transport=tcp;lr>"));
+    assert!(
+        rr[1].starts_with("<sip:") && rr[1].ends_with(&format!("@{udp};lr>")),
+        "{}",
+        rr[1]
     );
     assert_eq!(ok.all("record-route").len(), 2);
     p.stop().await;

@@ -136,6 +136,7 @@ proptest! {
             transport: Transport::Udp,
             source: "198.51.100.1:5062".parse().unwrap(),
             from_upstream: false,
+            flow_token: None,
         };
         let Decision::Forward(plan) = decide(rx, &identity, &router) else {
             return Err(TestCaseError::fail("not forwarded"));
@@ -156,7 +157,7 @@ proptest! {
                 prop_assert!(out.windows(line.len()).any(|w| w == line), "lost {:?}", String::from_utf8_lossy(line));
             }
             // Forwarding the forwarded copy changes nothing more: stable.
-            let rx2 = Received { msg: &again, transport: t, source: "192.0.2.99:5060".parse().unwrap(), from_upstream: false };
+            let rx2 = Received { msg: &again, transport: t, source: "192.0.2.99:5060".parse().unwrap(), from_upstream: false, flow_token: None };
             if let Decision::Forward(plan2) = decide(rx2, &identity, &router) {
                 let out2 = plan2.build(&again, &identity, t, "z9hG4bKspprop2");
                 let third = Message::parse(out2, Framing::Stream, &Limits::default()).unwrap();

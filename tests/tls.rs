@@ -156,12 +156,14 @@ async fn call_over_tls_in_and_udp_out() {
     let vias = invite.all("via");
     assert!(vias[0].starts_with("SIP/2.0/UDP "), "{}", vias[0]);
     assert!(vias[1].starts_with("SIP/2.0/TLS "), "{}", vias[1]);
-    assert_eq!(
-        invite.all("record-route"),
-        vec![
-            format!("<sip:{udp};lr>"),
-            format!("<sip:{tls};transport=tls;lr>")
-        ]
+    // Double Record-Route; the entry facing the phone names its flow (a token as user part).
+    let rr = invite.all("record-route");
+    assert_eq!(rr.len(), 2);
+    assert_eq!(rr[0], format!("<sip:{udp};lr>"));
+    assert!(
+        rr[1].starts_with("<sip:") && rr[1].ends_with(&format!("@{tls};transport=tls;lr>")),
+        "{}",
+        rr[1]
     );
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
@@ -217,6 +219,126 @@ async fn mutual_tls_accepts_a_good_client_and_refuses_others() {
         sippool::metrics::Metrics::reason_value(&p.core().metrics.parse_errors, "tls_handshake")
             >= 2
     );
+    p.stop().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// A request the upstream server sends toward a phone, through the proxy, along `route`.
+fn server_invite(server: SocketAddr, phone: &Phone, route: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:alice@{} SIP/2.0\r\nVia: SIP/2.0/UDP {server};branch={}\r\nMax-Forwards: 70\r\n\
+         Route: {route}\r\nFrom: <sip:pbx@site.example>;tag=pbx1\r\nTo: <sip:alice@site.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{server}>\r\nContent-Length: 0\r\n\r\n",
+        phone.addr,
+        unique("z9hG4bKs")
+    )
+}
+
+/// The final response the server socket gets for `call_id`.
+async fn server_final(sock: &tokio::net::UdpSocket, call_id: &str) -> SipMsg {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let m = SipMsg::parse(&buf[..n]).unwrap();
+        if m.header("call-id") == Some(call_id) && m.status().is_some_and(|c| c >= 200) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let ip = loopback(PROXY);
+    let s = setup(ip, None);
+    let extra = format!(
+        "{}{}[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+        pair(&up.uri(), "127.0.2.254:9"),
+        s.tls_toml
+    );
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    let udp = p.local_addr(Transport::Udp).unwrap();
+    let mut phone = tls_phone(tls, &s.ca, None).await;
+    // REGISTER over TLS: the registrar sees a Path naming this instance and this connection.
+    phone
+        .send(&phone.request(
+            "REGISTER",
+            "sip:site.example",
+            &unique("reg"),
+            &unique("z9hG4bKr"),
+            "",
+            "",
+        ))
+        .await;
+    let reg = up.recv_method("REGISTER").await;
+    let path = reg.header("path").expect("Path added").to_string();
+    assert!(
+        path.starts_with("<sip:") && path.contains(&format!("@{tls};transport=tls;lr;ob>")),
+        "{path}"
+    );
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    // The server calls the phone along the Path: it arrives over the phone's own connection.
+    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
+        .await
+        .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let call_id = unique("down");
+    server
+        .send_to(
+            server_invite(server_addr, &phone, &path, &call_id).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    let invite = loop {
+        let m = phone.recv().await;
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    assert_eq!(invite.header("call-id"), Some(call_id.as_str()));
+    assert!(invite.all("via")[0].starts_with(&format!("SIP/2.0/TLS {tls};")));
+    phone
+        .send(&response(
+            &invite,
+            200,
+            "OK",
+            &format!("<sip:alice@{}>", phone.addr),
+        ))
+        .await;
+    assert_eq!(server_final(&server, &call_id).await.status(), Some(200));
+    // A token altered by one character is refused.
+    let forged = path.replacen(&path[5..6], if &path[5..6] == "0" { "1" } else { "0" }, 1);
+    let id2 = unique("forged");
+    server
+        .send_to(
+            server_invite(server_addr, &phone, &forged, &id2).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(server_final(&server, &id2).await.status(), Some(403));
+    // The phone's connection drops: the flow has failed (RFC 5626), 430.
+    drop(phone);
+    let start = std::time::Instant::now();
+    while p.core().transports.open_connections() > 0 {
+        assert!(start.elapsed() < WAIT, "connection not released");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let phone2 = Phone::udp(udp).await; // only for its address in the Request-URI
+    let id3 = unique("gone");
+    server
+        .send_to(
+            server_invite(server_addr, &phone2, &path, &id3).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(server_final(&server, &id3).await.status(), Some(430));
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         transport: Transport::Udp,
         source: "198.51.100.1:5062".parse().unwrap_or_else(|_| std::process::abort()),
         from_upstream: data.first().is_some_and(|b| b & 1 == 1),
+        flow_token: None,
     };
     if let Decision::Forward(plan) = decide(rx, identity, router) {
         for t in [Transport::Udp, Transport::Tcp] {

@@ -49,6 +49,8 @@ pub struct Core {
     pub limits: Limits,
     /// DNS (RFC 3263) for upstream and route names.
     pub locator: crate::dns::Locator,
+    /// Flow tokens (Path, Record-Route).
+    pub flows: crate::sip::flow::FlowKeys,
     /// Server transactions by key.
     pub server_txns: DashMap<String, ActorRef<TxMsg>>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
@@ -117,7 +119,12 @@ impl Core {
                 Some((i, b, same_ip))
             })
             .collect();
+        let secret = settings
+            .flow_key
+            .clone()
+            .unwrap_or_else(|| (0..32).map(|_| rand::random::<u8>()).collect());
         Ok(Core {
+            flows: crate::sip::flow::FlowKeys::new(&secret, rand::random::<u32>()),
             locator,
             backup_sources,
             probes: DashMap::new(),
@@ -558,6 +565,47 @@ impl Core {
         }
     }
 
+    /// The flow token of the flow a request arrived on, when requests can be sent back over
+    /// it: its connection, or its UDP source when the sender asked for rport (behind NAT).
+    pub fn flow_token_for(&self, inbound: &Inbound) -> Option<String> {
+        match &inbound.reply {
+            ReplyPath::Stream(c) => Some(self.flows.token(c.transport, c.id, c.peer)),
+            ReplyPath::Udp(_) => {
+                let rport = matches!(inbound.msg.top_via(), Some(Ok(v)) if v.rport().is_some());
+                rport.then(|| self.flows.token(Transport::Udp, 0, inbound.source))
+            }
+        }
+    }
+
+    /// Where a flow token leads: the target, and the connection for a stream flow.
+    /// `Err(403)` for a token that is not ours, `Err(430)` for a flow that is gone.
+    pub fn flow_target(
+        &self,
+        token: &str,
+    ) -> Result<
+        (
+            super::transport::Target,
+            Option<super::transport::ConnHandle>,
+        ),
+        u16,
+    > {
+        let flow = self.flows.verify(token).map_err(|_| 403u16)?;
+        if flow.epoch != self.flows.epoch() {
+            return Err(430);
+        }
+        let target = super::transport::Target {
+            transport: flow.transport,
+            addr: flow.peer,
+        };
+        if flow.transport == Transport::Udp {
+            return Ok((target, None));
+        }
+        match self.transports.conn_by_id(flow.conn) {
+            Some(c) if c.peer == flow.peer => Ok((target, Some(c))),
+            _ => Err(430),
+        }
+    }
+
     /// A place for one more TLS handshake, if the cap allows.
     pub fn tls_handshake_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.tls_handshakes.clone().try_acquire_owned().ok()
@@ -585,11 +633,13 @@ impl Core {
         {
             return;
         }
+        let token = self.flow_token_for(&inbound);
         let rx = Received {
             msg,
             transport: inbound.transport,
             source: inbound.source,
             from_upstream: self.is_upstream(inbound.source.ip()),
+            flow_token: token.as_deref(),
         };
         let Decision::Forward(plan) = proxy::decide(rx, &self.identity, &self.router) else {
             Metrics::count(&self.metrics.dropped, "ack_not_routable");
@@ -604,6 +654,20 @@ impl Core {
         let hp = match &plan.destination {
             proxy::Destination::Pair(i) => self.active_member(*i).cloned(),
             proxy::Destination::Host(hp) => Some(hp.clone()),
+            proxy::Destination::Flow(token) => {
+                // An ACK for a 2xx toward a phone: over its flow, if it is still there.
+                if let Ok(target) = self.flow_target(token) {
+                    let bytes = plan.build(msg, &self.identity, target.0.transport, &branch);
+                    let _ = match target.1 {
+                        Some(conn) => conn.send(bytes),
+                        None => self
+                            .transports
+                            .udp_for(&target.0.addr)
+                            .is_some_and(|s| send_udp(&s, target.0.addr, bytes).is_ok()),
+                    };
+                }
+                return;
+            }
         };
         let Some(hp) = hp else {
             return;

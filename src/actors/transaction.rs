@@ -199,11 +199,13 @@ impl TxState {
         } else {
             Server::NonInvite(ServerNonInvite::new(reliable, self.timers))
         });
+        let token = self.core.flow_token_for(&inbound);
         let rx = Received {
             msg: &inbound.msg,
             transport: inbound.transport,
             source: inbound.source,
             from_upstream: self.core.is_upstream(inbound.source.ip()),
+            flow_token: token.as_deref(),
         };
         let decision = proxy::decide(rx, &self.core.identity, &self.core.router);
         self.request = Some(inbound);
@@ -234,11 +236,30 @@ impl TxState {
                 }
             },
             Destination::Host(hp) => Some(hp.clone()),
+            Destination::Flow(token) => {
+                let token = token.clone();
+                self.plan = Some(plan);
+                return self.forward_on_flow(myself, &token, now).await;
+            }
         };
         self.plan = Some(plan);
         match hp {
             Some(hp) => self.launch(myself, hp, now).await,
             None => self.respond(now, &Reject::new(500, "Server Internal Error")),
+        }
+    }
+
+    /// Sends the request over the flow a token names (RFC 5626): the phone's own connection.
+    /// A flow that is gone gets 430 Flow Failed; a token that is not ours gets 403.
+    async fn forward_on_flow(&mut self, myself: &ActorRef<TxMsg>, token: &str, now: Instant) {
+        match self.core.flow_target(token) {
+            Ok((target, conn)) => {
+                if !self.start_branch_on(myself, target, conn, now).await {
+                    self.respond(now, &Reject::new(430, "Flow Failed"));
+                }
+            }
+            Err(403) => self.respond(now, &Reject::new(403, "Invalid Flow Token")),
+            Err(_) => self.respond(now, &Reject::new(430, "Flow Failed")),
         }
     }
 
@@ -274,6 +295,17 @@ impl TxState {
         target: Target,
         now: Instant,
     ) -> bool {
+        self.start_branch_on(myself, target, None, now).await
+    }
+
+    /// As [`TxState::start_branch`], over a given connection when there is one.
+    async fn start_branch_on(
+        &mut self,
+        myself: &ActorRef<TxMsg>,
+        target: Target,
+        conn: Option<ConnHandle>,
+        now: Instant,
+    ) -> bool {
         let (Some(req), Some(plan)) = (self.request.as_ref(), self.plan.as_ref()) else {
             return false;
         };
@@ -299,7 +331,7 @@ impl TxState {
         let mut branch = Branch {
             id: branch_id,
             target,
-            conn: None,
+            conn,
             client,
             sent,
             provisional: false,

@@ -106,6 +106,7 @@ pub struct Transports {
     next_conn_id: AtomicU64,
     open: AtomicUsize,
     per_ip: DashMap<std::net::IpAddr, usize>,
+    by_id: DashMap<u64, ConnHandle>,
 }
 
 impl Transports {
@@ -133,12 +134,14 @@ impl Transports {
     pub fn add_conn(&self, h: ConnHandle) {
         self.open.fetch_add(1, Ordering::Relaxed);
         *self.per_ip.entry(h.peer.ip()).or_insert(0) += 1;
+        self.by_id.insert(h.id, h.clone());
         self.conns.insert((h.transport, h.peer), h);
     }
 
     /// Forgets a closed connection.
     pub fn remove_conn(&self, transport: Transport, peer: SocketAddr, id: u64) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.by_id.remove(&id);
         self.per_ip.remove_if_mut(&peer.ip(), |_, n| {
             *n = n.saturating_sub(1);
             *n == 0
@@ -162,6 +165,11 @@ impl Transports {
     /// Open connections.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// An open connection by its number (flow tokens name connections by number).
+    pub fn conn_by_id(&self, id: u64) -> Option<ConnHandle> {
+        self.by_id.get(&id).map(|h| h.clone())
     }
 
     /// An open connection to `peer`.

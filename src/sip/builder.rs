@@ -30,6 +30,8 @@ pub struct RequestEdits {
     pub drop_last_route: bool,
     /// Record-Route values to insert on top, in order (the first ends up topmost).
     pub record_route: Vec<String>,
+    /// A Path value (RFC 3327) to insert above any Path already there.
+    pub path: Option<String>,
     /// Extra header lines (`Name: value`) to add.
     pub extra: Vec<String>,
 }
@@ -49,6 +51,9 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
     put_header(&mut out, "Via", &edits.via);
     for rr in &edits.record_route {
         put_header(&mut out, "Record-Route", rr);
+    }
+    if let Some(p) = &edits.path {
+        put_header(&mut out, "Path", p);
     }
     let mut via_done = false;
     let mut routes_seen = 0usize;

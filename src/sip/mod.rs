@@ -16,6 +16,7 @@
 )]
 
 pub mod builder;
+pub mod flow;
 pub mod framing;
 pub mod message;
 pub mod proxy;

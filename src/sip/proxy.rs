@@ -70,6 +70,24 @@ impl LocalIdentity {
         )
     }
 
+    /// Our Record-Route (or Path) value carrying a flow token in its user part.
+    pub fn flow_uri(&self, t: Transport, token: &str, ob: bool) -> String {
+        let ob = if ob { ";ob" } else { "" };
+        match t {
+            Transport::Udp => format!(
+                "<sip:{token}@{}:{};lr{ob}>",
+                self.host_text(),
+                self.port_for(t)
+            ),
+            _ => format!(
+                "<sip:{token}@{}:{};transport={};lr{ob}>",
+                self.host_text(),
+                self.port_for(t),
+                t.uri_param()
+            ),
+        }
+    }
+
     /// Our Record-Route value for the side of the proxy that faces transport `t`.
     pub fn record_route(&self, t: Transport) -> String {
         match t {
@@ -112,6 +130,8 @@ pub enum Destination {
     Pair(usize),
     /// A fixed next hop (static route or upstream from config).
     Host(HostPort),
+    /// The flow this token names (a phone's own connection), from our Route entry.
+    Flow(String),
 }
 
 /// The routing table: pairs, static routes and the serving pair.
@@ -241,6 +261,8 @@ pub struct Plan {
     pub record_route: bool,
     /// Transport the request arrived on.
     pub inbound: Transport,
+    /// The inbound flow's token, for the Record-Route entry facing the sender.
+    pub flow_token: Option<String>,
     edits: RequestEdits,
 }
 
@@ -256,10 +278,18 @@ impl Plan {
         let mut edits = self.edits.clone();
         edits.via = identity.via(outbound, branch);
         if self.record_route {
-            edits.record_route.push(identity.record_route(outbound));
-            if outbound != self.inbound {
+            // The entry facing the sender carries the flow token, so in-dialog requests from
+            // upstream come back over the sender's own connection.
+            let inbound_rr = match &self.flow_token {
+                Some(t) => identity.flow_uri(self.inbound, t, false),
+                None => identity.record_route(self.inbound),
+            };
+            if outbound != self.inbound || self.flow_token.is_some() {
                 // RFC 5658: one entry per side when the transport changes.
-                edits.record_route.push(identity.record_route(self.inbound));
+                edits.record_route.push(identity.record_route(outbound));
+                edits.record_route.push(inbound_rr);
+            } else {
+                edits.record_route.push(inbound_rr);
             }
         }
         builder::forward_request(msg, &edits)
@@ -362,6 +392,9 @@ pub struct Received<'a> {
     pub source: SocketAddr,
     /// Whether the source is one of the configured upstream servers.
     pub from_upstream: bool,
+    /// The flow token of the flow it arrived on, when that flow can carry requests back to
+    /// the sender (a stream, or UDP with rport); put in Path and Record-Route.
+    pub flow_token: Option<&'a str>,
 }
 
 /// Whether the request is on its way into a dialog-creating transaction we Record-Route.
@@ -476,9 +509,22 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     } else {
         route_uris.len()
     };
+    // A flow token in our Route entries sends the request over that flow, toward the phone:
+    // when the entry is not the first of ours (the phone's side of a double Record-Route)
+    // or the request comes from an upstream server (a Path). Requests from the phone itself
+    // carry the token in the first of our entries and go the other way.
+    let mut flow: Option<String> = None;
+    let first_ours = first_route;
     while first_route < usable_routes {
         match route_uris.get(first_route) {
-            Some(Some(u)) if identity.is_local_uri(u) => first_route += 1,
+            Some(Some(u)) if identity.is_local_uri(u) => {
+                if let Some(user) = u.user.filter(|u| crate::sip::flow::looks_like_token(u)) {
+                    if first_route > first_ours || rx.from_upstream {
+                        flow = Some(String::from_utf8_lossy(user).into_owned());
+                    }
+                }
+                first_route += 1;
+            }
             _ => break,
         }
     }
@@ -510,16 +556,27 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         Some(u) => SipUri::parse(u).ok(),
         None => ruri.clone(),
     };
-    let destination = match router.destination(
-        identity,
-        next_route,
-        effective_ruri.as_ref(),
-        rx.from_upstream,
-        msg.to_tag().is_some(),
-    ) {
-        Ok(d) => d,
-        Err(r) => return Decision::Respond(r),
+    let destination = match (next_route, flow) {
+        // Our own Route entry named a flow and nothing comes after it: over that flow.
+        (None, Some(token)) => Destination::Flow(token),
+        _ => match router.destination(
+            identity,
+            next_route,
+            effective_ruri.as_ref(),
+            rx.from_upstream,
+            msg.to_tag().is_some(),
+        ) {
+            Ok(d) => d,
+            Err(r) => return Decision::Respond(r),
+        },
     };
+    // RFC 3327: a REGISTER from a phone gets a Path naming its flow, so that requests from
+    // the registrar come back to the phone over its own connection.
+    if *method == Method::Register && !rx.from_upstream {
+        if let Some(t) = rx.flow_token {
+            edits.path = Some(identity.flow_uri(rx.transport, t, true));
+        }
+    }
     edits.request_uri = request_uri_override;
     // received / rport (RFC 3581, RFC 3261 section 18.2.1).
     edits.top_via = via.with_received(rx.source);
@@ -528,6 +585,7 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         loop_hash: hash,
         record_route: wants_record_route(msg),
         inbound: rx.transport,
+        flow_token: rx.flow_token.map(str::to_string),
         edits,
     })
 }
@@ -744,6 +802,7 @@ mod tests {
                 transport: Transport::Udp,
                 source: src.parse().unwrap(),
                 from_upstream: upstream,
+                flow_token: None,
             },
             &identity(),
             &router(),

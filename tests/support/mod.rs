@@ -223,7 +223,10 @@ pub async fn send_link(link: &Link, to: SocketAddr, bytes: &[u8]) {
     }
 }
 
-fn spawn_tcp_reader(stream: TcpStream, tx: mpsc::UnboundedSender<Received>) -> Arc<Link> {
+fn spawn_tcp_reader(
+    stream: TcpStream,
+    tx: mpsc::UnboundedSender<Received>,
+) -> (Arc<Link>, tokio::task::JoinHandle<()>) {
     let peer = stream.peer_addr().expect("peer");
     spawn_stream_reader(stream, peer, tx)
 }
@@ -233,7 +236,7 @@ pub fn spawn_stream_reader<S>(
     stream: S,
     peer: SocketAddr,
     tx: mpsc::UnboundedSender<Received>,
-) -> Arc<Link>
+) -> (Arc<Link>, tokio::task::JoinHandle<()>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -241,7 +244,7 @@ where
     let w: BoxWrite = Box::new(w);
     let link = Arc::new(Link::Stream(Arc::new(tokio::sync::Mutex::new(w))));
     let l2 = link.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut d = Deframer::default();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -260,7 +263,7 @@ where
             }
         }
     });
-    link
+    (link, task)
 }
 
 fn spawn_udp_reader(sock: Arc<UdpSocket>, tx: mpsc::UnboundedSender<Received>) -> Arc<Link> {
@@ -291,6 +294,16 @@ pub struct Phone {
     pub proxy: SocketAddr,
     link: Arc<Link>,
     rx: mpsc::UnboundedReceiver<Received>,
+    /// The task reading a stream; aborted on drop so that the connection closes.
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
 }
 
 impl Phone {
@@ -310,6 +323,7 @@ impl Phone {
             proxy,
             link,
             rx,
+            reader: None,
         }
     }
 
@@ -320,13 +334,14 @@ impl Phone {
         let stream = sock.connect(proxy).await.expect("connect");
         let addr = stream.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
-        let link = spawn_tcp_reader(stream, tx);
+        let (link, reader) = spawn_tcp_reader(stream, tx);
         Phone {
             addr,
             transport: "TCP",
             proxy,
             link,
             rx,
+            reader: Some(reader),
         }
     }
 
@@ -341,13 +356,14 @@ impl Phone {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        let link = spawn_stream_reader(stream, proxy, tx);
+        let (link, reader) = spawn_stream_reader(stream, proxy, tx);
         Phone {
             addr: local,
             transport,
             proxy,
             link,
             rx,
+            reader: Some(reader),
         }
     }
 
