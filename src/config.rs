@@ -765,7 +765,10 @@ impl Config {
             None => None,
             Some(f) => {
                 let k = f.token_key.trim();
-                if k.len() < 32 || !k.len().is_multiple_of(2) || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if k.len() < 32
+                    || !k.len().is_multiple_of(2)
+                    || !k.bytes().all(|b| b.is_ascii_hexdigit())
+                {
                     return Err(err(
                         "flow.token_key",
                         "must be at least 16 bytes written as hex (32+ hex digits)",
