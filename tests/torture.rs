@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,7 +117,6 @@ fn assert_intact(file: &str, original: &[u8], forwarded: &[u8]) {
 /// Sockets on the tester's address at every port a torture Via names (responses over UDP
 /// go to the source IP and the Via port, RFC 3261 section 18.2.2).
 struct UdpTester {
-    ip: IpAddr,
     socks: Vec<UdpSocket>,
 }
 
@@ -128,7 +127,7 @@ impl UdpTester {
         for port in [5060u16, 5050, 5070] {
             socks.push(UdpSocket::bind((ip, port)).await.expect("bind tester port"));
         }
-        UdpTester { ip, socks }
+        UdpTester { socks }
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
@@ -286,7 +285,6 @@ async fn every_torture_message_over_udp() {
         p.stop().await;
     }
     assert_eq!(report.len(), 50);
-    let _ = tester.ip;
 }
 
 /// Over TCP each message gets its own connection. Framing errors close it (RFC 4475).

@@ -418,8 +418,3 @@ pub fn spawn_accept_loop(
         }
     })
 }
-
-/// The address a listener actually bound.
-pub fn bound(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
-}
