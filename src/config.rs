@@ -47,6 +47,9 @@ pub struct Config {
     /// Threads.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// TCP keep-alive on stream connections.
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
     /// DNS resolution of upstream names (RFC 3263).
     #[serde(default)]
     pub dns: DnsConfig,
@@ -73,16 +76,33 @@ pub struct FlowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// Certificate chain, PEM.
-    pub cert: String,
+    /// Certificate chain, PEM (needed by TLS listeners; offered to upstream servers that ask
+    /// for a client certificate).
+    #[serde(default)]
+    pub cert: Option<String>,
     /// Private key, PEM.
-    pub key: String,
+    #[serde(default)]
+    pub key: Option<String>,
     /// CA certificates that client certificates must chain to, PEM; set => mutual TLS.
     #[serde(default)]
     pub client_ca: Option<String>,
     /// `required` (default) or `optional` (a certificate, when offered, is verified).
     #[serde(default)]
     pub client_auth: Option<String>,
+    /// CA certificates that upstream servers' certificates must chain to, PEM (needed by
+    /// `transport=tls` upstreams).
+    #[serde(default)]
+    pub upstream_ca: Option<String>,
+    /// The name upstream certificates must carry; default: the host of each server's URI.
+    #[serde(default)]
+    pub upstream_server_name: Option<String>,
+    /// How often the files are checked for a change, in seconds (0: only on SIGHUP).
+    #[serde(default = "default_tls_watch_s")]
+    pub watch_s: u64,
+}
+
+fn default_tls_watch_s() -> u64 {
+    10
 }
 
 /// Client certificate policy of TLS listeners.
@@ -100,13 +120,19 @@ pub enum ClientAuth {
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     /// Certificate chain file.
-    pub cert: std::path::PathBuf,
+    pub cert: Option<std::path::PathBuf>,
     /// Key file.
-    pub key: std::path::PathBuf,
+    pub key: Option<std::path::PathBuf>,
     /// Client CA file.
     pub client_ca: Option<std::path::PathBuf>,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
+    /// CA file for upstream servers' certificates.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// Name upstream certificates must carry, instead of each server's host.
+    pub upstream_server_name: Option<String>,
+    /// File change check interval; `None`: only on SIGHUP.
+    pub watch: Option<Duration>,
 }
 
 /// `[http]`
@@ -134,6 +160,41 @@ impl Default for DnsConfig {
             timeout_ms: 2000,
         }
     }
+}
+
+/// `[keepalive]`: SO_KEEPALIVE on every TCP and TLS connection, to find connections that
+/// died silently behind a firewall or NAT (RFC 5626 section 4.4 leaves the choice of
+/// mechanism to the flow's ends; CRLF pings are answered regardless).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveConfig {
+    /// Seconds of silence before the first probe; 0 turns TCP keep-alive off.
+    pub idle_s: u64,
+    /// Seconds between unanswered probes.
+    pub interval_s: u64,
+    /// Unanswered probes after which the connection is dead.
+    pub count: u32,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            idle_s: 60,
+            interval_s: 10,
+            count: 3,
+        }
+    }
+}
+
+/// TCP keep-alive settings after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes that mean dead.
+    pub count: u32,
 }
 
 /// `[runtime]`
@@ -516,6 +577,8 @@ pub struct Settings {
     pub probe: crate::health::probe::ProbeConfig,
     /// No-response time after which a request is retried on the other pair member.
     pub failover_timeout: Duration,
+    /// TCP keep-alive, when on.
+    pub keepalive: Option<Keepalive>,
 }
 
 impl Config {
@@ -556,6 +619,21 @@ impl Config {
             .map_err(from_config_error)
     }
 
+    /// An upstream server or route target; a `transport=tls` one needs `tls.upstream_ca`
+    /// to verify it against.
+    fn parse_upstream(&self, value: &str, key: &str) -> Result<HostPort, ConfigError> {
+        let hp = HostPort::from_str(value).map_err(|e| err(key, format!("'{value}': {e}")))?;
+        if hp.transport == Transport::Tls
+            && self.tls.as_ref().is_none_or(|t| t.upstream_ca.is_none())
+        {
+            return Err(err(
+                key,
+                "a transport=tls server needs tls.upstream_ca to verify it against",
+            ));
+        }
+        Ok(hp)
+    }
+
     /// Checks every key and turns the file's view into [`Settings`].
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         if self.instance.name.trim().is_empty() {
@@ -572,7 +650,12 @@ impl Config {
                     format!("unknown transport '{}' (udp, tcp or tls)", l.transport),
                 )
             })?;
-            if transport == Transport::Tls && self.tls.is_none() {
+            if transport == Transport::Tls
+                && self
+                    .tls
+                    .as_ref()
+                    .is_none_or(|t| t.cert.is_none() || t.key.is_none())
+            {
                 return Err(err(
                     format!("listen[{i}].transport"),
                     "a tls listener needs a [tls] section with cert and key",
@@ -621,8 +704,8 @@ impl Config {
                     format!("duplicate pair name '{}'", p.name),
                 ));
             }
-            let primary = parse_upstream(&p.primary, &format!("pair[{i}].primary"))?;
-            let backup = parse_upstream(&p.backup, &format!("pair[{i}].backup"))?;
+            let primary = self.parse_upstream(&p.primary, &format!("pair[{i}].primary"))?;
+            let backup = self.parse_upstream(&p.backup, &format!("pair[{i}].backup"))?;
             pairs.push(Pair {
                 name: p.name.clone(),
                 domain: p.domain.as_ref().map(|d| d.trim().to_ascii_lowercase()),
@@ -647,7 +730,7 @@ impl Config {
             }
             routes.push(StaticRoute {
                 domain: r.domain.trim().to_ascii_lowercase(),
-                target: parse_upstream(&r.target, &format!("route[{i}].target"))?,
+                target: self.parse_upstream(&r.target, &format!("route[{i}].target"))?,
             });
         }
         let l = &self.limits;
@@ -742,10 +825,21 @@ impl Config {
                         ))
                     }
                 };
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(err(
+                        if t.cert.is_some() {
+                            "tls.key"
+                        } else {
+                            "tls.cert"
+                        },
+                        "tls.cert and tls.key go together",
+                    ));
+                }
                 for (key, path) in [
-                    ("tls.cert", Some(&t.cert)),
-                    ("tls.key", Some(&t.key)),
+                    ("tls.cert", t.cert.as_ref()),
+                    ("tls.key", t.key.as_ref()),
                     ("tls.client_ca", t.client_ca.as_ref()),
+                    ("tls.upstream_ca", t.upstream_ca.as_ref()),
                 ] {
                     if let Some(p) = path {
                         if !Path::new(p).is_file() {
@@ -754,10 +848,13 @@ impl Config {
                     }
                 }
                 Some(TlsSettings {
-                    cert: t.cert.clone().into(),
-                    key: t.key.clone().into(),
+                    cert: t.cert.clone().map(Into::into),
+                    key: t.key.clone().map(Into::into),
                     client_ca: t.client_ca.clone().map(Into::into),
                     client_auth,
+                    upstream_ca: t.upstream_ca.clone().map(Into::into),
+                    upstream_server_name: t.upstream_server_name.clone(),
+                    watch: (t.watch_s > 0).then(|| Duration::from_secs(t.watch_s)),
                 })
             }
         };
@@ -783,7 +880,27 @@ impl Config {
                 )
             }
         };
+        let k = &self.keepalive;
+        let keepalive = if k.idle_s == 0 {
+            None
+        } else {
+            if k.interval_s == 0 || k.interval_s > 3600 {
+                return Err(err("keepalive.interval_s", "must be 1 to 3600 seconds"));
+            }
+            if k.count == 0 || k.count > 100 {
+                return Err(err("keepalive.count", "must be 1 to 100"));
+            }
+            if k.idle_s > 86_400 {
+                return Err(err("keepalive.idle_s", "must be 0 (off) to 86400 seconds"));
+            }
+            Some(Keepalive {
+                idle: Duration::from_secs(k.idle_s),
+                interval: Duration::from_secs(k.interval_s),
+                count: k.count,
+            })
+        };
         Ok(Settings {
+            keepalive,
             flow_key,
             tls,
             http,
@@ -815,14 +932,6 @@ impl Config {
             },
         })
     }
-}
-
-fn parse_upstream(value: &str, key: &str) -> Result<HostPort, ConfigError> {
-    let hp = HostPort::from_str(value).map_err(|e| err(key, format!("'{value}': {e}")))?;
-    if hp.transport == Transport::Tls {
-        return Err(err(key, "tls upstreams are not supported yet"));
-    }
-    Ok(hp)
 }
 
 fn from_config_error(e: config::ConfigError) -> ConfigError {
@@ -947,6 +1056,49 @@ backup = "127.0.0.12"
             .unwrap_err();
         assert_eq!(e.key, "pair[0].backup");
         assert!(e.problem.contains("carrier-pigeon"));
+    }
+
+    fn validate_text(text: &str) -> Result<Settings, ConfigError> {
+        let f = file(text);
+        Config::load_with_env(&f.path, Some(HashMap::new()))?.validate()
+    }
+
+    #[test]
+    fn tls_upstream_needs_a_ca_to_verify_it() {
+        let tls = GOOD.replace("127.0.0.12\"", "127.0.0.12;transport=tls\"");
+        let e = validate_text(&tls).unwrap_err();
+        assert_eq!(e.key, "pair[0].backup");
+        assert!(e.problem.contains("tls.upstream_ca"), "{e}");
+        let f = file("-----BEGIN CERTIFICATE-----\n");
+        let ca = f.path.display();
+        let s = validate_text(&format!("{tls}[tls]\nupstream_ca = \"{ca}\"\n")).unwrap();
+        assert_eq!(s.pairs[0].backup.transport, Transport::Tls);
+        assert_eq!(s.pairs[0].backup.port, 5061);
+        // A TLS listener still needs a certificate and key.
+        let listener = format!("{tls}[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:5061\"\n[tls]\nupstream_ca = \"{ca}\"\n");
+        assert_eq!(
+            validate_text(&listener).unwrap_err().key,
+            "listen[1].transport"
+        );
+        let half = format!("{GOOD}[tls]\ncert = \"{ca}\"\n");
+        assert_eq!(validate_text(&half).unwrap_err().key, "tls.key");
+    }
+
+    #[test]
+    fn keepalive_defaults_and_bounds() {
+        let s = validate_text(GOOD).unwrap();
+        assert_eq!(
+            s.keepalive,
+            Some(Keepalive {
+                idle: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                count: 3
+            })
+        );
+        let off = validate_text(&format!("{GOOD}[keepalive]\nidle_s = 0\n")).unwrap();
+        assert_eq!(off.keepalive, None);
+        let bad = validate_text(&format!("{GOOD}[keepalive]\ncount = 0\n")).unwrap_err();
+        assert_eq!(bad.key, "keepalive.count");
     }
 
     #[test]

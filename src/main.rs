@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     match cmd {
         Command::Check { config } => {
             match config::load_settings(&config).and_then(|s| match &s.tls {
-                Some(t) => sippool::actors::tls::server_config(t).map(|_| s),
+                Some(t) => sippool::actors::tls::TlsContext::load(t.clone()).map(|_| s),
                 None => Ok(s),
             }) {
                 Ok(s) => {
@@ -190,9 +190,11 @@ async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: re-reads the config file; the INVITE rate takes effect at once, other keys at
-/// the next restart.
+/// SIGHUP: re-reads the config file and the TLS files; the INVITE rate and the
+/// certificates take effect at once (certificates for new connections), other keys at the
+/// next restart.
 fn reload(proxy: &Proxy, path: &std::path::Path) {
+    proxy.core().reload_tls("SIGHUP");
     match config::load_settings(path) {
         Ok(s) => {
             proxy.core().set_invite_rate(s.invite_rate);

@@ -474,3 +474,121 @@ async fn ipv6_phone_calls_through_an_ipv6_listener() {
     assert!(vias[1].starts_with("SIP/2.0/UDP [::1]:"), "{}", vias[1]);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn dead_connection_toward_the_server_is_reopened_and_the_request_resent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = tokio::net::TcpListener::bind((loopback(UPSTREAM), 0))
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let p = proxy(
+        &["udp"],
+        &pair(&format!("{addr};transport=tcp"), "127.0.2.254:9"),
+    )
+    .await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let call_id = unique("stale");
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "sip:bob@site.example",
+            &call_id,
+            &unique("z9hG4bKs"),
+            "",
+            "",
+        ))
+        .await;
+    async fn next_invite(s: &mut tokio::net::TcpStream) -> SipMsg {
+        let mut d = Deframer::default();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "connection closed before the INVITE");
+            if let Some(raw) = d.push(&buf[..n]).into_iter().next() {
+                return SipMsg::parse(&raw).unwrap();
+            }
+        }
+    }
+    // The first connection dies with the INVITE unanswered.
+    let (mut first, _) = tokio::time::timeout(WAIT, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let sent = next_invite(&mut first).await;
+    drop(first);
+    // The proxy opens a new one and sends the same request (same branch) again.
+    let (mut second, _) = tokio::time::timeout(WAIT, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = next_invite(&mut second).await;
+    assert_eq!(again.method(), Some("INVITE"));
+    assert_eq!(again.header("via"), sent.header("via"));
+    let ok = response(
+        &again,
+        200,
+        "OK",
+        &format!("<sip:uas@{addr};transport=tcp>"),
+    );
+    second.write_all(ok.as_bytes()).await.unwrap();
+    let (fin, _) = phone.recv_final().await;
+    assert_eq!(fin.status(), Some(200));
+    assert_eq!(p.core().metrics.reconnects.get(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_close_unless_they_carry_a_flow() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "{}[limits]\nidle_timeout_s = 1\n[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+        pair(&up.uri(), "127.0.2.254:9")
+    );
+    let p = proxy(&["udp", "tcp"], &extra).await;
+    let tcp = p.local_addr(Transport::Tcp).unwrap();
+    // A phone that registers: its connection now carries a flow.
+    let mut registered = Phone::tcp(tcp).await;
+    registered
+        .send(&registered.request(
+            "REGISTER",
+            "sip:site.example",
+            &unique("r"),
+            &unique("z9hG4bKr"),
+            "",
+            "",
+        ))
+        .await;
+    assert_eq!(registered.recv_final().await.0.status(), Some(200));
+    // A connection that only sent an OPTIONS carries none: closed after a second idle.
+    let mut plain = Phone::tcp(tcp).await;
+    plain
+        .send(&plain.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &unique("o"),
+            &unique("z9hG4bKo"),
+            "",
+            "",
+        ))
+        .await;
+    assert_eq!(plain.recv_final().await.0.status(), Some(200));
+    assert!(plain.closed_within(WAIT).await, "idle connection kept");
+    // The registered phone, idle for longer still, is reachable on its connection.
+    assert_eq!(p.core().transports.open_connections(), 1);
+    registered
+        .send(&registered.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &unique("o"),
+            &unique("z9hG4bKo"),
+            "",
+            "",
+        ))
+        .await;
+    assert_eq!(registered.recv_final().await.0.status(), Some(200));
+    p.stop().await;
+}

@@ -44,11 +44,15 @@ fn leaf(ca: &Ca, san: &str, client: bool) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, san);
-    p.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
+    // A server certificate serves as a client one too (the proxy offers it to servers).
+    p.extended_key_usages = if client {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
     } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    };
     let cert = p.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -85,6 +89,17 @@ fn setup(proxy_ip: std::net::IpAddr, mutual: Option<&str>) -> Setup {
 
 /// Connects a phone over TLS, trusting `trust`, presenting `client` (cert, key) if given.
 async fn tls_phone(proxy: SocketAddr, trust: &Ca, client: Option<(String, String)>) -> Phone {
+    try_tls_phone(proxy, trust, client)
+        .await
+        .expect("TLS handshake")
+}
+
+/// As [`tls_phone`], or the handshake error.
+async fn try_tls_phone(
+    proxy: SocketAddr,
+    trust: &Ca,
+    client: Option<(String, String)>,
+) -> std::io::Result<Phone> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(trust.pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -115,9 +130,8 @@ async fn tls_phone(proxy: SocketAddr, trust: &Ca, client: Option<(String, String
     let local = tcp.local_addr().unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::IpAddress(proxy.ip().into()), tcp)
-        .await
-        .expect("TLS handshake");
-    Phone::over_stream(tls, local, proxy, "TLS")
+        .await?;
+    Ok(Phone::over_stream(tls, local, proxy, "TLS"))
 }
 
 async fn call(phone: &mut Phone, up: &mut Upstream) -> SipMsg {
@@ -255,7 +269,7 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
     let ip = loopback(PROXY);
     let s = setup(ip, None);
     let extra = format!(
-        "{}{}[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+        "{}{}[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n[http]\naddress = \"{ip}:0\"\n",
         pair(&up.uri(), "127.0.2.254:9"),
         s.tls_toml
     );
@@ -322,13 +336,33 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
         .await
         .unwrap();
     assert_eq!(server_final(&server, &id2).await.status(), Some(403));
-    // The phone's connection drops: the flow has failed (RFC 5626), 430.
+    // The connection carries a flow: counted in /status and /metrics.
+    let http = p.http_addr().unwrap();
+    let status = http_get(http, "/status").await.1;
+    assert!(status.contains("\"flows\":1"), "{status}");
+    let metrics = http_get(http, "/metrics").await.1;
+    assert_eq!(sample(&metrics, "sippool_flows_open{kind=\"tls\"}"), 1.0);
+    // The phone's connection drops while the server's INVITE waits for its answer: the
+    // flow has failed (RFC 5626), 430 at once rather than a timeout.
+    let id4 = unique("dropped");
+    server
+        .send_to(
+            server_invite(server_addr, &phone, &path, &id4).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    while phone.recv().await.header("call-id") != Some(id4.as_str()) {}
     drop(phone);
+    assert_eq!(server_final(&server, &id4).await.status(), Some(430));
+    // And later requests along that Path get 430 too.
     let start = std::time::Instant::now();
     while p.core().transports.open_connections() > 0 {
         assert!(start.elapsed() < WAIT, "connection not released");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let metrics = http_get(http, "/metrics").await.1;
+    assert_eq!(sample(&metrics, "sippool_flows_open{kind=\"tls\"}"), 0.0);
     let phone2 = Phone::udp(udp).await; // only for its address in the Request-URI
     let id3 = unique("gone");
     server
@@ -339,6 +373,183 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
         .await
         .unwrap();
     assert_eq!(server_final(&server, &id3).await.status(), Some(430));
+    p.stop().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// A rustls server configuration for a test upstream server at `ip`, with a certificate
+/// from `ca`, requiring a client certificate from `client_ca` when given.
+fn upstream_tls(
+    ca: &Ca,
+    ip: std::net::IpAddr,
+    client_ca: Option<&Ca>,
+) -> Arc<rustls::ServerConfig> {
+    let (cert, key) = leaf(ca, &ip.to_string(), false);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(c) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(c.pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            b.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(b.with_single_cert(chain, key).unwrap())
+}
+
+#[tokio::test]
+async fn tls_toward_the_server_verifies_it_and_offers_our_certificate() {
+    let server_ca = ca("upstream CA");
+    let ip = loopback(PROXY);
+    let s = setup(ip, None);
+    // The server requires a client certificate from the proxy's CA: mutual TLS both ways.
+    let server_ip = loopback(UPSTREAM);
+    let (mut up, _) = Upstream::tls(
+        server_ip,
+        Behaviour::Answer,
+        upstream_tls(&server_ca, server_ip, Some(&s.ca)),
+    )
+    .await;
+    let ca_file = write(&s.dir, "upstream-ca.pem", &server_ca.pem);
+    let extra = format!(
+        "{}{}upstream_ca = \"{ca_file}\"\n",
+        pair(&up.uri(), "127.0.2.254:9"),
+        s.tls_toml
+    );
+    let p = proxy_at(ip, &["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let invite = call(&mut phone, &mut up).await;
+    assert!(
+        invite.all("via")[0].starts_with("SIP/2.0/TLS "),
+        "{:?}",
+        invite.all("via")
+    );
+    // One connection carried the whole call.
+    assert_eq!(p.core().transports.open_connections(), 1);
+    p.stop().await;
+
+    // A server whose certificate does not chain to upstream_ca, or does not carry the
+    // configured name, is refused before any request reaches it.
+    let other = ca("not the upstream CA");
+    let other_file = write(&s.dir, "other-ca.pem", &other.pem);
+    for tls_extra in [
+        format!("upstream_ca = \"{other_file}\"\n"),
+        format!("upstream_ca = \"{ca_file}\"\nupstream_server_name = \"sip.wrong.example\"\n"),
+    ] {
+        let server_ip = loopback(UPSTREAM);
+        let (mut up, refused) = Upstream::tls(
+            server_ip,
+            Behaviour::Answer,
+            upstream_tls(&server_ca, server_ip, None),
+        )
+        .await;
+        let extra = format!(
+            "{}{}{tls_extra}",
+            pair(&up.uri(), "127.0.2.254:9"),
+            s.tls_toml
+        );
+        let p = proxy_at(ip, &["udp"], &extra).await;
+        let phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+        phone
+            .send(&phone.request(
+                "INVITE",
+                "sip:bob@site.example",
+                &unique("bad"),
+                &unique("z9hG4bKx"),
+                "",
+                "",
+            ))
+            .await;
+        let start = std::time::Instant::now();
+        while sippool::metrics::Metrics::reason_value(
+            &p.core().metrics.parse_errors,
+            "tls_handshake",
+        ) == 0
+        {
+            assert!(
+                start.elapsed() < WAIT,
+                "the handshake did not fail ({tls_extra})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(up
+            .drain(std::time::Duration::from_millis(100))
+            .await
+            .is_empty());
+        p.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test]
+async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let ip = loopback(PROXY);
+    let s = setup(ip, None);
+    let extra = format!(
+        "{}{}watch_s = 1\n",
+        pair(&up.uri(), "127.0.2.254:9"),
+        s.tls_toml
+    );
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    let options = |ph: &Phone| {
+        ph.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &unique("o"),
+            &unique("z9hG4bKo"),
+            "",
+            "",
+        )
+    };
+    let mut old = tls_phone(tls, &s.ca, None).await;
+    old.send(&options(&old)).await;
+    assert_eq!(old.recv_final().await.0.status(), Some(200));
+    // New certificate from another CA written over the files in place.
+    let ca2 = ca("sippool test CA 2");
+    let (cert, key) = leaf(&ca2, &ip.to_string(), false);
+    write(&s.dir, "server.pem", &cert);
+    write(&s.dir, "server.key", &key);
+    let reloads =
+        |outcome| sippool::metrics::Metrics::reason_value(&p.core().metrics.tls_reloads, outcome);
+    let start = std::time::Instant::now();
+    while reloads("ok") == 0 {
+        assert!(start.elapsed() < WAIT, "the file change was not picked up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // New connections get the new certificate; a client trusting only the old CA fails.
+    let mut new = tls_phone(tls, &ca2, None).await;
+    new.send(&options(&new)).await;
+    assert_eq!(new.recv_final().await.0.status(), Some(200));
+    assert!(try_tls_phone(tls, &s.ca, None).await.is_err());
+    // The connection opened before the reload keeps going.
+    old.send(&options(&old)).await;
+    assert_eq!(old.recv_final().await.0.status(), Some(200));
+    // A reload (SIGHUP) that finds a broken key keeps the running certificate.
+    write(&s.dir, "server.key", "not a key");
+    p.core().reload_tls("SIGHUP");
+    assert_eq!(reloads("error"), 1);
+    let mut after = tls_phone(tls, &ca2, None).await;
+    after.send(&options(&after)).await;
+    assert_eq!(after.recv_final().await.0.status(), Some(200));
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -53,32 +53,49 @@ pub struct ConnState {
     partial_since: Option<std::time::Instant>,
 }
 
+/// What a connection actor starts with.
+pub struct NewConn {
+    /// The byte stream (TCP, or TLS over TCP).
+    pub stream: Box<dyn Stream>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// TCP or TLS.
+    pub transport: Transport,
+    /// We opened it, toward a server.
+    pub outbound: bool,
+}
+
 impl Actor for ConnectionActor {
     type Msg = ConnMsg;
     type State = ConnState;
-    type Arguments = (Arc<Core>, Box<dyn Stream>, SocketAddr, Transport);
+    type Arguments = (Arc<Core>, NewConn);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ConnMsg>,
-        (core, stream, peer, transport): Self::Arguments,
+        (core, conn): Self::Arguments,
     ) -> Result<ConnState, ActorProcessingErr> {
-        let (mut read, writer) = tokio::io::split(stream);
+        let (mut read, writer) = tokio::io::split(conn.stream);
         let id = core.transports.next_id();
-        let handle = ConnHandle::new(id, peer, transport, myself.clone());
+        let handle = ConnHandle::new(id, conn.peer, conn.transport, conn.outbound, myself.clone());
         core.transports.add_conn(handle.clone());
         core.metrics
             .connections
             .get_or_create(&KindLabels {
-                kind: transport.uri_param(),
+                kind: conn.transport.uri_param(),
             })
             .inc();
         let idle = Duration::from_secs(core.settings.limits.idle_timeout_s.max(1));
+        let carries_flow = handle.flow_flag();
         let me = myself.clone();
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let reason = match tokio::time::timeout(idle, read.read(&mut buf)).await {
+                    // A connection that carries a flow stays open while the phone keeps it:
+                    // it is the only way to reach that phone (RFC 5626). TCP keep-alive
+                    // and the phone's own pings find it when it is dead.
+                    Err(_) if carries_flow.load(std::sync::atomic::Ordering::Relaxed) => continue,
                     Err(_) => "idle",
                     Ok(Ok(0)) => "eof",
                     Ok(Err(_)) => "error",
@@ -201,12 +218,18 @@ impl Actor for ConnectionActor {
 
 fn release(core: &Core, h: &ConnHandle) {
     core.transports.remove_conn(h.transport, h.peer, h.id);
-    core.metrics
-        .connections
-        .get_or_create(&KindLabels {
-            kind: h.transport.uri_param(),
-        })
-        .dec();
+    let kind = KindLabels {
+        kind: h.transport.uri_param(),
+    };
+    core.metrics.connections.get_or_create(&kind).dec();
+    if h.has_flow() {
+        core.metrics.flows.get_or_create(&kind).dec();
+    }
+    if h.outbound || h.has_flow() {
+        // Transactions waiting for an answer over it hear of it: toward a server they
+        // reopen and resend, toward a phone they answer 430 (RFC 5626).
+        core.connection_lost(h.id);
+    }
 }
 
 /// A metrics reason for a parse error.
@@ -262,24 +285,15 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Starts a connection actor for `stream` under the connection supervisor.
-pub async fn start_connection(
-    core: &Arc<Core>,
-    stream: Box<dyn Stream>,
-    peer: SocketAddr,
-    transport: Transport,
-) -> Result<ConnHandle, SendError> {
+pub async fn start_connection(core: &Arc<Core>, conn: NewConn) -> Result<ConnHandle, SendError> {
     let sup = core
         .conn_supervisor()
         .cloned()
         .ok_or(SendError::NoTransport)?;
-    let (actor, _) = Actor::spawn_linked(
-        None,
-        ConnectionActor,
-        (core.clone(), stream, peer, transport),
-        sup,
-    )
-    .await
-    .map_err(|e| SendError::Io(e.to_string()))?;
+    let (transport, peer) = (conn.transport, conn.peer);
+    let (actor, _) = Actor::spawn_linked(None, ConnectionActor, (core.clone(), conn), sup)
+        .await
+        .map_err(|e| SendError::Io(e.to_string()))?;
     core.transports
         .conn_to(transport, peer)
         .filter(|h| h.is_actor(&actor))
@@ -298,37 +312,95 @@ pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<Conn
             send_udp(&sock, target.addr, bytes)?;
             Ok(ConnOrUdp::Udp)
         }
-        Transport::Tcp => {
-            if let Some(h) = core.transports.conn_to(Transport::Tcp, target.addr) {
+        Transport::Tcp | Transport::Tls => {
+            if let Some(h) = core.transports.conn_to(target.transport, target.addr) {
                 if h.send(bytes.clone()) {
                     return Ok(ConnOrUdp::Conn(h));
                 }
             }
-            if core.transports.open_connections() >= core.settings.limits.max_connections {
-                Metrics::count(&core.metrics.overload_rejections, "connections");
-                return Err(SendError::TooManyConnections);
-            }
-            let stream =
-                tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target.addr))
-                    .await
-                    .map_err(|_| SendError::ConnectFailed("timeout".into()))?
-                    .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
-            let _ = stream.set_nodelay(true);
-            let h = start_connection(core, Box::new(stream), target.addr, Transport::Tcp).await?;
+            let h = connect(core, target).await?;
             if h.send(bytes) {
                 Ok(ConnOrUdp::Conn(h))
             } else {
                 Err(SendError::Io("connection closed".into()))
             }
         }
-        Transport::Tls => {
-            // Toward a phone: over the connection it opened. Opening TLS toward upstream
-            // servers is not built yet.
-            match core.transports.conn_to(Transport::Tls, target.addr) {
-                Some(h) if h.send(bytes) => Ok(ConnOrUdp::Conn(h)),
-                _ => Err(SendError::NoTransport),
+    }
+}
+
+/// Opens a connection toward a server: TCP, or TLS verified against `tls.upstream_ca` and
+/// the name the server was located by.
+async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendError> {
+    if core.transports.open_connections() >= core.settings.limits.max_connections {
+        Metrics::count(&core.metrics.overload_rejections, "connections");
+        return Err(SendError::TooManyConnections);
+    }
+    let connector = match target.transport {
+        Transport::Tls => Some(
+            core.tls
+                .as_ref()
+                .and_then(|t| t.connector().map(|c| (c, t)))
+                .ok_or(SendError::NoTransport)?,
+        ),
+        _ => None,
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr))
+        .await
+        .map_err(|_| SendError::ConnectFailed("timeout".into()))?
+        .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
+    tune(&stream, core.settings.keepalive);
+    let stream: Box<dyn Stream> = match connector {
+        None => Box::new(stream),
+        Some((connector, tls)) => {
+            let host = core.tls_name(target.addr);
+            let name = super::tls::server_name(tls.settings(), host.as_deref(), target.addr.ip());
+            let handshake = Duration::from_millis(core.settings.limits.tls_handshake_timeout_ms);
+            match tokio::time::timeout(handshake, connector.connect(name.clone(), stream)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    Metrics::count(&core.metrics.parse_errors, "tls_handshake");
+                    tracing::warn!(event = "tls_handshake_failed", peer = %target.addr, server_name = ?name, error = %e);
+                    return Err(SendError::ConnectFailed(e.to_string()));
+                }
+                Err(_) => {
+                    Metrics::count(&core.metrics.parse_errors, "tls_handshake_timeout");
+                    return Err(SendError::ConnectFailed("TLS handshake timeout".into()));
+                }
             }
         }
+    };
+    start_connection(
+        core,
+        NewConn {
+            stream,
+            peer: target.addr,
+            transport: target.transport,
+            outbound: true,
+        },
+    )
+    .await
+}
+
+/// How long a TCP connect toward a server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Socket options of every stream connection: no Nagle delay, and TCP keep-alive when
+/// configured, with a user timeout to match so that unacknowledged data on a dead
+/// connection is noticed as soon as an idle one would be.
+pub fn tune(stream: &TcpStream, keepalive: Option<crate::config::Keepalive>) {
+    let _ = stream.set_nodelay(true);
+    let Some(k) = keepalive else { return };
+    let sock = socket2::SockRef::from(stream);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(k.idle)
+        .with_interval(k.interval)
+        .with_retries(k.count);
+    if let Err(e) = sock.set_tcp_keepalive(&params) {
+        tracing::debug!(event = "keepalive_not_set", error = %e);
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = sock.set_tcp_user_timeout(Some(k.idle + k.interval * k.count));
     }
 }
 
@@ -347,7 +419,7 @@ pub enum ConnOrUdp {
 pub fn spawn_accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    transport: Transport,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -373,13 +445,22 @@ pub fn spawn_accept_loop(
                 drop(stream);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            tune(&stream, core.settings.keepalive);
             let core2 = core.clone();
-            match &tls {
+            // The current configuration: a reload applies from the next handshake on.
+            let acceptor = match transport {
+                Transport::Tls => match core.tls.as_ref().and_then(|t| t.acceptor()) {
+                    Some(a) => Some(a),
+                    None => continue,
+                },
+                _ => None,
+            };
+            match acceptor {
                 None => {
                     tokio::spawn(async move {
                         let _ =
-                            start_connection(&core2, Box::new(stream), peer, Transport::Tcp).await;
+                            start_connection(&core2, inbound(Box::new(stream), peer, transport))
+                                .await;
                     });
                 }
                 Some(acceptor) => {
@@ -388,7 +469,6 @@ pub fn spawn_accept_loop(
                         drop(stream);
                         continue;
                     };
-                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         let timeout =
                             Duration::from_millis(core2.settings.limits.tls_handshake_timeout_ms);
@@ -396,9 +476,11 @@ pub fn spawn_accept_loop(
                         drop(permit);
                         match accepted {
                             Ok(Ok(tls)) => {
-                                let _ =
-                                    start_connection(&core2, Box::new(tls), peer, Transport::Tls)
-                                        .await;
+                                let _ = start_connection(
+                                    &core2,
+                                    inbound(Box::new(tls), peer, Transport::Tls),
+                                )
+                                .await;
                             }
                             Ok(Err(e)) => {
                                 Metrics::count(&core2.metrics.parse_errors, "tls_handshake");
@@ -417,4 +499,41 @@ pub fn spawn_accept_loop(
             }
         }
     })
+}
+
+fn inbound(stream: Box<dyn Stream>, peer: SocketAddr, transport: Transport) -> NewConn {
+    NewConn {
+        stream,
+        peer,
+        transport,
+        outbound: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let k = crate::config::Keepalive {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            count: 4,
+        };
+        tune(&c, Some(k));
+        let s = socket2::SockRef::from(&c);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(19)));
+        assert!(c.nodelay().unwrap());
+        // Off: no keep-alive.
+        let c2 = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        tune(&c2, None);
+        assert!(!socket2::SockRef::from(&c2).keepalive().unwrap());
+    }
 }

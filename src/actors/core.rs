@@ -78,6 +78,10 @@ pub struct Core {
     overload: Mutex<OverloadEpisode>,
     draining: std::sync::atomic::AtomicBool,
     tls_handshakes: Arc<tokio::sync::Semaphore>,
+    /// TLS configurations (listeners, connections toward servers), reloadable.
+    pub tls: Option<super::tls::TlsContext>,
+    /// The host each TLS server address was located by: the name its certificate must carry.
+    tls_names: DashMap<SocketAddr, Arc<str>>,
 }
 
 /// An episode of INVITE-rate overload, for the `overload_started` / `overload_ended` events.
@@ -99,7 +103,10 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// Builds the core from settings whose listen addresses are already bound.
-    pub fn new(settings: Settings) -> Result<Core, crate::dns::LocatorError> {
+    pub fn new(
+        settings: Settings,
+        tls: Option<super::tls::TlsContext>,
+    ) -> Result<Core, crate::dns::LocatorError> {
         let locator = crate::dns::Locator::new(&settings.dns_servers, settings.dns_timeout)?;
         let mut upstream_ips = HashSet::new();
         for p in &settings.pairs {
@@ -124,6 +131,8 @@ impl Core {
             .clone()
             .unwrap_or_else(|| (0..32).map(|_| rand::random::<u8>()).collect());
         Ok(Core {
+            tls,
+            tls_names: DashMap::new(),
             flows: crate::sip::flow::FlowKeys::new(&secret, rand::random::<u32>()),
             locator,
             backup_sources,
@@ -577,6 +586,21 @@ impl Core {
         }
     }
 
+    /// The token of the connection `reply` names was handed out: the connection now
+    /// carries a flow (counted, and no longer closed for being idle).
+    pub fn flow_issued(&self, reply: &ReplyPath) {
+        if let ReplyPath::Stream(c) = reply {
+            if c.mark_flow() {
+                self.metrics
+                    .flows
+                    .get_or_create(&crate::metrics::KindLabels {
+                        kind: c.transport.uri_param(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
     /// Where a flow token leads: the target, and the connection for a stream flow.
     /// `Err(403)` for a token that is not ours, `Err(430)` for a flow that is gone.
     pub fn flow_target(
@@ -603,6 +627,54 @@ impl Core {
         match self.transports.conn_by_id(flow.conn) {
             Some(c) if c.peer == flow.peer => Ok((target, Some(c))),
             _ => Err(430),
+        }
+    }
+
+    /// Resolves an upstream host (RFC 3263); for a TLS one, remembers the host as the name
+    /// its certificate must carry.
+    pub async fn locate(&self, hp: &HostPort) -> Option<super::transport::Target> {
+        let target = self.locator.locate(hp).await?;
+        if target.transport == Transport::Tls
+            && self
+                .tls_names
+                .get(&target.addr)
+                .is_none_or(|n| **n != *hp.host)
+        {
+            self.tls_names.insert(target.addr, hp.host.as_str().into());
+        }
+        Some(target)
+    }
+
+    /// The name a TLS server at `addr` must prove, from the host it was located by.
+    pub fn tls_name(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        self.tls_names.get(&addr).map(|n| n.clone())
+    }
+
+    /// Re-reads the TLS files; open connections keep their session, new ones use the new
+    /// files. A file that does not load leaves the running configuration in place.
+    pub fn reload_tls(&self, why: &'static str) {
+        let Some(tls) = &self.tls else { return };
+        let outcome = match tls.reload() {
+            Ok(()) => {
+                tracing::info!(event = "tls_reloaded", trigger = why);
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(event = "tls_reload_failed", trigger = why, key = %e.key, problem = %e.problem);
+                "error"
+            }
+        };
+        Metrics::count(&self.metrics.tls_reloads, outcome);
+    }
+
+    /// A connection that transactions may be using closed: each transaction with a client
+    /// branch hears of it and checks whether the branch used that connection.
+    pub fn connection_lost(&self, conn: u64) {
+        let mut told = HashSet::new();
+        for e in self.client_txns.iter() {
+            if told.insert(e.value().get_id()) {
+                let _ = e.value().send_message(TxMsg::ConnectionLost(conn));
+            }
         }
     }
 
@@ -684,7 +756,7 @@ impl Core {
         }
         let core = self.clone();
         tokio::spawn(async move {
-            if let Some(target) = core.locator.locate(&hp).await {
+            if let Some(target) = core.locate(&hp).await {
                 let bytes = plan.build(&inbound.msg, &core.identity, target.transport, &branch);
                 let _ = super::connection::send(&core, target, bytes).await;
             }

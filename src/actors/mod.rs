@@ -55,28 +55,30 @@ impl std::error::Error for StartError {}
 
 enum Bound {
     Udp(Arc<UdpSocket>),
-    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
+    /// A stream listener: TCP, or TLS over TCP.
+    Tcp(TcpListener, Transport),
 }
 
 impl Proxy {
     /// Binds every listen socket, then starts the actor tree. A socket that cannot be bound
     /// is the event `sip_listener_cannot_start` and an error.
     pub async fn start(mut settings: Settings) -> Result<Proxy, StartError> {
-        let acceptor = match &settings.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(t).map_err(|e| StartError(format!("TLS: {e}")))?,
-            )),
+        let tls = match &settings.tls {
+            Some(t) => Some(
+                tls::TlsContext::load(t.clone()).map_err(|e| StartError(format!("TLS: {e}")))?,
+            ),
             None => None,
         };
+        let can_accept_tls = tls.as_ref().is_some_and(|t| t.acceptor().is_some());
         let mut sockets = Vec::with_capacity(settings.listeners.len());
         for l in settings.listeners.iter_mut() {
             let bound = match l.transport {
                 Transport::Udp => bind_udp(l.address).map(|s| Bound::Udp(Arc::new(s))),
-                Transport::Tcp => bind_tcp(l.address).map(|s| Bound::Tcp(s, None)),
-                Transport::Tls => match &acceptor {
-                    Some(a) => bind_tcp(l.address).map(|s| Bound::Tcp(s, Some(a.clone()))),
-                    None => Err(std::io::Error::other("no [tls] configuration")),
-                },
+                Transport::Tcp => bind_tcp(l.address).map(|s| Bound::Tcp(s, Transport::Tcp)),
+                Transport::Tls if can_accept_tls => {
+                    bind_tcp(l.address).map(|s| Bound::Tcp(s, Transport::Tls))
+                }
+                Transport::Tls => Err(std::io::Error::other("no tls.cert and tls.key")),
             };
             let bound = bound.map_err(|e| {
                 tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
@@ -103,10 +105,13 @@ impl Proxy {
             .map(|l| (l.transport, l.address))
             .collect();
         let core = Arc::new(
-            Core::new(settings)
+            Core::new(settings, tls)
                 .map_err(|e| StartError(format!("DNS resolver cannot start: {}", e.0)))?,
         );
         spawn_sweeper(Arc::downgrade(&core));
+        if let Some(every) = core.tls.as_ref().and_then(|t| t.settings().watch) {
+            spawn_tls_watcher(Arc::downgrade(&core), every);
+        }
         let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
             .await
             .map_err(|e| StartError(format!("actor tree cannot start: {e}")))?;
@@ -188,6 +193,21 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
                     c.end_overload_if_quiet(now);
                 }
                 None => return,
+            }
+        }
+    });
+}
+
+/// Reloads the TLS files when one of them changes, until the core is gone.
+fn spawn_tls_watcher(core: std::sync::Weak<Core>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(c) = core.upgrade() else { return };
+            if c.tls.as_ref().is_some_and(|t| t.files_changed()) {
+                c.reload_tls("file change");
             }
         }
     });

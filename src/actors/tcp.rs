@@ -21,7 +21,7 @@ pub struct TcpListenerState {
 impl Actor for TcpListenerActor {
     type Msg = ();
     type State = TcpListenerState;
-    type Arguments = (Arc<Core>, TcpListener, Option<tokio_rustls::TlsAcceptor>);
+    type Arguments = (Arc<Core>, TcpListener, crate::sip::transport::Transport);
 
     async fn pre_start(
         &self,

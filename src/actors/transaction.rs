@@ -42,6 +42,8 @@ pub enum TxMsg {
     Response(Box<Inbound>),
     /// A timer may be due.
     Timer,
+    /// This stream connection closed; the transaction checks whether its branch used it.
+    ConnectionLost(u64),
 }
 
 /// The transaction actor.
@@ -147,6 +149,7 @@ impl Actor for TransactionActor {
                 state.wakeup.fired();
                 state.on_timer(&myself, now).await;
             }
+            TxMsg::ConnectionLost(conn) => state.on_connection_lost(&myself, conn, now).await,
         }
         if state.is_done() {
             myself.stop(None);
@@ -223,6 +226,11 @@ impl TxState {
     }
 
     async fn forward(&mut self, myself: &ActorRef<TxMsg>, plan: Plan, now: Instant) {
+        if plan.issues_flow_token() {
+            if let Some(req) = &self.request {
+                self.core.flow_issued(&req.reply);
+            }
+        }
         let hp = match &plan.destination {
             Destination::Pair(i) => match self.core.pairs.active(*i) {
                 Some(m) => {
@@ -268,7 +276,7 @@ impl TxState {
     /// client gets 500 (a transport error counts as a 503, RFC 3261 sections 16.9 and 16.7).
     async fn launch(&mut self, myself: &ActorRef<TxMsg>, mut hp: HostPort, now: Instant) {
         loop {
-            let sent = match self.core.locator.locate(&hp).await {
+            let sent = match self.core.locate(&hp).await {
                 Some(target) => self.start_branch(myself, target, now).await,
                 None => {
                     tracing::warn!(event = "host_not_resolved", host = %hp.host);
@@ -572,6 +580,40 @@ impl TxState {
         if self.timer_c.is_some_and(|t| t <= now) {
             self.on_timer_c(now).await;
         }
+    }
+
+    /// The connection the branch used closed before a final response came back. One we
+    /// opened toward a server is reopened and the request sent again (the server matches
+    /// it to its transaction by branch); when that fails, the other member is tried as for
+    /// any transport error. A phone's flow cannot be reopened from here: 430 Flow Failed
+    /// (RFC 5626 section 5.3), so that the server tries another registration.
+    async fn on_connection_lost(&mut self, myself: &ActorRef<TxMsg>, conn: u64, now: Instant) {
+        let Some(b) = &mut self.branch else { return };
+        if b.conn.as_ref().is_none_or(|c| c.id != conn) {
+            return;
+        }
+        let Some(lost) = b.conn.take() else { return };
+        let (state, request) = match &b.client {
+            Client::Invite(c) => (c.state(), c.request().clone()),
+            Client::NonInvite(c) => (c.state(), c.request().clone()),
+        };
+        if self.final_sent || !matches!(state, ClientState::Calling | ClientState::Proceeding) {
+            return;
+        }
+        if lost.outbound {
+            if send_on(&self.core, b, request).await {
+                self.core.metrics.reconnects.inc();
+                tracing::info!(event = "upstream_reconnected", target = %b.target.addr, branch = %b.id);
+                return;
+            }
+            terminate_client(&mut b.client);
+            if let Some(hp) = self.failover_target(false, now) {
+                return self.launch(myself, hp, now).await;
+            }
+            return self.respond(now, &Reject::new(500, "Server Internal Error"));
+        }
+        terminate_client(&mut b.client);
+        self.respond(now, &Reject::new(430, "Flow Failed"));
     }
 
     /// Timer C (RFC 3261 section 16.8): CANCEL the branch; if it still gives no final

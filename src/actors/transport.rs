@@ -5,7 +5,7 @@
 //! request came in on, carried in [`ReplyPath`]) and the UDP sockets of the listeners.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -51,18 +51,45 @@ pub struct ConnHandle {
     pub peer: SocketAddr,
     /// TCP or TLS.
     pub transport: Transport,
+    /// We opened it (toward a server); when it dies under a transaction, we reopen it.
+    pub outbound: bool,
+    /// A flow token was issued for it (RFC 5626): it is not closed for being idle.
+    flow: Arc<AtomicBool>,
     actor: ActorRef<ConnMsg>,
 }
 
 impl ConnHandle {
     /// Wraps a connection actor.
-    pub fn new(id: u64, peer: SocketAddr, transport: Transport, actor: ActorRef<ConnMsg>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        transport: Transport,
+        outbound: bool,
+        actor: ActorRef<ConnMsg>,
+    ) -> Self {
         ConnHandle {
             id,
             peer,
             transport,
+            outbound,
+            flow: Arc::new(AtomicBool::new(false)),
             actor,
         }
+    }
+
+    /// Records that the connection carries a flow; true the first time.
+    pub fn mark_flow(&self) -> bool {
+        !self.flow.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether the connection carries a flow.
+    pub fn has_flow(&self) -> bool {
+        self.flow.load(Ordering::Relaxed)
+    }
+
+    /// The shared flag behind [`has_flow`](Self::has_flow), for the connection's reader.
+    pub fn flow_flag(&self) -> Arc<AtomicBool> {
+        self.flow.clone()
     }
 
     /// Whether this handle names that actor.

@@ -200,7 +200,7 @@ impl ProbeActorState {
 
     async fn send_probe(&mut self, myself: &ActorRef<ProbeMsg>, seq: u64, now: Instant) {
         let core = &self.spec.core;
-        let Some(target) = core.locator.locate(&self.spec.server).await else {
+        let Some(target) = core.locate(&self.spec.server).await else {
             tracing::warn!(event = "host_not_resolved", host = %self.spec.server.host, pair = %self.pair_name());
             if let Some(c) = self.probe.unreachable(now, "host not resolved") {
                 self.report(c);

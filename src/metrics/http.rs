@@ -176,6 +176,14 @@ pub fn status_json(core: &Core) -> Value {
         .map(|l| json!({"transport": l.transport.uri_param(), "address": l.address.to_string()}))
         .collect();
     let m = &core.metrics;
+    let flows: i64 = ["tcp", "tls"]
+        .into_iter()
+        .map(|kind| {
+            m.flows
+                .get_or_create(&crate::metrics::KindLabels { kind })
+                .get()
+        })
+        .sum();
     json!({
         "instance": core.settings.name,
         "version": env!("CARGO_PKG_VERSION"),
@@ -185,7 +193,7 @@ pub fn status_json(core: &Core) -> Value {
         "draining": core.is_draining(),
         "listeners": listeners,
         "connections": core.transports.open_connections(),
-        "flows": 0,
+        "flows": flows,
         "transactions": core.server_txns.len(),
         "transactions_lingering": core.lingering.len(),
         "overload": {

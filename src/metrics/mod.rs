@@ -127,6 +127,13 @@ pub struct Metrics {
     pub latency: Histogram,
     /// Transactions that have ended but still absorb retransmissions.
     pub lingering: Gauge,
+    /// Open connections that carry a flow (a flow token was issued for them), by transport.
+    pub flows: Family<KindLabels, Gauge>,
+    /// Stream connections toward servers found dead while a transaction used them, and
+    /// reopened to resend its request.
+    pub reconnects: Counter,
+    /// TLS file reloads, by outcome (`ok`, `error`).
+    pub tls_reloads: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -160,6 +167,9 @@ impl Metrics {
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
             ]),
             lingering: Gauge::default(),
+            flows: Family::default(),
+            reconnects: Counter::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +253,21 @@ impl Metrics {
             "transactions_lingering",
             "Ended transactions still absorbing retransmissions",
             m.lingering.clone(),
+        );
+        registry.register(
+            "flows_open",
+            "Open connections that carry a flow (RFC 5626)",
+            m.flows.clone(),
+        );
+        registry.register(
+            "upstream_reconnects",
+            "Connections toward servers reopened to resend a transaction's request",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "TLS certificate and key reloads, by outcome",
+            m.tls_reloads.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -267,6 +267,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the forwarded request hands out the inbound flow's token (in a Path or a
+    /// Record-Route entry): from then on the flow is how the sender is reached.
+    pub fn issues_flow_token(&self) -> bool {
+        self.flow_token.is_some() && (self.record_route || self.edits.path.is_some())
+    }
+
     /// Writes the forwarded request for `outbound` with `branch`.
     pub fn build(
         &self,

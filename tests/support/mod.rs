@@ -527,6 +527,34 @@ impl Upstream {
         Self::serve(addr, "TCP", b, rx_net)
     }
 
+    /// A TLS server on `ip` (its certificate and client policy in `config`); handshakes
+    /// that fail are counted in the returned counter.
+    pub async fn tls(
+        ip: IpAddr,
+        b: Behaviour,
+        config: Arc<rustls::ServerConfig>,
+    ) -> (Upstream, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx_net) = mpsc::unbounded_channel();
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let f2 = failed.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            while let Ok((s, peer)) = listener.accept().await {
+                match acceptor.accept(s).await {
+                    Ok(tls) => {
+                        spawn_stream_reader(tls, peer, tx.clone());
+                    }
+                    Err(_) => {
+                        f2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        (Self::serve(addr, "TLS", b, rx_net), failed)
+    }
+
     fn serve(
         addr: SocketAddr,
         transport: &'static str,

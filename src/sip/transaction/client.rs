@@ -185,6 +185,11 @@ impl ClientNonInvite {
     }
 
     /// Current state.
+    /// The request as sent (to resend it over a new connection).
+    pub fn request(&self) -> &Bytes {
+        &self.request
+    }
+
     pub fn state(&self) -> ClientState {
         self.state
     }
