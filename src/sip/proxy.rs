@@ -263,6 +263,9 @@ pub struct Plan {
     pub inbound: Transport,
     /// The inbound flow's token, for the Record-Route entry facing the sender.
     pub flow_token: Option<String>,
+    /// The token for a Path entry (REGISTER from a phone, RFC 3327); the entry names the
+    /// side of the proxy that faces the registrar, so that the registrar can reach it.
+    path_token: Option<String>,
     edits: RequestEdits,
 }
 
@@ -270,7 +273,7 @@ impl Plan {
     /// Whether the forwarded request hands out the inbound flow's token (in a Path or a
     /// Record-Route entry): from then on the flow is how the sender is reached.
     pub fn issues_flow_token(&self) -> bool {
-        self.flow_token.is_some() && (self.record_route || self.edits.path.is_some())
+        self.flow_token.is_some() && (self.record_route || self.path_token.is_some())
     }
 
     /// Writes the forwarded request for `outbound` with `branch`.
@@ -283,6 +286,9 @@ impl Plan {
     ) -> Bytes {
         let mut edits = self.edits.clone();
         edits.via = identity.via(outbound, branch);
+        if let Some(t) = &self.path_token {
+            edits.path = Some(identity.flow_uri(outbound, t, true));
+        }
         if self.record_route {
             // The entry facing the sender carries the flow token, so in-dialog requests from
             // upstream come back over the sender's own connection.
@@ -578,11 +584,9 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     };
     // RFC 3327: a REGISTER from a phone gets a Path naming its flow, so that requests from
     // the registrar come back to the phone over its own connection.
-    if *method == Method::Register && !rx.from_upstream {
-        if let Some(t) = rx.flow_token {
-            edits.path = Some(identity.flow_uri(rx.transport, t, true));
-        }
-    }
+    let path_token = (*method == Method::Register && !rx.from_upstream)
+        .then(|| rx.flow_token.map(str::to_string))
+        .flatten();
     edits.request_uri = request_uri_override;
     // received / rport (RFC 3581, RFC 3261 section 18.2.1).
     edits.top_via = via.with_received(rx.source);
@@ -592,6 +596,7 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         record_route: wants_record_route(msg),
         inbound: rx.transport,
         flow_token: rx.flow_token.map(str::to_string),
+        path_token,
         edits,
     })
 }
