@@ -325,7 +325,26 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
             &format!("<sip:alice@{}>", phone.addr),
         ))
         .await;
-    assert_eq!(server_final(&server, &call_id).await.status(), Some(200));
+    let ok = server_final(&server, &call_id).await;
+    assert_eq!(ok.status(), Some(200));
+    // The server's in-dialog BYE follows the route set (the Record-Route reversed): it too
+    // reaches the phone over its own connection.
+    let route: Vec<String> = ok.all("record-route").into_iter().rev().collect();
+    let bye = server_invite(server_addr, &phone, &route.join(", "), &call_id)
+        .replace("INVITE sip:", "BYE sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
+        .replace(
+            "To: <sip:alice@site.example>",
+            &format!("To: <sip:alice@site.example>;tag={}", ok.to_tag().unwrap()),
+        );
+    server.send_to(bye.as_bytes(), udp).await.unwrap();
+    let got = loop {
+        let m = phone.recv().await;
+        if m.method() == Some("BYE") {
+            break m;
+        }
+    };
+    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
     // A token altered by one character is refused.
     let forged = path.replacen(&path[5..6], if &path[5..6] == "0" { "1" } else { "0" }, 1);
     let id2 = unique("forged");

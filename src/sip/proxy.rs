@@ -261,8 +261,12 @@ pub struct Plan {
     pub record_route: bool,
     /// Transport the request arrived on.
     pub inbound: Transport,
-    /// The inbound flow's token, for the Record-Route entry facing the sender.
+    /// The inbound flow's token, for the Record-Route entry facing the sender (a phone;
+    /// never an upstream server, which is reached by its address).
     pub flow_token: Option<String>,
+    /// The token of the flow the request leaves by (toward a phone), for the Record-Route
+    /// entry facing that phone.
+    outbound_flow: Option<String>,
     /// The token for a Path entry (REGISTER from a phone, RFC 3327); the entry names the
     /// side of the proxy that faces the registrar, so that the registrar can reach it.
     path_token: Option<String>,
@@ -290,15 +294,18 @@ impl Plan {
             edits.path = Some(identity.flow_uri(outbound, t, true));
         }
         if self.record_route {
-            // The entry facing the sender carries the flow token, so in-dialog requests from
-            // upstream come back over the sender's own connection.
-            let inbound_rr = match &self.flow_token {
-                Some(t) => identity.flow_uri(self.inbound, t, false),
-                None => identity.record_route(self.inbound),
+            // The entry facing a phone carries its flow token, so that in-dialog requests
+            // from upstream reach the phone over its own connection, whichever side of the
+            // dialog set it up.
+            let side = |t: Transport, token: &Option<String>| match token {
+                Some(token) => identity.flow_uri(t, token, false),
+                None => identity.record_route(t),
             };
-            if outbound != self.inbound || self.flow_token.is_some() {
+            let inbound_rr = side(self.inbound, &self.flow_token);
+            if outbound != self.inbound || self.flow_token.is_some() || self.outbound_flow.is_some()
+            {
                 // RFC 5658: one entry per side when the transport changes.
-                edits.record_route.push(identity.record_route(outbound));
+                edits.record_route.push(side(outbound, &self.outbound_flow));
                 edits.record_route.push(inbound_rr);
             } else {
                 edits.record_route.push(inbound_rr);
@@ -584,9 +591,15 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     };
     // RFC 3327: a REGISTER from a phone gets a Path naming its flow, so that requests from
     // the registrar come back to the phone over its own connection.
-    let path_token = (*method == Method::Register && !rx.from_upstream)
-        .then(|| rx.flow_token.map(str::to_string))
-        .flatten();
+    let inbound_flow = rx
+        .flow_token
+        .filter(|_| !rx.from_upstream)
+        .map(str::to_string);
+    let path_token = inbound_flow.clone().filter(|_| *method == Method::Register);
+    let outbound_flow = match &destination {
+        Destination::Flow(t) => Some(t.clone()),
+        _ => None,
+    };
     edits.request_uri = request_uri_override;
     // received / rport (RFC 3581, RFC 3261 section 18.2.1).
     edits.top_via = via.with_received(rx.source);
@@ -595,7 +608,8 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         loop_hash: hash,
         record_route: wants_record_route(msg),
         inbound: rx.transport,
-        flow_token: rx.flow_token.map(str::to_string),
+        flow_token: inbound_flow,
+        outbound_flow,
         path_token,
         edits,
     })

@@ -44,3 +44,18 @@ e2e_cleanup() {
 sipp_stat() {
   awk -F';' -v col="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==col) c=i} END{print $c}' "$1"
 }
+
+# make_cert DIR IP: a CA (DIR/ca.pem) and a certificate for IP signed by it (DIR/proxy.pem,
+# DIR/proxy.key), made with openssl.
+make_cert() {
+  (
+    cd "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=sippool e2e CA" -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+      -keyout proxy.key -out proxy.csr 2>/dev/null
+    printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$2" > ext.cnf
+    openssl x509 -req -in proxy.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile ext.cnf -out proxy.pem 2>/dev/null
+  )
+}
