@@ -267,9 +267,10 @@ pub struct Plan {
     /// The token of the flow the request leaves by (toward a phone), for the Record-Route
     /// entry facing that phone.
     outbound_flow: Option<String>,
-    /// The token for a Path entry (REGISTER from a phone, RFC 3327); the entry names the
-    /// side of the proxy that faces the registrar, so that the registrar can reach it.
-    path_token: Option<String>,
+    /// Add a Path entry with the inbound flow's token (REGISTER from a phone, RFC 3327);
+    /// the entry names the side of the proxy that faces the registrar, so that the
+    /// registrar can reach it.
+    path: bool,
     edits: RequestEdits,
 }
 
@@ -277,7 +278,7 @@ impl Plan {
     /// Whether the forwarded request hands out the inbound flow's token (in a Path or a
     /// Record-Route entry): from then on the flow is how the sender is reached.
     pub fn issues_flow_token(&self) -> bool {
-        self.flow_token.is_some() && (self.record_route || self.path_token.is_some())
+        self.flow_token.is_some() && (self.record_route || self.path)
     }
 
     /// Writes the forwarded request for `outbound` with `branch`.
@@ -290,7 +291,7 @@ impl Plan {
     ) -> Bytes {
         let mut edits = self.edits.clone();
         edits.via = identity.via(outbound, branch);
-        if let Some(t) = &self.path_token {
+        if let Some(t) = self.flow_token.as_ref().filter(|_| self.path) {
             edits.path = Some(identity.flow_uri(outbound, t, true));
         }
         if self.record_route {
@@ -595,7 +596,6 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         .flow_token
         .filter(|_| !rx.from_upstream)
         .map(str::to_string);
-    let path_token = inbound_flow.clone().filter(|_| *method == Method::Register);
     let outbound_flow = match &destination {
         Destination::Flow(t) => Some(t.clone()),
         _ => None,
@@ -608,9 +608,9 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         loop_hash: hash,
         record_route: wants_record_route(msg),
         inbound: rx.transport,
+        path: *method == Method::Register && inbound_flow.is_some(),
         flow_token: inbound_flow,
         outbound_flow,
-        path_token,
         edits,
     })
 }
