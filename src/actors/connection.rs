@@ -42,6 +42,9 @@ pub enum ConnMsg {
 /// The connection actor.
 pub struct ConnectionActor;
 
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 4096;
+
 /// State of one connection.
 pub struct ConnState {
     core: Arc<Core>,
@@ -89,7 +92,9 @@ impl Actor for ConnectionActor {
         let carries_flow = handle.flow_flag();
         let me = myself.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
+            // Small: most of a proxy's connections are idle phones; a large message just
+            // takes a few reads (measured: 37 KiB per idle TLS connection with 16 KiB here).
+            let mut buf = vec![0u8; READ_CHUNK];
             loop {
                 let reason = match tokio::time::timeout(idle, read.read(&mut buf)).await {
                     // A connection that carries a flow stays open while the phone keeps it:
