@@ -138,43 +138,85 @@ impl Locator {
         Some(target)
     }
 
-    async fn lookup(&self, hp: &HostPort) -> Option<(Target, Instant)> {
-        let name = fqdn(&hp.host);
-        if !hp.explicit_port {
-            let service = match hp.transport {
-                Transport::Udp => "_sip._udp",
-                Transport::Tcp => "_sip._tcp",
-                Transport::Tls => "_sips._tcp",
-            };
-            if let Ok(srv) = self.resolver.srv_lookup(format!("{service}.{name}")).await {
-                let records: Vec<SrvRecord> = srv
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::SRV(s) => Some(SrvRecord {
-                            priority: s.priority,
-                            weight: s.weight,
-                            port: s.port,
-                            target: s.target.to_string(),
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                let srv_until = srv.valid_until();
-                for r in order_srv(records, |total| {
-                    rand::Rng::gen_range(&mut rand::thread_rng(), 0..=total)
-                }) {
-                    if let Some((ip, until)) = self.address(&r.target).await {
-                        let target = Target {
-                            transport: hp.transport,
-                            addr: SocketAddr::new(ip, r.port),
-                        };
-                        return Some((target, until.min(srv_until)));
-                    }
+    /// Every target for `hp` in the order a client tries them (RFC 3263 section 4.3: the
+    /// SRV targets by priority and weight, else the name's own address), without caching.
+    pub async fn candidates(&self, hp: &HostPort) -> Vec<Target> {
+        if let Some(addr) = hp.socket_addr() {
+            return vec![Target {
+                transport: hp.transport,
+                addr,
+            }];
+        }
+        let mut out = Vec::new();
+        if let Some((records, _)) = self.srv(hp).await {
+            for r in records {
+                if let Some((ip, _)) = self.address(&r.target).await {
+                    out.push(Target {
+                        transport: hp.transport,
+                        addr: SocketAddr::new(ip, r.port),
+                    });
                 }
             }
         }
-        let (ip, until) = self.address(&name).await?;
+        if out.is_empty() {
+            if let Some((ip, _)) = self.address(&hp.host).await {
+                out.push(Target {
+                    transport: hp.transport,
+                    addr: SocketAddr::new(ip, hp.port),
+                });
+            }
+        }
+        out
+    }
+
+    /// The SRV records for `hp` in trying order, and until when they are valid; `None`
+    /// with an explicit port or without records.
+    async fn srv(&self, hp: &HostPort) -> Option<(Vec<SrvRecord>, Instant)> {
+        if hp.explicit_port {
+            return None;
+        }
+        let service = match hp.transport {
+            Transport::Udp => "_sip._udp",
+            Transport::Tcp => "_sip._tcp",
+            Transport::Tls => "_sips._tcp",
+        };
+        let srv = self
+            .resolver
+            .srv_lookup(format!("{service}.{}", fqdn(&hp.host)))
+            .await
+            .ok()?;
+        let records: Vec<SrvRecord> = srv
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some(SrvRecord {
+                    priority: s.priority,
+                    weight: s.weight,
+                    port: s.port,
+                    target: s.target.to_string(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let ordered = order_srv(records, |total| {
+            rand::Rng::gen_range(&mut rand::thread_rng(), 0..=total)
+        });
+        Some((ordered, srv.valid_until()))
+    }
+
+    async fn lookup(&self, hp: &HostPort) -> Option<(Target, Instant)> {
+        if let Some((records, srv_until)) = self.srv(hp).await {
+            for r in records {
+                if let Some((ip, until)) = self.address(&r.target).await {
+                    let target = Target {
+                        transport: hp.transport,
+                        addr: SocketAddr::new(ip, r.port),
+                    };
+                    return Some((target, until.min(srv_until)));
+                }
+            }
+        }
+        let (ip, until) = self.address(&hp.host).await?;
         Some((
             Target {
                 transport: hp.transport,

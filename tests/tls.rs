@@ -4,64 +4,14 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sippool::sip::transport::Transport;
+use support::pki::*;
 use support::*;
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// A leaf certificate and key (PEM) for `san`, for a server or a client.
-fn leaf(ca: &Ca, san: &str, client: bool) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, san);
-    // A server certificate serves as a client one too (the proxy offers it to servers).
-    p.extended_key_usages = if client {
-        vec![ExtendedKeyUsagePurpose::ClientAuth]
-    } else {
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ]
-    };
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 struct Setup {
     ca: Ca,
@@ -85,53 +35,6 @@ fn setup(proxy_ip: std::net::IpAddr, mutual: Option<&str>) -> Setup {
         ));
     }
     Setup { ca, dir, tls_toml }
-}
-
-/// Connects a phone over TLS, trusting `trust`, presenting `client` (cert, key) if given.
-async fn tls_phone(proxy: SocketAddr, trust: &Ca, client: Option<(String, String)>) -> Phone {
-    try_tls_phone(proxy, trust, client)
-        .await
-        .expect("TLS handshake")
-}
-
-/// As [`tls_phone`], or the handshake error.
-async fn try_tls_phone(
-    proxy: SocketAddr,
-    trust: &Ca,
-    client: Option<(String, String)>,
-) -> std::io::Result<Phone> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(trust.pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let cfg = match client {
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .map(Result::unwrap)
-                    .collect();
-            b.with_client_auth_cert(
-                chain,
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(loopback(PHONE), 0)).unwrap();
-    let tcp = sock.connect(proxy).await.unwrap();
-    let local = tcp.local_addr().unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::IpAddress(proxy.ip().into()), tcp)
-        .await?;
-    Ok(Phone::over_stream(tls, local, proxy, "TLS"))
 }
 
 async fn call(phone: &mut Phone, up: &mut Upstream) -> SipMsg {
@@ -235,32 +138,6 @@ async fn mutual_tls_accepts_a_good_client_and_refuses_others() {
     );
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
-}
-
-/// A request the upstream server sends toward a phone, through the proxy, along `route`.
-fn server_invite(server: SocketAddr, phone: &Phone, route: &str, call_id: &str) -> String {
-    format!(
-        "INVITE sip:alice@{} SIP/2.0\r\nVia: SIP/2.0/UDP {server};branch={}\r\nMax-Forwards: 70\r\n\
-         Route: {route}\r\nFrom: <sip:pbx@site.example>;tag=pbx1\r\nTo: <sip:alice@site.example>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{server}>\r\nContent-Length: 0\r\n\r\n",
-        phone.addr,
-        unique("z9hG4bKs")
-    )
-}
-
-/// The final response the server socket gets for `call_id`.
-async fn server_final(sock: &tokio::net::UdpSocket, call_id: &str) -> SipMsg {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let m = SipMsg::parse(&buf[..n]).unwrap();
-        if m.header("call-id") == Some(call_id) && m.status().is_some_and(|c| c >= 200) {
-            return m;
-        }
-    }
 }
 
 #[tokio::test]

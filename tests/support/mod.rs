@@ -3,6 +3,9 @@
 //! sippool's parser, so a parser bug in sippool cannot hide itself.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+pub mod pki;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -403,6 +406,30 @@ impl Phone {
         }
     }
 
+    /// The next message within `d`, if any.
+    pub async fn recv_within(&mut self, d: Duration) -> Option<SipMsg> {
+        tokio::time::timeout(d, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.msg)
+    }
+
+    /// A whole call from this phone: INVITE, 200, ACK, BYE, 200 (the call must succeed).
+    pub async fn call(&mut self, ruri: &str) {
+        let call_id = unique("call");
+        self.send(&self.request("INVITE", ruri, &call_id, &unique("z9hG4bKc"), "", ""))
+            .await;
+        let (ok, _) = self.recv_final().await;
+        assert_eq!(ok.status(), Some(200), "INVITE: {}", ok.start);
+        self.send(&self.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa")))
+            .await;
+        self.send(&self.in_dialog("BYE", &ok, &call_id, 2, &unique("z9hG4bKb")))
+            .await;
+        let (bye_ok, _) = self.recv_final().await;
+        assert_eq!(bye_ok.status(), Some(200), "BYE: {}", bye_ok.start);
+    }
+
     /// Nothing arrives within `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
         if let Ok(Some(r)) = tokio::time::timeout(d, self.rx.recv()).await {
@@ -676,6 +703,32 @@ impl Upstream {
             self.addr,
             self.transport.to_ascii_lowercase()
         )
+    }
+}
+
+/// A request the upstream server sends toward a phone, through the proxy, along `route`.
+pub fn server_invite(server: SocketAddr, phone: &Phone, route: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:alice@{} SIP/2.0\r\nVia: SIP/2.0/UDP {server};branch={}\r\nMax-Forwards: 70\r\n\
+         Route: {route}\r\nFrom: <sip:pbx@site.example>;tag=pbx1\r\nTo: <sip:alice@site.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{server}>\r\nContent-Length: 0\r\n\r\n",
+        phone.addr,
+        unique("z9hG4bKs")
+    )
+}
+
+/// The final response the server socket gets for `call_id`.
+pub async fn server_final(sock: &tokio::net::UdpSocket, call_id: &str) -> SipMsg {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let m = SipMsg::parse(&buf[..n]).unwrap();
+        if m.header("call-id") == Some(call_id) && m.status().is_some_and(|c| c >= 200) {
+            return m;
+        }
     }
 }
 
