@@ -293,3 +293,47 @@ async fn one_ignored_invite_does_not_take_a_live_server_down() {
     assert_eq!(active(&p), Some(Member::Primary));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn in_dialog_request_to_a_dead_member_goes_to_its_peer() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    until("primary probed up", Duration::from_secs(3), || {
+        p.core().pairs.is_up(0, Member::Primary)
+    })
+    .await;
+    // A call set up on the primary (its Contact is the primary's address).
+    let call_id = unique("dlg");
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "sip:bob@site.example",
+            &call_id,
+            &unique("z9hG4bKi"),
+            "",
+            "",
+        ))
+        .await;
+    let (ok, _) = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200));
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKa")))
+        .await;
+    // The primary dies and is taken out of service.
+    primary.set(Behaviour::Silent);
+    until("switch to backup", Duration::from_secs(4), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    // The BYE names the primary; its HA peer takes it at once.
+    phone
+        .send(&phone.in_dialog("BYE", &ok, &call_id, 2, &unique("z9hG4bKb")))
+        .await;
+    let (r, _) = phone.recv_final().await;
+    assert_eq!(r.status(), Some(200));
+    let bye = backup.recv_method("BYE").await;
+    assert_eq!(bye.header("call-id"), Some(call_id.as_str()));
+    p.stop().await;
+}

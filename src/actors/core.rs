@@ -223,6 +223,11 @@ impl Core {
         self.member_addrs.insert(addr, (pair, member));
     }
 
+    /// The pair member at this address, if one is.
+    pub fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
+        self.member_addrs.get(&addr).map(|e| *e)
+    }
+
     /// Whether anything at all was heard from a pair member after `since`.
     pub fn heard_since(&self, pair: usize, member: Member, since: Instant) -> bool {
         let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) else {

@@ -243,7 +243,22 @@ impl TxState {
                     return self.respond(now, &r);
                 }
             },
-            Destination::Host(hp) => Some(hp.clone()),
+            Destination::Host(hp) => match hp.socket_addr().and_then(|a| self.core.member_at(a)) {
+                // An in-dialog request toward a pair member (its Contact): the members are
+                // HA peers sharing call state, so when that member is down the request goes
+                // to the other one, and a member that does not answer is retried on it.
+                Some((pair, m)) => {
+                    let pairs = &self.core.pairs;
+                    if !pairs.is_up(pair, m) && pairs.is_up(pair, other(m)) {
+                        self.member = Some((pair, other(m)));
+                        self.core.member_server(pair, other(m)).cloned()
+                    } else {
+                        self.member = Some((pair, m));
+                        Some(hp.clone())
+                    }
+                }
+                None => Some(hp.clone()),
+            },
             Destination::Flow(token) => {
                 let token = token.clone();
                 self.plan = Some(plan);
