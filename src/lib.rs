@@ -18,6 +18,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod metrics;

@@ -9,6 +9,9 @@ use sippool::config;
 const USAGE: &str = "usage:
   sippool run --config FILE [--log-format text|json]
   sippool check-config FILE
+  sippool demo [--http ADDR] [--control ADDR] [--rate CALLS_PER_S]
+      an instance, a simulated primary/backup pair and call traffic on loopback, with
+      the dashboard; kill and revive the primary to watch the switchover
 
 Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).
 Log filter: RUST_LOG (default info).";
@@ -16,6 +19,7 @@ Log filter: RUST_LOG (default info).";
 enum Command {
     Run { config: PathBuf, json: bool },
     Check { config: PathBuf },
+    Demo(sippool::demo::DemoOptions),
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
@@ -46,6 +50,28 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             }),
             _ => Err("check-config needs exactly one FILE".into()),
         },
+        Some("demo") => {
+            let mut o = sippool::demo::DemoOptions::default();
+            let mut it = args.iter().skip(1);
+            while let Some(a) = it.next() {
+                let value = it.next().ok_or(format!("{a} needs a value"))?;
+                match a.as_str() {
+                    "--http" => o.http = value.parse().map_err(|e| format!("--http: {e}"))?,
+                    "--control" => {
+                        o.control = value.parse().map_err(|e| format!("--control: {e}"))?
+                    }
+                    "--rate" => {
+                        o.rate = value
+                            .parse()
+                            .ok()
+                            .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
+                            .ok_or("--rate: a number of calls per second, 0 to 1000")?
+                    }
+                    other => return Err(format!("unknown argument '{other}'")),
+                }
+            }
+            Ok(Command::Demo(o))
+        }
         Some("-h" | "--help" | "help") | None => Err(String::new()),
         Some(other) => Err(format!("unknown command '{other}'")),
     }
@@ -99,6 +125,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Demo(opts) => {
+            init_logging(false);
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(demo(opts)),
+                Err(e) => {
+                    eprintln!("sippool: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, json } => {
             init_logging(json);
             let settings = match config::load_settings(&config) {
@@ -126,6 +165,53 @@ fn main() -> ExitCode {
             rt.block_on(run(settings, config))
         }
     }
+}
+
+/// `sippool demo`: runs until Ctrl-C or `q`; `k` kills the primary, `r` revives it.
+async fn demo(opts: sippool::demo::DemoOptions) -> ExitCode {
+    use tokio::io::AsyncBufReadExt;
+    let d = match sippool::demo::Demo::start(opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("sippool demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dash = d
+        .dashboard()
+        .map(|a| format!("http://{a}/"))
+        .unwrap_or_default();
+    let ctl = d.control;
+    println!(
+        "\nsippool demo: an instance in front of a simulated primary ({}) and backup ({}),\n\
+         with {} calls flowing through it.\n\n  dashboard:  {dash}\n  controls:   http://{ctl}/\n\n\
+         Kill the primary:   type k + Enter, or  curl -X POST http://{ctl}/primary/kill\n\
+         Revive it:          type r + Enter, or  curl -X POST http://{ctl}/primary/revive\n\
+         Quit:               q + Enter, or Ctrl-C\n",
+        d.primary.addr, d.backup.addr, "a few"
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => println!("{}", d.summary()),
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => match l.trim() {
+                    "k" => { d.primary.set_alive(false); println!("primary killed: {}", d.summary()); }
+                    "r" => { d.primary.set_alive(true); println!("primary revived: {}", d.summary()); }
+                    "q" => break,
+                    "" => {}
+                    other => println!("'{other}'? k kills the primary, r revives it, q quits"),
+                },
+                _ => stdin_open = false,
+            },
+        }
+    }
+    println!("{}", d.summary());
+    d.stop().await;
+    ExitCode::SUCCESS
 }
 
 async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
