@@ -170,6 +170,7 @@ fn main() -> ExitCode {
 /// `sippool demo`: runs until Ctrl-C or `q`; `k` kills the primary, `r` revives it.
 async fn demo(opts: sippool::demo::DemoOptions) -> ExitCode {
     use tokio::io::AsyncBufReadExt;
+    let rate = opts.rate;
     let d = match sippool::demo::Demo::start(opts).await {
         Ok(d) => d,
         Err(e) => {
@@ -184,11 +185,11 @@ async fn demo(opts: sippool::demo::DemoOptions) -> ExitCode {
     let ctl = d.control;
     println!(
         "\nsippool demo: an instance in front of a simulated primary ({}) and backup ({}),\n\
-         with {} calls flowing through it.\n\n  dashboard:  {dash}\n  controls:   http://{ctl}/\n\n\
+         with calls flowing through it ({rate} per second).\n\n  dashboard:  {dash}\n  controls:   http://{ctl}/\n\n\
          Kill the primary:   type k + Enter, or  curl -X POST http://{ctl}/primary/kill\n\
          Revive it:          type r + Enter, or  curl -X POST http://{ctl}/primary/revive\n\
          Quit:               q + Enter, or Ctrl-C\n",
-        d.primary.addr, d.backup.addr, "a few"
+        d.primary.addr, d.backup.addr
     );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
