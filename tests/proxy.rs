@@ -552,43 +552,28 @@ async fn idle_connections_close_unless_they_carry_a_flow() {
     let tcp = p.local_addr(Transport::Tcp).unwrap();
     // A phone that registers: its connection now carries a flow.
     let mut registered = Phone::tcp(tcp).await;
-    registered
-        .send(&registered.request(
-            "REGISTER",
-            "sip:site.example",
-            &unique("r"),
-            &unique("z9hG4bKr"),
-            "",
-            "",
-        ))
-        .await;
-    assert_eq!(registered.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        registered
+            .ask("REGISTER", "sip:site.example")
+            .await
+            .status(),
+        Some(200)
+    );
     // A connection that only sent an OPTIONS carries none: closed after a second idle.
     let mut plain = Phone::tcp(tcp).await;
-    plain
-        .send(&plain.request(
-            "OPTIONS",
-            "sip:bob@site.example",
-            &unique("o"),
-            &unique("z9hG4bKo"),
-            "",
-            "",
-        ))
-        .await;
-    assert_eq!(plain.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        plain.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
     assert!(plain.closed_within(WAIT).await, "idle connection kept");
     // The registered phone, idle for longer still, is reachable on its connection.
     assert_eq!(p.core().transports.open_connections(), 1);
-    registered
-        .send(&registered.request(
-            "OPTIONS",
-            "sip:bob@site.example",
-            &unique("o"),
-            &unique("z9hG4bKo"),
-            "",
-            "",
-        ))
-        .await;
-    assert_eq!(registered.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        registered
+            .ask("OPTIONS", "sip:bob@site.example")
+            .await
+            .status(),
+        Some(200)
+    );
     p.stop().await;
 }

@@ -407,19 +407,11 @@ async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
     );
     let p = proxy_at(ip, &["udp", "tls"], &extra).await;
     let tls = p.local_addr(Transport::Tls).unwrap();
-    let options = |ph: &Phone| {
-        ph.request(
-            "OPTIONS",
-            "sip:bob@site.example",
-            &unique("o"),
-            &unique("z9hG4bKo"),
-            "",
-            "",
-        )
-    };
     let mut old = tls_phone(tls, &s.ca, None).await;
-    old.send(&options(&old)).await;
-    assert_eq!(old.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        old.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
     // New certificate from another CA written over the files in place.
     let ca2 = ca("sippool test CA 2");
     let (cert, key) = leaf(&ca2, &ip.to_string(), false);
@@ -434,19 +426,25 @@ async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
     }
     // New connections get the new certificate; a client trusting only the old CA fails.
     let mut new = tls_phone(tls, &ca2, None).await;
-    new.send(&options(&new)).await;
-    assert_eq!(new.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        new.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
     assert!(try_tls_phone(tls, &s.ca, None).await.is_err());
     // The connection opened before the reload keeps going.
-    old.send(&options(&old)).await;
-    assert_eq!(old.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        old.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
     // A reload (SIGHUP) that finds a broken key keeps the running certificate.
     write(&s.dir, "server.key", "not a key");
     p.core().reload_tls("SIGHUP");
     assert_eq!(reloads("error"), 1);
     let mut after = tls_phone(tls, &ca2, None).await;
-    after.send(&options(&after)).await;
-    assert_eq!(after.recv_final().await.0.status(), Some(200));
+    assert_eq!(
+        after.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -415,6 +415,13 @@ impl Phone {
             .map(|r| r.msg)
     }
 
+    /// Sends an out-of-dialog request and returns its final response.
+    pub async fn ask(&mut self, method: &str, ruri: &str) -> SipMsg {
+        let req = self.request(method, ruri, &unique("ask"), &unique("z9hG4bKq"), "", "");
+        self.send(&req).await;
+        self.recv_final().await.0
+    }
+
     /// A whole call from this phone: INVITE, 200, ACK, BYE, 200 (the call must succeed).
     pub async fn call(&mut self, ruri: &str) {
         let call_id = unique("call");
