@@ -538,6 +538,35 @@ async fn dead_connection_toward_the_server_is_reopened_and_the_request_resent() 
     let (fin, _) = phone.recv_final().await;
     assert_eq!(fin.status(), Some(200));
     assert_eq!(p.core().metrics.reconnects.get(), 1);
+    // Closed while no transaction uses it: released, and the next request opens a new one.
+    drop(second);
+    let start = std::time::Instant::now();
+    while p.core().transports.open_connections() > 0 {
+        assert!(start.elapsed() < WAIT, "dead connection not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next_call = unique("next");
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "sip:bob@site.example",
+            &next_call,
+            &unique("z9hG4bKn"),
+            "",
+            "",
+        ))
+        .await;
+    let (mut third, _) = tokio::time::timeout(WAIT, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let inv = next_invite(&mut third).await;
+    assert_eq!(inv.header("call-id"), Some(next_call.as_str()));
+    assert_eq!(
+        p.core().metrics.reconnects.get(),
+        1,
+        "no resend without a transaction"
+    );
     p.stop().await;
 }
 

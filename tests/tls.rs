@@ -448,3 +448,159 @@ async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
     p.stop().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[tokio::test]
+async fn optional_client_auth_serves_anonymous_clients_and_checks_offered_certificates() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let ip = loopback(PROXY);
+    let s = setup(ip, Some("optional"));
+    let extra = format!("{}{}", pair(&up.uri(), "127.0.2.254:9"), s.tls_toml);
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    // No certificate: served.
+    let mut anonymous = tls_phone(tls, &s.ca, None).await;
+    assert_eq!(
+        anonymous
+            .ask("OPTIONS", "sip:bob@site.example")
+            .await
+            .status(),
+        Some(200)
+    );
+    // A good certificate: served.
+    let mut good = tls_phone(tls, &s.ca, Some(leaf(&s.ca, "phone.example", true))).await;
+    assert_eq!(
+        good.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
+    // A certificate from another CA is still checked, and refused.
+    let other = ca("some other CA");
+    let mut stranger = tls_phone(tls, &s.ca, Some(leaf(&other, "phone.example", true))).await;
+    stranger
+        .send(&stranger.request(
+            "OPTIONS",
+            "sip:bob@site.example",
+            &unique("o"),
+            &unique("z9hG4bKo"),
+            "",
+            "",
+        ))
+        .await;
+    assert!(
+        stranger.closed_within(WAIT).await,
+        "a foreign certificate was accepted"
+    );
+    p.stop().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test]
+async fn tls_handshakes_in_progress_are_capped() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let ip = loopback(PROXY);
+    let s = setup(ip, None);
+    let extra = format!(
+        "{}{}[limits]\nmax_tls_handshakes = 2\ntls_handshake_timeout_ms = 10000\n",
+        pair(&up.uri(), "127.0.2.254:9"),
+        s.tls_toml
+    );
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    let rejected = || {
+        sippool::metrics::Metrics::reason_value(
+            &p.core().metrics.overload_rejections,
+            "tls_handshakes",
+        )
+    };
+    // Two clients that connect and never say hello hold both handshake places.
+    let stalled = [
+        tokio::net::TcpStream::connect(tls).await.unwrap(),
+        tokio::net::TcpStream::connect(tls).await.unwrap(),
+    ];
+    // A third is turned away at once (closed before its handshake).
+    let start = std::time::Instant::now();
+    loop {
+        if try_tls_phone(tls, &s.ca, None).await.is_err() && rejected() >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no handshake was refused");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The stalled clients leave: their places free up and a handshake succeeds.
+    drop(stalled);
+    let start = std::time::Instant::now();
+    let mut phone = loop {
+        if let Ok(phone) = try_tls_phone(tls, &s.ca, None).await {
+            break phone;
+        }
+        assert!(start.elapsed() < WAIT, "places never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        phone.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
+    p.stop().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_a_running_process() {
+    let ip = loopback(PROXY);
+    let s = setup(ip, None);
+    let port = std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = std::net::SocketAddr::new(ip, port);
+    // File watching off: only the signal can make it reload.
+    let config = format!(
+        "[instance]\nname = \"hup\"\nadvertised_host = \"{ip}\"\n\
+         [[listen]]\ntransport = \"tls\"\naddress = \"{addr}\"\n{}{}watch_s = 0\n",
+        pair("127.0.2.254:9", "127.0.2.253:9"),
+        s.tls_toml
+    );
+    let path = write(&s.dir, "hup.toml", &config);
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sippool"))
+            .args(["run", "--config", &path])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while try_tls_phone(addr, &s.ca, None).await.is_err() {
+        assert!(start.elapsed() < WAIT, "sippool did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ca2 = ca("sippool test CA 2");
+    let (cert, key) = leaf(&ca2, &ip.to_string(), false);
+    write(&s.dir, "server.pem", &cert);
+    write(&s.dir, "server.key", &key);
+    assert!(
+        try_tls_phone(addr, &ca2, None).await.is_err(),
+        "reloaded without a signal"
+    );
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let start = std::time::Instant::now();
+    while try_tls_phone(addr, &ca2, None).await.is_err() {
+        assert!(
+            start.elapsed() < WAIT,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
