@@ -102,3 +102,40 @@ fn run_fails_when_the_http_listener_cannot_bind() {
         "http_listener_cannot_start",
     );
 }
+
+#[test]
+fn demo_starts_prints_its_addresses_and_obeys_keys() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = sippool()
+        .args(["demo", "--http", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A watchdog: a demo that hangs is killed, and the reads below fail.
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut next_line = |seen: &mut Vec<String>| {
+        let l = lines.next().expect("demo output").unwrap();
+        seen.push(l.clone());
+        l
+    };
+    while !next_line(&mut seen).contains("controls:") {}
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("dashboard:  http://127.0.0.1:")),
+        "{seen:?}"
+    );
+    writeln!(stdin, "k").unwrap();
+    while !next_line(&mut seen).starts_with("primary killed") {}
+    writeln!(stdin, "q").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen:?}");
+}
