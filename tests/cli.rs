@@ -115,9 +115,13 @@ fn demo_starts_prints_its_addresses_and_obeys_keys() {
         .unwrap();
     // A watchdog: a demo that hangs is killed, and the reads below fail.
     let pid = child.id().to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
     std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(30));
-        let _ = Command::new("kill").args(["-9", &pid]).status();
+        if !finished.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
     });
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -137,5 +141,6 @@ fn demo_starts_prints_its_addresses_and_obeys_keys() {
     while !next_line(&mut seen).starts_with("primary killed") {}
     writeln!(stdin, "q").unwrap();
     let status = child.wait().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(status.success(), "{seen:?}");
 }
