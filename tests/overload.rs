@@ -121,13 +121,11 @@ async fn closed(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
     }
 }
 
-#[tokio::test]
-async fn connections_per_ip_are_capped() {
+/// With `limit` (a `[limits]` line) allowing one connection, a second one, from the same
+/// IP or from another, is closed and the first stays.
+async fn second_connection_is_refused(limit: &str, same_ip: bool) {
     let up = Upstream::udp(Behaviour::Answer).await;
-    let extra = format!(
-        "{}[limits]\nmax_connections_per_ip = 1\n",
-        pair(&up.uri(), NO_BACKUP)
-    );
+    let extra = format!("{}[limits]\n{limit}\n", pair(&up.uri(), NO_BACKUP));
     let p = proxy(&["tcp", "udp"], &extra).await;
     let addr = p.local_addr(Transport::Tcp).unwrap();
     let ip = loopback(PHONE);
@@ -140,17 +138,28 @@ async fn connections_per_ip_are_capped() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let s2 = tokio::net::TcpSocket::new_v4().unwrap();
-    s2.bind((ip, 0).into()).unwrap();
+    s2.bind((if same_ip { ip } else { loopback(PHONE) }, 0).into())
+        .unwrap();
     let mut c2 = s2.connect(addr).await.unwrap();
     assert!(
         closed(&mut c2, WAIT).await,
-        "second connection from the same IP is closed"
+        "second connection is closed ({limit})"
     );
     assert!(
         !closed(&mut c1, Duration::from_millis(200)).await,
         "the first one stays"
     );
     p.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_capped() {
+    second_connection_is_refused("max_connections_per_ip = 1", true).await;
+}
+
+#[tokio::test]
+async fn connections_in_total_are_capped() {
+    second_connection_is_refused("max_connections = 1", false).await;
 }
 
 #[tokio::test]
