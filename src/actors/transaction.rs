@@ -798,7 +798,9 @@ async fn send_on(core: &Arc<Core>, b: &mut Branch, bytes: Bytes) -> bool {
         }
         return false;
     }
-    match connection::send(core, b.target, bytes).await {
+    // Boxed: opening a connection (TLS included) is a large future, and an unboxed one
+    // would make every transaction actor carry and move it.
+    match Box::pin(connection::send(core, b.target, bytes)).await {
         Ok(ConnOrUdp::Conn(h)) => {
             b.conn = Some(h);
             true

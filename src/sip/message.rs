@@ -13,7 +13,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use crate::sip::syntax::{self, eq_ic, is_token, parse_u32, split_list, trim_range};
-use crate::sip::via::Via;
+use crate::sip::via::{Via, ViaError, ViaIndex};
 
 /// Caps applied before parsing.
 #[derive(Debug, Clone, Copy)]
@@ -235,7 +235,14 @@ pub struct Message {
     headers: Vec<Header>,
     body: Range<usize>,
     defect: Option<Defect>,
+    /// The top via-parm (its range in `buf`) and its parse, made at the first read: a
+    /// request's top Via is read several times on its way through (transaction key,
+    /// routing, response address).
+    top_via: std::sync::OnceLock<Option<TopVia>>,
 }
+
+/// The top via-parm's range in the buffer, and its parse.
+type TopVia = (Range<usize>, Result<ViaIndex, ViaError>);
 
 impl Message {
     /// Indexes `buf`. Requests with a syntax problem still parse, with [`Message::defect`]
@@ -327,6 +334,7 @@ impl Message {
             body: body_start.min(s.len())..s.len(),
             defect: None,
             buf: Bytes::new(),
+            top_via: std::sync::OnceLock::new(),
         };
         // Content-Length.
         let mut cl: Option<usize> = None;
@@ -480,11 +488,22 @@ impl Message {
     }
 
     /// The top Via, parsed. `None` when absent; `Some(Err)` when it does not parse.
-    pub fn top_via(&self) -> Option<Result<Via<'_>, crate::sip::via::ViaError>> {
-        let h = self.first(HeaderName::Via)?;
-        let v = self.value(h);
-        let first = split_list(v).into_iter().next()?;
-        Some(Via::parse(v.get(first).unwrap_or_default()))
+    pub fn top_via(&self) -> Option<Result<Via<'_>, ViaError>> {
+        let (range, index) = self
+            .top_via
+            .get_or_init(|| {
+                let h = self.first(HeaderName::Via)?;
+                let first = split_list(self.value(h)).into_iter().next()?;
+                let range = h.value.start + first.start..h.value.start + first.end;
+                let index = ViaIndex::parse(self.slice(range.clone()));
+                Some((range, index))
+            })
+            .as_ref()?;
+        let text = self.buf.get(range.clone())?;
+        Some(match index {
+            Ok(index) => index.view(text),
+            Err(e) => Err(*e),
+        })
     }
 
     /// The Call-ID value.

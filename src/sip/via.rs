@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::sip::syntax::{eq_ic, is_token, parse_params, parse_u32, trim, Param};
+use crate::sip::syntax::{eq_ic, is_token, parse_params, parse_u32, Param};
 
 /// The RFC 3261 branch magic cookie.
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
@@ -24,20 +24,38 @@ pub struct Via<'a> {
     /// sent-by port.
     pub port: Option<u16>,
     text: &'a [u8],
+    params: std::borrow::Cow<'a, [Param]>,
+    params_at: usize,
+}
+
+/// A via-parm that does not follow the grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaError;
+
+/// Where the parts of a parsed via-parm lie in its text: what a [`Message`] keeps so that
+/// its top Via is parsed once however often it is read.
+///
+/// [`Message`]: crate::sip::message::Message
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaIndex {
+    /// The via-parm without surrounding LWS, in the text given to [`ViaIndex::parse`].
+    text: std::ops::Range<usize>,
+    /// The rest relative to `text`.
+    transport: std::ops::Range<usize>,
+    host: std::ops::Range<usize>,
+    host_is_v6: bool,
+    port: Option<u16>,
     params: Vec<Param>,
     params_at: usize,
 }
 
-/// A Via value that does not follow the grammar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ViaError;
-
-impl<'a> Via<'a> {
+impl ViaIndex {
     /// Parses one via-parm (`SIP/2.0/UDP host:port;params`).
-    pub fn parse(text: &'a [u8]) -> Result<Via<'a>, ViaError> {
-        let text = trim(text);
+    pub fn parse(input: &[u8]) -> Result<ViaIndex, ViaError> {
+        let trimmed = crate::sip::syntax::trim_range(input, 0..input.len());
+        let text = input.get(trimmed.clone()).ok_or(ViaError)?;
         let mut i = 0;
-        let mut protocol = [&b""[..]; 3];
+        let mut protocol = [0..0, 0..0, 0..0];
         for (n, slot) in protocol.iter_mut().enumerate() {
             skip_lws(text, &mut i);
             let start = i;
@@ -47,10 +65,10 @@ impl<'a> Via<'a> {
             {
                 i += 1;
             }
-            *slot = text.get(start..i).ok_or(ViaError)?;
-            if !is_token(slot) {
+            if !is_token(text.get(start..i).ok_or(ViaError)?) {
                 return Err(ViaError);
             }
+            *slot = start..i;
             skip_lws(text, &mut i);
             if n < 2 {
                 if text.get(i) != Some(&b'/') {
@@ -60,10 +78,13 @@ impl<'a> Via<'a> {
             }
         }
         let [name, version, transport] = protocol;
-        if !eq_ic(name, b"SIP") || version != b"2.0" {
+        if !eq_ic(text.get(name).unwrap_or_default(), b"SIP")
+            || text.get(version).unwrap_or_default() != b"2.0"
+        {
             return Err(ViaError);
         }
-        let transport = std::str::from_utf8(transport).map_err(|_| ViaError)?;
+        std::str::from_utf8(text.get(transport.clone()).unwrap_or_default())
+            .map_err(|_| ViaError)?;
         // sent-by
         let (host, host_is_v6) = if text.get(i) == Some(&b'[') {
             let close = text
@@ -79,8 +100,9 @@ impl<'a> Via<'a> {
             {
                 return Err(ViaError);
             }
+            let r = i + 1..close;
             i = close + 1;
-            (h, true)
+            (r, true)
         } else {
             let start = i;
             while text
@@ -89,13 +111,11 @@ impl<'a> Via<'a> {
             {
                 i += 1;
             }
-            let h = text.get(start..i).ok_or(ViaError)?;
-            if h.is_empty() {
+            if start == i {
                 return Err(ViaError);
             }
-            (h, false)
+            (start..i, false)
         };
-        let host = std::str::from_utf8(host).map_err(|_| ViaError)?;
         skip_lws(text, &mut i);
         let port = if text.get(i) == Some(&b':') {
             i += 1;
@@ -111,15 +131,51 @@ impl<'a> Via<'a> {
             None
         };
         let params = parse_params(text, i..text.len()).ok_or(ViaError)?;
-        Ok(Via {
+        Ok(ViaIndex {
+            text: trimmed,
             transport,
             host,
             host_is_v6,
             port,
-            text,
             params,
             params_at: i,
         })
+    }
+
+    /// The parsed via-parm over `input`, the text this index was made from.
+    pub fn view<'a>(&'a self, input: &'a [u8]) -> Result<Via<'a>, ViaError> {
+        self.to_via(input, std::borrow::Cow::Borrowed(&self.params))
+    }
+
+    fn to_via<'a>(
+        &self,
+        input: &'a [u8],
+        params: std::borrow::Cow<'a, [Param]>,
+    ) -> Result<Via<'a>, ViaError> {
+        let text = input.get(self.text.clone()).ok_or(ViaError)?;
+        let str_at = |r: &std::ops::Range<usize>| {
+            text.get(r.clone())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or(ViaError)
+        };
+        Ok(Via {
+            transport: str_at(&self.transport)?,
+            host: str_at(&self.host)?,
+            host_is_v6: self.host_is_v6,
+            port: self.port,
+            text,
+            params,
+            params_at: self.params_at,
+        })
+    }
+}
+
+impl<'a> Via<'a> {
+    /// Parses one via-parm (`SIP/2.0/UDP host:port;params`).
+    pub fn parse(text: &'a [u8]) -> Result<Via<'a>, ViaError> {
+        let mut index = ViaIndex::parse(text)?;
+        let params = std::mem::take(&mut index.params);
+        index.to_via(text, std::borrow::Cow::Owned(params))
     }
 
     /// A parameter by name: `None` when absent, `Some(None)` for a flag such as `rport`.
@@ -187,7 +243,7 @@ impl<'a> Via<'a> {
         let head = std::str::from_utf8(self.text.get(..self.params_at)?).ok()?;
         let mut out = String::with_capacity(self.text.len() + 40);
         out.push_str(head.trim_end());
-        for p in &self.params {
+        for p in self.params.iter() {
             let name = self.text.get(p.name.clone())?;
             if eq_ic(name, b"received") {
                 continue;
