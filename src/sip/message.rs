@@ -239,6 +239,9 @@ pub struct Message {
     /// request's top Via is read several times on its way through (transaction key,
     /// routing, response address).
     top_via: std::sync::OnceLock<Option<TopVia>>,
+    /// The From and To tags' ranges in `buf`, found at the first read (the transaction
+    /// key, loop detection and dialog checks all read them).
+    tags: std::sync::OnceLock<[Option<Range<usize>>; 2]>,
 }
 
 /// The top via-parm's range in the buffer, and its parse.
@@ -335,6 +338,7 @@ impl Message {
             defect: None,
             buf: Bytes::new(),
             top_via: std::sync::OnceLock::new(),
+            tags: std::sync::OnceLock::new(),
         };
         // Content-Length.
         let mut cl: Option<usize> = None;
@@ -541,8 +545,15 @@ impl Message {
     }
 
     fn tag_of(&self, name: HeaderName) -> Option<&[u8]> {
-        let v = self.value(self.first(name)?);
-        header_param(v, b"tag")
+        let [from, to] = self.tags.get_or_init(|| {
+            [HeaderName::From, HeaderName::To].map(|n| {
+                let h = self.first(n)?;
+                let r = header_param_range(self.value(h), b"tag")?;
+                Some(h.value.start + r.start..h.value.start + r.end)
+            })
+        });
+        let r = if name == HeaderName::From { from } else { to };
+        self.buf.get(r.clone()?)
     }
 }
 
@@ -573,6 +584,11 @@ pub fn angle_span(v: &[u8]) -> Option<(usize, usize)> {
 
 /// A header parameter (after the name-addr or addr-spec) of a From/To/Contact-like value.
 pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    v.get(header_param_range(v, name)?)
+}
+
+/// Where [`header_param`] finds its value in `v`.
+pub fn header_param_range(v: &[u8], name: &[u8]) -> Option<Range<usize>> {
     // Parameters start after `>` when the URI is bracketed, else at the first `;`.
     let params_from = match angle_span(v) {
         Some((_, close)) => close + 1,
@@ -581,7 +597,7 @@ pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let params = syntax::parse_params(v, params_from..v.len())?;
     params.into_iter().find_map(|p| {
         if eq_ic(v.get(p.name)?, name) {
-            p.value.and_then(|r| v.get(r))
+            p.value
         } else {
             None
         }
