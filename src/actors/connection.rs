@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -359,19 +360,8 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
         Some((connector, tls)) => {
             let host = core.tls_name(target.addr);
             let name = super::tls::server_name(tls.settings(), host.as_deref(), target.addr.ip());
-            let handshake = Duration::from_millis(core.settings.limits.tls_handshake_timeout_ms);
-            match tokio::time::timeout(handshake, connector.connect(name.clone(), stream)).await {
-                Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => {
-                    Metrics::count(&core.metrics.parse_errors, "tls_handshake");
-                    tracing::warn!(event = "tls_handshake_failed", peer = %target.addr, server_name = ?name, error = %e);
-                    return Err(SendError::ConnectFailed(e.to_string()));
-                }
-                Err(_) => {
-                    Metrics::count(&core.metrics.parse_errors, "tls_handshake_timeout");
-                    return Err(SendError::ConnectFailed("TLS handshake timeout".into()));
-                }
-            }
+            let handshake = connector.connect(name.clone(), stream);
+            Box::new(tls_handshake(core, target.addr, Some(&name), handshake).await?)
         }
     };
     start_connection(
@@ -384,6 +374,31 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
         },
     )
     .await
+}
+
+/// Runs a TLS handshake, either side, within `limits.tls_handshake_timeout_ms`; a failure
+/// or a timeout is counted and logged (`tls_handshake_failed`): as a warning toward a
+/// server (`server_name`, the name it had to prove), as information from a client.
+async fn tls_handshake<S>(
+    core: &Core,
+    peer: SocketAddr,
+    server_name: Option<&ServerName<'_>>,
+    handshake: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, SendError> {
+    let limit = Duration::from_millis(core.settings.limits.tls_handshake_timeout_ms);
+    let (reason, error) = match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(s)) => return Ok(s),
+        Ok(Err(e)) => ("tls_handshake", e.to_string()),
+        Err(_) => ("tls_handshake_timeout", "timeout".to_string()),
+    };
+    Metrics::count(&core.metrics.parse_errors, reason);
+    match server_name {
+        Some(name) => {
+            tracing::warn!(event = "tls_handshake_failed", %peer, server_name = ?name, error = %error)
+        }
+        None => tracing::info!(event = "tls_handshake_failed", %peer, error = %error),
+    }
+    Err(SendError::ConnectFailed(error))
 }
 
 /// How long a TCP connect toward a server may take.
@@ -475,29 +490,15 @@ pub fn spawn_accept_loop(
                         continue;
                     };
                     tokio::spawn(async move {
-                        let timeout =
-                            Duration::from_millis(core2.settings.limits.tls_handshake_timeout_ms);
-                        let accepted = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                        let accepted =
+                            tls_handshake(&core2, peer, None, acceptor.accept(stream)).await;
                         drop(permit);
-                        match accepted {
-                            Ok(Ok(tls)) => {
-                                let _ = start_connection(
-                                    &core2,
-                                    inbound(Box::new(tls), peer, Transport::Tls),
-                                )
-                                .await;
-                            }
-                            Ok(Err(e)) => {
-                                Metrics::count(&core2.metrics.parse_errors, "tls_handshake");
-                                tracing::info!(event = "tls_handshake_failed", %peer, error = %e);
-                            }
-                            Err(_) => {
-                                Metrics::count(
-                                    &core2.metrics.parse_errors,
-                                    "tls_handshake_timeout",
-                                );
-                                tracing::info!(event = "tls_handshake_failed", %peer, error = "timeout");
-                            }
+                        if let Ok(tls) = accepted {
+                            let _ = start_connection(
+                                &core2,
+                                inbound(Box::new(tls), peer, Transport::Tls),
+                            )
+                            .await;
                         }
                     });
                 }
