@@ -47,10 +47,11 @@ fn roots(path: &Path, key: &str) -> Result<RootCertStore, ConfigError> {
     Ok(roots)
 }
 
+/// Our certificate chain and key.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 /// Our certificate chain and key, when configured.
-fn identity(
-    t: &TlsSettings,
-) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, ConfigError> {
+fn identity(t: &TlsSettings) -> Result<Option<Identity>, ConfigError> {
     let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
         return Ok(None);
     };
@@ -60,12 +61,26 @@ fn identity(
     Ok(Some((chain, key)))
 }
 
-/// Builds the listeners' TLS configuration from the PEM files; every problem names its key.
-/// `None` when no certificate is configured (TLS only toward servers).
-pub fn server_config(t: &TlsSettings) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
-    let Some((chain, key)) = identity(t)? else {
-        return Ok(None);
+/// Both configurations from the PEM files, each file read once; every problem names its
+/// key.
+fn configs(t: &TlsSettings) -> Result<Configs, ConfigError> {
+    let id = identity(t)?;
+    let server = match &id {
+        Some((chain, key)) => Some(server_config(t, (chain.clone(), key.clone_key()))?),
+        None => None,
     };
+    Ok((server, client_config(t, id)?))
+}
+
+/// The listeners' and the connectors' configurations (either may be absent).
+type Configs = (Option<Arc<ServerConfig>>, Option<Arc<ClientConfig>>);
+
+/// Builds the listeners' TLS configuration around our certificate (TLS listeners need one;
+/// without it there is TLS only toward servers).
+fn server_config(
+    t: &TlsSettings,
+    (chain, key): Identity,
+) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = Arc::new(ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -92,13 +107,16 @@ pub fn server_config(t: &TlsSettings) -> Result<Option<Arc<ServerConfig>>, Confi
     let config = builder
         .with_single_cert(chain, key)
         .map_err(|e| cfg_err("tls.key", format!("does not match tls.cert: {e}")))?;
-    Ok(Some(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// Builds the configuration for connections toward upstream servers: their certificate
 /// must chain to `tls.upstream_ca`; our own certificate, when configured, is offered to
 /// servers that ask for one (mutual TLS toward the servers). `None` without an upstream CA.
-pub fn client_config(t: &TlsSettings) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
+fn client_config(
+    t: &TlsSettings,
+    id: Option<Identity>,
+) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
     let Some(ca) = &t.upstream_ca else {
         return Ok(None);
     };
@@ -106,7 +124,7 @@ pub fn client_config(t: &TlsSettings) -> Result<Option<Arc<ClientConfig>>, Confi
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| cfg_err("tls", e.to_string()))?
         .with_root_certificates(roots(ca, "tls.upstream_ca")?);
-    let config = match identity(t)? {
+    let config = match id {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
             .map_err(|e| cfg_err("tls.key", format!("does not match tls.cert: {e}")))?,
@@ -161,9 +179,10 @@ impl TlsContext {
     /// Loads every configured file; an error names its config key.
     pub fn load(settings: TlsSettings) -> Result<TlsContext, ConfigError> {
         let stamps = stamps(&settings);
+        let (server, client) = configs(&settings)?;
         Ok(TlsContext {
-            server: RwLock::new(server_config(&settings)?),
-            client: RwLock::new(client_config(&settings)?),
+            server: RwLock::new(server),
+            client: RwLock::new(client),
             stamps: Mutex::new(stamps),
             settings,
         })
@@ -189,8 +208,7 @@ impl TlsContext {
     /// Re-reads the files. On an error the configurations in use stay as they were.
     pub fn reload(&self) -> Result<(), ConfigError> {
         let stamps = stamps(&self.settings);
-        let server = server_config(&self.settings)?;
-        let client = client_config(&self.settings)?;
+        let (server, client) = configs(&self.settings)?;
         if let Ok(mut s) = self.server.write() {
             *s = server;
         }
