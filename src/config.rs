@@ -56,7 +56,7 @@ pub struct Config {
     /// The HTTP endpoint (`/metrics`, `/status`, `/healthz`, `/readyz`, `/`).
     #[serde(default)]
     pub http: Option<HttpConfig>,
-    /// Certificates for TLS listeners.
+    /// TLS: listeners' certificates, client and upstream CAs.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Flow tokens.
@@ -565,7 +565,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// HTTP endpoint address, if any.
     pub http: Option<SocketAddr>,
-    /// TLS listener settings, if any.
+    /// TLS settings (listeners and connections toward servers), if any.
     pub tls: Option<TlsSettings>,
     /// Flow-token key (`None`: a random key per process).
     pub flow_key: Option<Vec<u8>>,

@@ -134,8 +134,6 @@ impl Actor for ProbeActor {
             } => {
                 if code >= 200 {
                     st.forget_branch();
-                }
-                if code >= 200 {
                     st.silent_unanswered = 0;
                 }
                 if code >= 200 && seq > 0 {

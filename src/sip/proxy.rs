@@ -435,7 +435,7 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     if msg.first(HeaderName::Via).is_none() {
         return Decision::Drop("no Via");
     }
-    // A wrong SIP version is answered as such, whatever else is wrong (RFC 3261 8.2.2.?).
+    // A wrong SIP version is answered as such (505), whatever else is wrong.
     if let Some(d) = msg.defect().filter(|d| d.code == 505) {
         return Decision::Respond(Reject {
             code: d.code,
@@ -691,9 +691,9 @@ fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
 /// no `?headers` (RFC 3261 section 20 and RFC 4475 sections 3.1.2.13-15).
 fn name_addr_ok(v: &[u8]) -> bool {
     use crate::sip::syntax::{is_lws, is_token_char, trim};
-    if !quotes_balanced(v) || name_addr_uri(v).is_none() {
+    let Some(uri) = name_addr_uri(v).filter(|_| quotes_balanced(v)) else {
         return false;
-    }
+    };
     match crate::sip::message::angle_span(v) {
         Some((open, close)) => {
             let display = trim(v.get(..open).unwrap_or_default());
@@ -707,7 +707,7 @@ fn name_addr_ok(v: &[u8]) -> bool {
                 .unwrap_or(b'<');
             display_ok && !is_lws(first) && !is_lws(last)
         }
-        None => name_addr_uri(v).is_some_and(|u| !u.contains(&b'?')),
+        None => !uri.contains(&b'?'),
     }
 }
 
