@@ -52,11 +52,8 @@ pub async fn run(
     let reader = {
         let (sock, calls) = (sock.clone(), calls.clone());
         tokio::spawn(async move {
-            let limits = Limits {
-                max_size: 65_535,
-                max_headers: 256,
-            };
-            let mut buf = vec![0u8; 65_535];
+            let limits = Limits::default();
+            let mut buf = vec![0u8; limits.max_size];
             while let Ok((n, _)) = sock.recv_from(&mut buf).await {
                 let bytes = bytes::Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
                 let Ok(m) = Message::parse(bytes, Framing::Datagram, &limits) else {
@@ -136,15 +133,9 @@ impl Call {
         route.reverse();
         let target = ok
             .header_value("contact")
-            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .and_then(crate::sip::message::name_addr_uri)
+            .map(|u| String::from_utf8_lossy(u).into_owned())
             .unwrap_or_default();
-        let target = target
-            .trim()
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .unwrap_or_default()
-            .to_string();
         let to = ok
             .header_value("to")
             .map(|t| String::from_utf8_lossy(t).into_owned())

@@ -176,13 +176,11 @@ struct ControlState {
 
 async fn kill(State(s): State<ControlState>) -> &'static str {
     s.primary.set_alive(false);
-    tracing::warn!(event = "demo_primary_killed");
     "primary killed\n"
 }
 
 async fn revive(State(s): State<ControlState>) -> &'static str {
     s.primary.set_alive(true);
-    tracing::info!(event = "demo_primary_revived");
     "primary revived\n"
 }
 

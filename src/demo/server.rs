@@ -40,6 +40,11 @@ impl SimServer {
     /// Kills (false) or revives (true) the server.
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::Relaxed);
+        if alive {
+            tracing::info!(event = "demo_server_revived", server = %self.addr);
+        } else {
+            tracing::warn!(event = "demo_server_killed", server = %self.addr);
+        }
     }
 
     /// Whether it answers.
@@ -48,11 +53,8 @@ impl SimServer {
     }
 
     async fn serve(self, sock: UdpSocket) {
-        let limits = Limits {
-            max_size: 65_535,
-            max_headers: 256,
-        };
-        let mut buf = vec![0u8; 65_535];
+        let limits = Limits::default();
+        let mut buf = vec![0u8; limits.max_size];
         let contact = format!("Contact: <sip:agent@{}>", self.addr);
         loop {
             let Ok((n, from)) = sock.recv_from(&mut buf).await else {
