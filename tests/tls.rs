@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sippool::actors::Proxy;
 use sippool::sip::transport::Transport;
 use support::pki::*;
 use support::*;
@@ -17,6 +18,12 @@ struct Setup {
     ca: Ca,
     dir: PathBuf,
     tls_toml: String,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A CA, a server certificate for the proxy's address, and the `[tls]` section.
@@ -35,6 +42,33 @@ fn setup(proxy_ip: std::net::IpAddr, mutual: Option<&str>) -> Setup {
         ));
     }
     Setup { ca, dir, tls_toml }
+}
+
+/// A proxy on a fresh address with UDP and TLS listeners (`mutual`: the client auth mode)
+/// in front of an answering UDP server; `more` is TOML appended after the `[tls]` section.
+async fn tls_proxy(mutual: Option<&str>, more: &str) -> (Setup, Proxy, Upstream) {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    // The server certificate names the proxy's address.
+    let ip = loopback(PROXY);
+    let s = setup(ip, mutual);
+    let more = more.replace("{ip}", &ip.to_string());
+    let extra = format!("{}{}{more}", pair(&up.uri(), "127.0.2.254:9"), s.tls_toml);
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    (s, p, up)
+}
+
+/// Whether the proxy closes this TLS phone's connection on its first request.
+async fn refused(mut phone: Phone) -> bool {
+    let req = phone.request(
+        "OPTIONS",
+        "sip:bob@site.example",
+        &unique("r"),
+        &unique("z9hG4bKr"),
+        "",
+        "",
+    );
+    phone.send(&req).await;
+    phone.closed_within(WAIT).await
 }
 
 async fn call(phone: &mut Phone, up: &mut Upstream) -> SipMsg {
@@ -60,12 +94,7 @@ async fn call(phone: &mut Phone, up: &mut Upstream) -> SipMsg {
 
 #[tokio::test]
 async fn call_over_tls_in_and_udp_out() {
-    let mut up = Upstream::udp(Behaviour::Answer).await;
-    // The server certificate names the proxy's address.
-    let ip = loopback(PROXY);
-    let s = setup(ip, None);
-    let extra = format!("{}{}", pair(&up.uri(), "127.0.2.254:9"), s.tls_toml);
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, mut up) = tls_proxy(None, "").await;
     let tls = p.local_addr(Transport::Tls).unwrap();
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
@@ -83,53 +112,26 @@ async fn call_over_tls_in_and_udp_out() {
         rr[1]
     );
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
 async fn mutual_tls_accepts_a_good_client_and_refuses_others() {
-    let mut up = Upstream::udp(Behaviour::Answer).await;
-    // The server certificate names the proxy's address.
-    let ip = loopback(PROXY);
-    let s = setup(ip, Some("required"));
-    let extra = format!("{}{}", pair(&up.uri(), "127.0.2.254:9"), s.tls_toml);
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, mut up) = tls_proxy(Some("required"), "").await;
     let tls = p.local_addr(Transport::Tls).unwrap();
     // A client certificate from the configured CA: the call goes through.
     let good = leaf(&s.ca, "phone.example", true);
     let mut phone = tls_phone(tls, &s.ca, Some(good)).await;
     call(&mut phone, &mut up).await;
     // No client certificate: refused (under TLS 1.3 the client learns it on its first read).
-    let mut none = tls_phone(tls, &s.ca, None).await;
-    none.send(&none.request(
-        "OPTIONS",
-        "sip:bob@site.example",
-        &unique("n"),
-        &unique("z9hG4bKn"),
-        "",
-        "",
-    ))
-    .await;
     assert!(
-        none.closed_within(WAIT).await,
+        refused(tls_phone(tls, &s.ca, None).await).await,
         "a client without a certificate was served"
     );
     // A certificate from another CA: refused.
     let other = ca("some other CA");
     let foreign = leaf(&other, "phone.example", true);
-    let mut stranger = tls_phone(tls, &s.ca, Some(foreign)).await;
-    stranger
-        .send(&stranger.request(
-            "OPTIONS",
-            "sip:bob@site.example",
-            &unique("o"),
-            &unique("z9hG4bKo"),
-            "",
-            "",
-        ))
-        .await;
     assert!(
-        stranger.closed_within(WAIT).await,
+        refused(tls_phone(tls, &s.ca, Some(foreign)).await).await,
         "a client from another CA was served"
     );
     assert!(
@@ -137,20 +139,15 @@ async fn mutual_tls_accepts_a_good_client_and_refuses_others() {
             >= 2
     );
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
 async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
-    let mut up = Upstream::udp(Behaviour::Answer).await;
-    let ip = loopback(PROXY);
-    let s = setup(ip, None);
-    let extra = format!(
-        "{}{}[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n[http]\naddress = \"{ip}:0\"\n",
-        pair(&up.uri(), "127.0.2.254:9"),
-        s.tls_toml
-    );
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, mut up) = tls_proxy(
+        None,
+        "[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n[http]\naddress = \"{ip}:0\"\n",
+    )
+    .await;
     let tls = p.local_addr(Transport::Tls).unwrap();
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
@@ -271,7 +268,6 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
         .unwrap();
     assert_eq!(server_final(&server, &id3).await.status(), Some(430));
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 /// A rustls server configuration for a test upstream server at `ip`, with a certificate
@@ -392,20 +388,12 @@ async fn tls_toward_the_server_verifies_it_and_offers_our_certificate() {
             .is_empty());
         p.stop().await;
     }
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
 async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
-    let up = Upstream::udp(Behaviour::Answer).await;
-    let ip = loopback(PROXY);
-    let s = setup(ip, None);
-    let extra = format!(
-        "{}{}watch_s = 1\n",
-        pair(&up.uri(), "127.0.2.254:9"),
-        s.tls_toml
-    );
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, _up) = tls_proxy(None, "watch_s = 1\n").await;
+    let ip = p.local_addr(Transport::Tls).unwrap().ip();
     let tls = p.local_addr(Transport::Tls).unwrap();
     let mut old = tls_phone(tls, &s.ca, None).await;
     assert_eq!(
@@ -446,16 +434,11 @@ async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
         Some(200)
     );
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
 async fn optional_client_auth_serves_anonymous_clients_and_checks_offered_certificates() {
-    let up = Upstream::udp(Behaviour::Answer).await;
-    let ip = loopback(PROXY);
-    let s = setup(ip, Some("optional"));
-    let extra = format!("{}{}", pair(&up.uri(), "127.0.2.254:9"), s.tls_toml);
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, _up) = tls_proxy(Some("optional"), "").await;
     let tls = p.local_addr(Transport::Tls).unwrap();
     // No certificate: served.
     let mut anonymous = tls_phone(tls, &s.ca, None).await;
@@ -474,36 +457,21 @@ async fn optional_client_auth_serves_anonymous_clients_and_checks_offered_certif
     );
     // A certificate from another CA is still checked, and refused.
     let other = ca("some other CA");
-    let mut stranger = tls_phone(tls, &s.ca, Some(leaf(&other, "phone.example", true))).await;
-    stranger
-        .send(&stranger.request(
-            "OPTIONS",
-            "sip:bob@site.example",
-            &unique("o"),
-            &unique("z9hG4bKo"),
-            "",
-            "",
-        ))
-        .await;
+    let stranger = tls_phone(tls, &s.ca, Some(leaf(&other, "phone.example", true))).await;
     assert!(
-        stranger.closed_within(WAIT).await,
+        refused(stranger).await,
         "a foreign certificate was accepted"
     );
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
 async fn tls_handshakes_in_progress_are_capped() {
-    let up = Upstream::udp(Behaviour::Answer).await;
-    let ip = loopback(PROXY);
-    let s = setup(ip, None);
-    let extra = format!(
-        "{}{}[limits]\nmax_tls_handshakes = 2\ntls_handshake_timeout_ms = 10000\n",
-        pair(&up.uri(), "127.0.2.254:9"),
-        s.tls_toml
-    );
-    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let (s, p, _up) = tls_proxy(
+        None,
+        "[limits]\nmax_tls_handshakes = 2\ntls_handshake_timeout_ms = 10000\n",
+    )
+    .await;
     let tls = p.local_addr(Transport::Tls).unwrap();
     let rejected = || {
         sippool::metrics::Metrics::reason_value(
@@ -540,7 +508,6 @@ async fn tls_handshakes_in_progress_are_capped() {
         Some(200)
     );
     p.stop().await;
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[tokio::test]
@@ -602,5 +569,4 @@ async fn sighup_reloads_the_certificate_of_a_running_process() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(child);
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
