@@ -9,7 +9,7 @@ SECS="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 WORK="$(mktemp -d /tmp/sippool-fuzz.XXXXXX)"
 cd "$ROOT/fuzz"
-for t in framer message proxy; do
+for t in framer message proxy stun; do
   cp -r "corpus/$t" "$WORK/$t"
   out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$WORK/$t" -- -max_total_time="$SECS" -print_final_stats=1 2>&1) || {
     echo "$out" | tail -40

@@ -606,3 +606,86 @@ async fn idle_connections_close_unless_they_carry_a_flow() {
     );
     p.stop().await;
 }
+
+/// A STUN Binding request (RFC 5389) with FINGERPRINT, as a phone keeping its UDP flow
+/// alive sends it (RFC 5626 section 4.4.2).
+fn stun_binding_request(id: [u8; 12]) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&id);
+    let crc = crc32fast::hash(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+    m.extend_from_slice(&crc.to_be_bytes());
+    m
+}
+
+#[tokio::test]
+async fn stun_keepalive_on_udp_is_answered_with_the_mapped_address() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(&["udp"], &pair(&up.uri(), NO_BACKUP)).await;
+    let proxy_addr = p.local_addr(Transport::Udp).unwrap();
+    let sock = tokio::net::UdpSocket::bind((loopback(PHONE), 0))
+        .await
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let id = *b"keepalive-01";
+    sock.send_to(&stun_binding_request(id), proxy_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("STUN answer")
+        .unwrap();
+    assert_eq!(from, proxy_addr);
+    let resp = &buf[..n];
+    assert_eq!(&resp[..2], &[0x01, 0x01], "Binding success response");
+    assert_eq!(&resp[4..8], &[0x21, 0x12, 0xa4, 0x42]);
+    assert_eq!(&resp[8..20], &id);
+    // XOR-MAPPED-ADDRESS names the address the phone sent from.
+    let at = resp
+        .windows(2)
+        .enumerate()
+        .skip(20)
+        .find(|(i, w)| (i % 4 == 0) && w == &[0x00, 0x20])
+        .map(|(i, _)| i)
+        .expect("XOR-MAPPED-ADDRESS");
+    let port = u16::from_be_bytes([resp[at + 6], resp[at + 7]]) ^ 0x2112;
+    let ip: Vec<u8> = resp[at + 8..at + 12]
+        .iter()
+        .zip([0x21, 0x12, 0xa4, 0x42])
+        .map(|(a, k)| a ^ k)
+        .collect();
+    assert_eq!(port, me.port());
+    assert_eq!(
+        std::net::IpAddr::from([ip[0], ip[1], ip[2], ip[3]]),
+        me.ip()
+    );
+    // It carries a FINGERPRINT, as the request did, over the rest of the answer.
+    let fp = &resp[n - 8..];
+    assert_eq!(&fp[..4], &[0x80, 0x28, 0x00, 0x04]);
+    let crc = crc32fast::hash(&resp[..n - 8]) ^ 0x5354_554e;
+    assert_eq!(&fp[4..], &crc.to_be_bytes());
+    // A malformed STUN packet is dropped and counted; SIP on the same socket still works.
+    let mut broken = stun_binding_request(id);
+    broken[3] = 0x40;
+    sock.send_to(&broken, proxy_addr).await.unwrap();
+    let mut phone = Phone::udp(proxy_addr).await;
+    let ok = phone.ask("OPTIONS", &format!("sip:{proxy_addr}")).await;
+    assert_eq!(ok.status(), Some(200));
+    let text = p.core().metrics.encode();
+    assert_eq!(
+        sample(&text, "sippool_stun_requests_total{outcome=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "sippool_stun_requests_total{outcome=\"dropped\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sippool_messages_dropped_total{reason=\"stun_malformed\"}"
+        ),
+        1.0
+    );
+}

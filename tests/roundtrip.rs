@@ -18,7 +18,7 @@ fn setup() -> (LocalIdentity, Router) {
     .unwrap()
     .validate()
     .unwrap();
-    (LocalIdentity::from_settings(&s), Router::from_settings(&s))
+    (s.identity(), s.router())
 }
 
 fn token() -> impl Strategy<Value = String> {

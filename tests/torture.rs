@@ -359,7 +359,7 @@ async fn every_torture_message_over_tcp() {
 fn every_torture_message_decided_as_listed() {
     use bytes::Bytes;
     use sippool::sip::message::{Framing, Limits, Message};
-    use sippool::sip::proxy::{decide, Decision, LocalIdentity, Received, Router};
+    use sippool::sip::proxy::{decide, Decision, Received};
     let settings = sippool::config::Config::from_toml_str(
         "[instance]\nname = \"t\"\n[[listen]]\ntransport = \"udp\"\naddress = \"192.0.2.200:5060\"\n\
          [[pair]]\nname = \"p\"\nprimary = \"192.0.2.201\"\nbackup = \"192.0.2.202\"\n",
@@ -367,8 +367,8 @@ fn every_torture_message_decided_as_listed() {
     .unwrap()
     .validate()
     .unwrap();
-    let identity = LocalIdentity::from_settings(&settings);
-    let router = Router::from_settings(&settings);
+    let identity = settings.identity();
+    let router = settings.router();
     let mut wrong = Vec::new();
     for row in manifest() {
         let raw = std::fs::read(torture_dir().join(&row.file)).unwrap();

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use sippool::config::Config;
 use sippool::sip::message::{Framing, Limits, Message};
-use sippool::sip::proxy::{decide, server_key, Decision, LocalIdentity, Received, Router};
+use sippool::sip::proxy::{decide, Decision, LocalIdentity, Received, Router};
+use sippool::sip::transaction::ServerKey;
 use sippool::sip::transport::Transport;
 use std::sync::OnceLock;
 
@@ -21,7 +22,7 @@ fn setup() -> &'static (LocalIdentity, Router) {
         .ok()
         .and_then(|c| c.validate().ok())
         .unwrap_or_else(|| std::process::abort());
-        (LocalIdentity::from_settings(&s), Router::from_settings(&s))
+        (s.identity(), s.router())
     })
 }
 
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     if m.is_response() {
         return;
     }
-    let _ = server_key(&m);
+    let _ = ServerKey::of(&m).map(|k| k.cancelled_invite());
     let rx = Received {
         msg: &m,
         transport: Transport::Udp,

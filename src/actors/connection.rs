@@ -170,17 +170,12 @@ impl Actor for ConnectionActor {
                                     reply: ReplyPath::Stream(state.handle.clone()),
                                     received: std::time::Instant::now(),
                                 }),
-                                Err(e) => {
-                                    Metrics::count(
-                                        &state.core.metrics.parse_errors,
-                                        parse_reason(e),
-                                    );
-                                }
+                                Err(e) => state.core.metrics.parse_failed(parse_reason(e)),
                             }
                         }
                         Err(e) => {
                             // Framing cannot recover on a stream (RFC 3261 section 18.3).
-                            Metrics::count(&state.core.metrics.parse_errors, e.as_str());
+                            state.core.metrics.parse_failed(e.as_str());
                             tracing::info!(event = "connection_framing_error", peer = %state.handle.peer, reason = e.as_str());
                             myself.stop(Some(e.as_str().into()));
                             return Ok(());
@@ -391,7 +386,7 @@ async fn tls_handshake<S>(
         Ok(Err(e)) => ("tls_handshake", e.to_string()),
         Err(_) => ("tls_handshake_timeout", "timeout".to_string()),
     };
-    Metrics::count(&core.metrics.parse_errors, reason);
+    core.metrics.parse_failed(reason);
     match server_name {
         Some(name) => {
             tracing::warn!(event = "tls_handshake_failed", %peer, server_name = ?name, error = %error)

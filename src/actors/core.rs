@@ -19,8 +19,11 @@ use crate::health::actors::{PairMsg, ProbeMsg, PROBE_BRANCH_PREFIX};
 use crate::health::{Member, PairStates};
 use crate::metrics::Metrics;
 use crate::sip::builder;
+use crate::sip::dispatch::{dispatch, Dispatch, TransactionTables};
 use crate::sip::message::{HeaderName, Limits, Message, Method};
+use crate::sip::proxy::response_context::PairView;
 use crate::sip::proxy::{self, Decision, LocalIdentity, Received, Router};
+use crate::sip::transaction::{ClientKey, ServerKey};
 use crate::sip::transport::Transport;
 use crate::sip::via::Via;
 
@@ -52,12 +55,12 @@ pub struct Core {
     /// Flow tokens (Path, Record-Route).
     pub flows: crate::sip::flow::FlowKeys,
     /// Server transactions by key.
-    pub server_txns: DashMap<String, ActorRef<TxMsg>>,
+    pub server_txns: DashMap<ServerKey, ActorRef<TxMsg>>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
     /// absorbed until their Timer L or J runs out.
-    pub lingering: DashMap<String, Lingering>,
+    pub lingering: DashMap<ServerKey, Lingering>,
     /// Client transactions by our branch, pointing at the owning server transaction.
-    pub client_txns: DashMap<String, ActorRef<TxMsg>>,
+    pub client_txns: DashMap<ClientKey, ActorRef<TxMsg>>,
     upstream_ips: HashSet<IpAddr>,
     located_upstream_ips: DashMap<IpAddr, ()>,
     /// Pair members by the address they answer from.
@@ -139,8 +142,8 @@ impl Core {
             probes: DashMap::new(),
             probe_actors: DashMap::new(),
             pair_actors: OnceLock::new(),
-            identity: LocalIdentity::from_settings(&settings),
-            router: Router::from_settings(&settings),
+            identity: super::host::complete_identity(settings.identity()),
+            router: settings.router(),
             pairs: PairStates::new(settings.pairs.len()),
             health_status: crate::health::HealthStatus::new(settings.pairs.len()),
             started: std::time::SystemTime::now(),
@@ -298,60 +301,84 @@ impl Core {
         })
     }
 
-    /// Routes one received message (see the module documentation).
+    /// Routes one received message (see the module documentation): the sans-IO
+    /// dispatcher says where it belongs, this does it.
     pub fn dispatch(self: &Arc<Self>, inbound: Inbound) {
         if inbound.msg.is_response() {
-            self.on_response(inbound);
+            self.note_heard(inbound.source);
         } else {
-            self.on_request(inbound);
+            let method = inbound.msg.method().map_or("", Method::as_str);
+            self.metrics.request(method);
+            if !self.backup_sources.is_empty() {
+                self.note_request_source(inbound.source);
+            }
+        }
+        self.route(inbound);
+    }
+
+    fn route(self: &Arc<Self>, inbound: Inbound) {
+        match dispatch(&inbound.msg, self.as_ref(), Instant::now()) {
+            Dispatch::Probe(key) => self.to_probe(&key, &inbound.msg),
+            Dispatch::ClientTransaction(key) => {
+                let Some(tx) = self.client_txns.get(&key).map(|r| r.clone()) else {
+                    return self.forward_stray_response(&inbound.msg);
+                };
+                if let Err(ractor::MessagingErr::SendErr(TxMsg::Response(back))) =
+                    tx.send_message(TxMsg::Response(Box::new(inbound)))
+                {
+                    self.forward_stray_response(&back.msg);
+                }
+            }
+            Dispatch::StrayResponse => self.forward_stray_response(&inbound.msg),
+            Dispatch::Cancel(invite) => {
+                if let Some(tx) = self.server_txns.get(&invite).map(|r| r.clone()) {
+                    let _ = tx.send_message(TxMsg::Cancel(Box::new(inbound)));
+                }
+            }
+            Dispatch::ServerTransaction(key) => {
+                let Some(tx) = self.server_txns.get(&key).map(|r| r.clone()) else {
+                    return self.route(inbound);
+                };
+                if let Err(ractor::MessagingErr::SendErr(TxMsg::Request(inbound))) =
+                    tx.send_message(TxMsg::Request(Box::new(inbound)))
+                {
+                    // The transaction just ended: it lingers, or this is a new one.
+                    self.server_txns
+                        .remove_if(&key, |_, v| v.get_id() == tx.get_id());
+                    self.route(*inbound);
+                }
+            }
+            Dispatch::Absorb(key) => self.absorb_lingering(&key),
+            Dispatch::AckStateless => self.dispatch_ack_stateless(inbound),
+            Dispatch::New(key) => self.new_transaction(key, inbound),
+            Dispatch::Respond(code, reason) => self.respond_stateless(&inbound, code, reason, &[]),
+            Dispatch::Drop(reason) => self.metrics.message_dropped(reason),
         }
     }
 
-    fn on_response(self: &Arc<Self>, inbound: Inbound) {
-        self.note_heard(inbound.source);
-        let branch = match inbound.msg.top_via() {
-            Some(Ok(v)) => v.branch().map(str::to_string),
-            _ => None,
-        };
-        if let Some(b) = branch
-            .as_deref()
-            .filter(|b| b.starts_with(PROBE_BRANCH_PREFIX))
-        {
-            if let (Some(p), Some(code)) = (self.probes.get(b), inbound.msg.status()) {
-                let retry_after = inbound
-                    .msg
-                    .header_value("Retry-After")
-                    .and_then(|v| {
-                        crate::sip::syntax::parse_u32(
-                            crate::sip::syntax::trim(
-                                v.split(|&c| c == b';' || c == b'(')
-                                    .next()
-                                    .unwrap_or_default(),
-                            ),
-                            86_400,
-                        )
-                    })
-                    .map(|s| std::time::Duration::from_secs(u64::from(s)));
-                let _ = p.0.send_message(ProbeMsg::Response {
-                    seq: p.1,
-                    code,
-                    retry_after,
-                });
-            }
+    /// A response to one of our OPTIONS probes, to the probe actor that sent it.
+    fn to_probe(&self, key: &ClientKey, msg: &Message) {
+        let (Some(p), Some(code)) = (self.probes.get(key.branch()), msg.status()) else {
             return;
-        }
-        if let Some(b) = branch {
-            if let Some(tx) = self.client_txns.get(&b).map(|r| r.clone()) {
-                match tx.send_message(TxMsg::Response(Box::new(inbound))) {
-                    Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(TxMsg::Response(back))) => {
-                        return self.forward_stray_response(&back.msg);
-                    }
-                    Err(_) => return,
-                }
-            }
-        }
-        self.forward_stray_response(&inbound.msg);
+        };
+        let retry_after = msg
+            .header_value("Retry-After")
+            .and_then(|v| {
+                crate::sip::syntax::parse_u32(
+                    crate::sip::syntax::trim(
+                        v.split(|&c| c == b';' || c == b'(')
+                            .next()
+                            .unwrap_or_default(),
+                    ),
+                    86_400,
+                )
+            })
+            .map(|s| std::time::Duration::from_secs(u64::from(s)));
+        let _ = p.0.send_message(ProbeMsg::Response {
+            seq: p.1,
+            code,
+            retry_after,
+        });
     }
 
     /// Forwards a response that matches no transaction along its Via (RFC 3261 section
@@ -365,7 +392,7 @@ impl Core {
             _ => false,
         };
         if !ours || msg.status() == Some(100) {
-            Metrics::count(&self.metrics.dropped, "stray_response");
+            self.metrics.message_dropped("stray_response");
             return;
         }
         let vias = msg.list_values(HeaderName::Via);
@@ -373,11 +400,11 @@ impl Core {
             .get(1)
             .and_then(|r| Via::parse(msg.slice(r.clone())).ok())
         else {
-            Metrics::count(&self.metrics.dropped, "stray_response");
+            self.metrics.message_dropped("stray_response");
             return;
         };
         let Some(dest) = next.response_address().filter(|a| is_unicast(a.ip())) else {
-            Metrics::count(&self.metrics.dropped, "stray_response");
+            self.metrics.message_dropped("stray_response");
             return;
         };
         let bytes = builder::forward_response(msg);
@@ -393,84 +420,19 @@ impl Core {
                 .is_some_and(|c| c.send(bytes)),
         };
         if !sent {
-            Metrics::count(&self.metrics.dropped, "stray_response");
+            self.metrics.message_dropped("stray_response");
         }
     }
 
-    fn on_request(self: &Arc<Self>, inbound: Inbound) {
-        let msg = &inbound.msg;
-        let method = msg.method().cloned().unwrap_or(Method::Other("".into()));
-        self.metrics.request(method.as_str());
-        if !self.backup_sources.is_empty() {
-            self.note_request_source(inbound.source);
-        }
-        let Some(key) = proxy::server_key(msg) else {
-            // No usable top Via: answer along the packet source if a Via is there at all.
-            match msg.top_via() {
-                Some(_) if method != Method::Ack => {
-                    let (code, reason) = msg
-                        .defect()
-                        .map_or((400, "Malformed Via"), |d| (d.code, d.reason));
-                    self.respond_stateless(&inbound, code, reason, &[]);
-                }
-                _ => Metrics::count(&self.metrics.dropped, "no_via"),
-            }
-            return;
-        };
-        if method == Method::Cancel {
-            if let Some(k) = proxy::cancelled_invite_key(msg) {
-                if let Some(tx) = self.server_txns.get(&k).map(|r| r.clone()) {
-                    let _ = tx.send_message(TxMsg::Cancel(Box::new(inbound)));
-                    return;
-                }
-            }
-        }
-        if let Some(tx) = self.server_txns.get(&key).map(|r| r.clone()) {
-            match tx.send_message(TxMsg::Request(Box::new(inbound))) {
-                Ok(()) => return,
-                Err(ractor::MessagingErr::SendErr(TxMsg::Request(inbound))) => {
-                    // The transaction just ended: it lingers, or this is a new one.
-                    self.server_txns
-                        .remove_if(&key, |_, v| v.get_id() == tx.get_id());
-                    if let Some(inbound) = self.absorb_lingering(&key, *inbound) {
-                        self.new_transaction(key, inbound);
-                    }
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        let Some(inbound) = self.absorb_lingering(&key, inbound) else {
-            return;
-        };
-        if method == Method::Ack {
-            self.dispatch_ack_stateless(inbound);
-            return;
-        }
-        self.new_transaction(key, inbound);
-    }
-
-    /// A request for a lingering transaction: a retransmission gets the last response
-    /// again; an ACK (for a 2xx that reused the INVITE's branch) is forwarded statelessly.
-    /// Returns the request when no transaction lingers under `key`.
-    fn absorb_lingering(self: &Arc<Self>, key: &str, inbound: Inbound) -> Option<Inbound> {
-        let resend = {
-            let Some(l) = self.lingering.get(key) else {
-                return Some(inbound);
-            };
-            if l.until <= Instant::now() {
-                drop(l);
-                self.lingering.remove(key);
-                return Some(inbound);
-            }
-            l.response.clone().map(|r| (r, l.reply.clone(), l.dest))
-        };
-        if inbound.msg.method() == Some(&Method::Ack) {
-            self.dispatch_ack_stateless(inbound);
-        } else if let Some((bytes, reply, dest)) = resend {
+    /// A retransmitted request of a lingering transaction gets the last response again.
+    fn absorb_lingering(&self, key: &ServerKey) {
+        let resend = self
+            .lingering
+            .get(key)
+            .and_then(|l| Some((l.response.clone()?, l.reply.clone(), l.dest)));
+        if let Some((bytes, reply, dest)) = resend {
             let _ = send_reply(&reply, dest, bytes);
         }
-        None
     }
 
     /// Drops lingering transactions whose time is up.
@@ -478,7 +440,7 @@ impl Core {
         self.lingering.retain(|_, l| l.until > now);
     }
 
-    fn new_transaction(self: &Arc<Self>, key: String, inbound: Inbound) {
+    fn new_transaction(self: &Arc<Self>, key: ServerKey, inbound: Inbound) {
         let msg = &inbound.msg;
         let initial_invite = msg.method() == Some(&Method::Invite) && msg.to_tag().is_none();
         let out_of_dialog =
@@ -718,9 +680,19 @@ impl Core {
             from_upstream: self.is_upstream(inbound.source.ip()),
             flow_token: token.as_deref(),
         };
-        let Decision::Forward(plan) = proxy::decide(rx, &self.identity, &self.router) else {
-            Metrics::count(&self.metrics.dropped, "ack_not_routable");
-            return;
+        let plan = match proxy::decide(rx, &self.identity, &self.router) {
+            Decision::Forward(plan) => plan,
+            // An ACK is never answered: what would have been the response is the reason.
+            Decision::Respond(r) => {
+                tracing::debug!(event = "ack_not_routable", source = %inbound.source, code = r.code, reason = %r.reason);
+                self.metrics.message_dropped("ack_not_routable");
+                return;
+            }
+            Decision::Drop(why) => {
+                tracing::debug!(event = "ack_not_routable", source = %inbound.source, reason = why);
+                self.metrics.message_dropped("ack_not_routable");
+                return;
+            }
         };
         let received_branch = msg
             .top_via()
@@ -755,7 +727,7 @@ impl Core {
                 Some(sock) => {
                     let _ = send_udp(&sock, addr, bytes);
                 }
-                None => Metrics::count(&self.metrics.dropped, "no_transport"),
+                None => self.metrics.message_dropped("no_transport"),
             }
             return;
         }
@@ -803,6 +775,49 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
     match msg.top_via() {
         Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
         _ => source,
+    }
+}
+
+impl PairView for Core {
+    fn active(&self, pair: usize) -> Option<Member> {
+        self.pairs.active(pair)
+    }
+
+    fn is_up(&self, pair: usize, member: Member) -> bool {
+        self.pairs.is_up(pair, member)
+    }
+
+    fn server(&self, pair: usize, member: Member) -> Option<HostPort> {
+        self.member_server(pair, member).cloned()
+    }
+
+    fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
+        Core::member_at(self, addr)
+    }
+}
+
+impl TransactionTables for Core {
+    fn has_server(&self, key: &ServerKey) -> bool {
+        self.server_txns.contains_key(key)
+    }
+
+    fn has_client(&self, key: &ClientKey) -> bool {
+        self.client_txns.contains_key(key)
+    }
+
+    fn is_lingering(&self, key: &ServerKey, now: Instant) -> bool {
+        let alive = match self.lingering.get(key) {
+            None => return false,
+            Some(l) => l.until > now,
+        };
+        if !alive {
+            self.lingering.remove(key);
+        }
+        alive
+    }
+
+    fn is_probe(&self, key: &ClientKey) -> bool {
+        key.branch().starts_with(PROBE_BRANCH_PREFIX)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod core;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod host;
 pub mod tcp;
 pub mod tls;
 pub mod transaction;
@@ -178,6 +179,48 @@ impl Proxy {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+
+    /// Graceful drain: stops taking new dialogs (new out-of-dialog requests get 503 with
+    /// Retry-After, `/readyz` turns 503), then waits until no server transaction is in
+    /// flight or `timeout` has passed, and says which. The first call logs the event
+    /// `drain_started`; a later call (e.g. with `Duration::ZERO`) reports what is still in
+    /// flight. Dropping the future (a second signal) leaves the proxy draining. It does not
+    /// stop the proxy: [`Proxy::stop`] does.
+    pub async fn drain(&self, timeout: std::time::Duration) -> DrainOutcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !self.core.is_draining() {
+            self.core.start_drain();
+            tracing::info!(
+                event = "drain_started",
+                in_flight = self.core.server_txns.len(),
+                timeout_s = timeout.as_secs()
+            );
+        }
+        loop {
+            let in_flight = self.core.server_txns.len();
+            if in_flight == 0 {
+                return DrainOutcome::Drained;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return DrainOutcome::TimedOut { in_flight };
+            }
+            let step = std::time::Duration::from_millis(50);
+            tokio::time::sleep(step.min(deadline - now)).await;
+        }
+    }
+}
+
+/// How a [`Proxy::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// No server transaction was left in flight.
+    Drained,
+    /// The timeout passed with this many server transactions still in flight.
+    TimedOut {
+        /// Server transactions still in flight.
+        in_flight: usize,
+    },
 }
 
 /// Drops lingering transactions once a second, until the core is gone.

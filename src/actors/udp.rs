@@ -1,6 +1,7 @@
 //! UDP listener actor: one per UDP listen socket.
 //!
-//! The actor owns the socket and its receive loop. Each datagram is parsed
+//! The actor owns the socket and its receive loop. A STUN Binding request (the RFC 5626
+//! keep-alive, told from SIP by its first byte) is answered at once; every other datagram is parsed
 //! (`Framing::Datagram`: octets after Content-Length are ignored) and handed to
 //! [`Core::dispatch`]. A panic while dispatching one datagram is caught, logged and counted,
 //! so one bad datagram never stops the listener.
@@ -14,8 +15,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{KindLabels, OutcomeLabels};
 use crate::sip::message::{Framing, Message};
+use crate::sip::stun;
 use crate::sip::transport::Transport;
 
 use super::connection::parse_reason;
@@ -72,10 +74,41 @@ async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
     }
 }
 
+/// Answers a STUN Binding request (the UDP keep-alive of RFC 5626 section 4.4.2) from
+/// `source`; anything else that looks like STUN is dropped and counted.
+fn answer_stun(core: &Core, sock: &UdpSocket, data: &[u8], source: SocketAddr) {
+    let count = |outcome| {
+        core.metrics
+            .stun_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    };
+    match stun::answer(data, source) {
+        Ok(answer) => {
+            count(if stun::is_error_response(&answer) {
+                "error_response"
+            } else {
+                "answered"
+            });
+            if let Err(e) = sock.try_send_to(&answer, source) {
+                tracing::debug!(event = "stun_answer_not_sent", %source, error = %e);
+            }
+        }
+        Err(e) => {
+            count("dropped");
+            core.metrics.message_dropped(e.as_str());
+        }
+    }
+}
+
 /// Parses and dispatches one datagram, containing any panic to this datagram.
 pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, source: SocketAddr) {
     if data.iter().all(|&b| b == b'\r' || b == b'\n') {
         // RFC 5626 keep-alives over UDP are STUN; bare CRLFs are ignored.
+        return;
+    }
+    if stun::is_stun(&data) {
+        answer_stun(core, sock, &data, source);
         return;
     }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -87,7 +120,7 @@ pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, sou
                 reply: ReplyPath::Udp(sock.clone()),
                 received: std::time::Instant::now(),
             }),
-            Err(e) => Metrics::count(&core.metrics.parse_errors, parse_reason(e)),
+            Err(e) => core.metrics.parse_failed(parse_reason(e)),
         }
     }));
     if result.is_err() {

@@ -100,14 +100,7 @@ pub fn wall(at: Instant) -> SystemTime {
     SystemTime::now() - Instant::now().saturating_duration_since(at)
 }
 
-/// A member of a primary/backup pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Member {
-    /// The primary server.
-    Primary = 0,
-    /// The backup server.
-    Backup = 1,
-}
+pub use crate::sip::proxy::Member;
 
 /// The active member of every pair, readable without locks.
 #[derive(Debug)]

@@ -96,10 +96,7 @@ impl PairLogic {
 
 /// The other member of the pair.
 pub fn other(m: Member) -> Member {
-    match m {
-        Member::Primary => Member::Backup,
-        Member::Backup => Member::Primary,
-    }
+    m.other()
 }
 
 /// The member's name in logs and metrics.

@@ -5,7 +5,7 @@
 
 pub mod http;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,33 +13,53 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Status class of a response.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum StatusClass {
     /// 1xx
-    _1xx,
+    Class1xx,
     /// 2xx
-    _2xx,
+    Class2xx,
     /// 3xx
-    _3xx,
+    Class3xx,
     /// 4xx
-    _4xx,
+    Class4xx,
     /// 5xx
-    _5xx,
+    Class5xx,
     /// 6xx
-    _6xx,
+    Class6xx,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for StatusClass {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 impl StatusClass {
+    /// The label value: `1xx` .. `6xx`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Class1xx => "1xx",
+            StatusClass::Class2xx => "2xx",
+            StatusClass::Class3xx => "3xx",
+            StatusClass::Class4xx => "4xx",
+            StatusClass::Class5xx => "5xx",
+            StatusClass::Class6xx => "6xx",
+        }
+    }
+
     /// The class of a status code.
     pub fn of(code: u16) -> StatusClass {
         match code {
-            100..=199 => StatusClass::_1xx,
-            200..=299 => StatusClass::_2xx,
-            300..=399 => StatusClass::_3xx,
-            400..=499 => StatusClass::_4xx,
-            500..=599 => StatusClass::_5xx,
-            _ => StatusClass::_6xx,
+            100..=199 => StatusClass::Class1xx,
+            200..=299 => StatusClass::Class2xx,
+            300..=399 => StatusClass::Class3xx,
+            400..=499 => StatusClass::Class4xx,
+            500..=599 => StatusClass::Class5xx,
+            _ => StatusClass::Class6xx,
         }
     }
 }
@@ -79,6 +99,13 @@ pub struct KindLabels {
 pub struct BuildLabels {
     /// Crate version.
     pub version: &'static str,
+}
+
+/// `outcome` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What became of it.
+    pub outcome: &'static str,
 }
 
 /// `pair`, `member` and `server` labels.
@@ -134,6 +161,9 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// TLS file reloads, by outcome (`ok`, `error`).
     pub tls_reloads: Family<ReasonLabels, Counter>,
+    /// STUN Binding requests on UDP listeners (RFC 5626 keep-alives), by outcome
+    /// (`answered`, `error_response`, `dropped`).
+    pub stun_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -170,6 +200,7 @@ impl Metrics {
             flows: Family::default(),
             reconnects: Counter::default(),
             tls_reloads: Family::default(),
+            stun_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -269,6 +300,11 @@ impl Metrics {
             "TLS certificate and key reloads, by outcome",
             m.tls_reloads.clone(),
         );
+        registry.register(
+            "stun_requests",
+            "STUN Binding requests (UDP keep-alives) on UDP listeners, by outcome",
+            m.stun_requests.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -313,6 +349,19 @@ impl Metrics {
                 origin,
             })
             .inc();
+    }
+
+    /// Counts a message dropped without an answer, and logs it (debug) with its reason.
+    pub fn message_dropped(&self, reason: &'static str) {
+        tracing::debug!(event = "message_dropped", reason);
+        Metrics::count(&self.dropped, reason);
+    }
+
+    /// Counts a message that could not be parsed (and so is dropped), and logs it (debug)
+    /// with its reason.
+    pub fn parse_failed(&self, reason: &'static str) {
+        tracing::debug!(event = "message_dropped", reason, parse_error = true);
+        Metrics::count(&self.parse_errors, reason);
     }
 
     /// Counts by reason in one of the reason families.

@@ -7,11 +7,14 @@
 
 // No unwrap/expect/indexing/panic here: denied crate-wide in `lib.rs`.
 
+pub mod addr;
 pub mod builder;
+pub mod dispatch;
 pub mod flow;
 pub mod framing;
 pub mod message;
 pub mod proxy;
+pub mod stun;
 pub mod syntax;
 pub mod transaction;
 pub mod transport;

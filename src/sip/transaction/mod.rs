@@ -7,11 +7,13 @@
 //! `sip::proxy`; these machines own only retransmission, absorption and lifetimes.
 
 mod client;
+mod key;
 mod server;
 
 use std::time::Duration;
 
 pub use client::{ClientInvite, ClientNonInvite, ClientState, ClientTimeout, ResponseDisposition};
+pub use key::{ClientKey, KeyMethod, ServerKey};
 pub use server::{ServerInvite, ServerNonInvite, ServerState};
 
 /// RFC 3261 timer base values.

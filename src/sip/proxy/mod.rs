@@ -1,220 +1,36 @@
 //! Proxy rules (RFC 3261 section 16), sans-IO: validate a request, process its Route
 //! header, pick where it goes, and plan the edits of the forwarded copy.
 //!
-//! This module decides; it sends nothing and keeps no state between requests. The routing
-//! policy of sippool lives in [`Router::destination`]: a request from an endpoint goes to the
-//! serving pair, a request from an upstream server goes where its Route or Request-URI says,
-//! and static routes and pair domains are matched by host.
+//! One RFC concept per module: [`validate`](self) (16.3 step 1), [`identity`](self) (which
+//! names are ours, 16.4), [`branch`](self) (16.6 step 8 and loop detection, 16.3 step 4),
+//! [`router`](self) (16.5: where a request goes). This module ties them into [`decide`]; it
+//! sends nothing and keeps no state between requests. The routing policy of sippool lives
+//! in [`Router`]: a request from an endpoint goes to the serving pair, a request from an
+//! upstream server goes where its Route or Request-URI says, and static routes and pair
+//! domains are matched by host.
+
+mod branch;
+mod identity;
+pub mod response_context;
+mod router;
+mod validate;
+
+pub use branch::{fnv1a, loop_hash, new_branch, stateless_branch, Hop, BRANCH_PREFIX};
+pub use identity::LocalIdentity;
+pub use router::{Destination, Member, Pair, Router, StaticRoute};
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::config::{HostPort, Listener, Settings};
 use crate::sip::builder::{self, RequestEdits};
 use crate::sip::message::{name_addr_uri, HeaderName, Message, Method};
 use crate::sip::transport::Transport;
 use crate::sip::uri::{scheme_of, Scheme, SipUri};
-use crate::sip::via::{Via, MAGIC_COOKIE};
 
-/// Prefix of every branch this proxy writes: the magic cookie and `sp`, then 8 hex digits of
-/// the loop-detection hash (RFC 3261 section 16.6 step 8), then a unique part.
-pub const BRANCH_PREFIX: &str = "z9hG4bKsp";
-
-/// Who this instance is on the wire: the host and ports it advertises.
-#[derive(Debug, Clone)]
-pub struct LocalIdentity {
-    /// Host written into Via and Record-Route.
-    pub advertised_host: String,
-    /// Listen sockets.
-    pub listeners: Vec<Listener>,
-}
-
-impl LocalIdentity {
-    /// From validated settings.
-    pub fn from_settings(s: &Settings) -> Self {
-        LocalIdentity {
-            advertised_host: s.advertised_host.clone(),
-            listeners: s.listeners.clone(),
-        }
-    }
-
-    /// The advertised port for a transport (the first listener of that transport; falls back
-    /// to the first listener at all).
-    pub fn port_for(&self, t: Transport) -> u16 {
-        self.listeners
-            .iter()
-            .find(|l| l.transport == t)
-            .or_else(|| self.listeners.first())
-            .map_or(t.default_port(), |l| l.address.port())
-    }
-
-    fn host_text(&self) -> Cow<'_, str> {
-        if self.advertised_host.contains(':') {
-            Cow::Owned(format!("[{}]", self.advertised_host))
-        } else {
-            Cow::Borrowed(&self.advertised_host)
-        }
-    }
-
-    /// Our Via value for a request sent over `t`.
-    pub fn via(&self, t: Transport, branch: &str) -> String {
-        format!(
-            "SIP/2.0/{} {}:{};branch={}",
-            t.via_token(),
-            self.host_text(),
-            self.port_for(t),
-            branch
-        )
-    }
-
-    /// Our Record-Route (or Path) value carrying a flow token in its user part.
-    pub fn flow_uri(&self, t: Transport, token: &str, ob: bool) -> String {
-        let ob = if ob { ";ob" } else { "" };
-        match t {
-            Transport::Udp => format!(
-                "<sip:{token}@{}:{};lr{ob}>",
-                self.host_text(),
-                self.port_for(t)
-            ),
-            _ => format!(
-                "<sip:{token}@{}:{};transport={};lr{ob}>",
-                self.host_text(),
-                self.port_for(t),
-                t.uri_param()
-            ),
-        }
-    }
-
-    /// Our Record-Route value for the side of the proxy that faces transport `t`.
-    pub fn record_route(&self, t: Transport) -> String {
-        match t {
-            Transport::Udp => format!("<sip:{}:{};lr>", self.host_text(), self.port_for(t)),
-            _ => format!(
-                "<sip:{}:{};transport={};lr>",
-                self.host_text(),
-                self.port_for(t),
-                t.uri_param()
-            ),
-        }
-    }
-
-    /// Whether host and port name this instance.
-    pub fn is_local(&self, host: &str, port: Option<u16>, t: Transport) -> bool {
-        let host_is_ours = host.eq_ignore_ascii_case(&self.advertised_host)
-            || host.parse::<IpAddr>().is_ok_and(|ip| {
-                self.listeners
-                    .iter()
-                    .any(|l| l.address.ip() == ip && !ip.is_unspecified())
-            });
-        if !host_is_ours {
-            return false;
-        }
-        let port = port.unwrap_or(t.default_port());
-        self.listeners.iter().any(|l| l.address.port() == port)
-    }
-
-    /// Whether a SIP URI names this instance.
-    pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
-        let t = uri.transport().unwrap_or(Transport::Udp);
-        self.is_local(uri.host, uri.port, t)
-    }
-}
-
-/// Where a request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// The active member of pair N.
-    Pair(usize),
-    /// A fixed next hop (static route or upstream from config).
-    Host(HostPort),
-    /// The flow this token names (a phone's own connection), from our Route entry.
-    Flow(String),
-}
-
-/// The routing table: pairs, static routes and the serving pair.
-#[derive(Debug, Clone)]
-pub struct Router {
-    /// Pairs in config order.
-    pub pairs: Vec<crate::config::Pair>,
-    /// Static routes.
-    pub routes: Vec<crate::config::StaticRoute>,
-    /// Index of the serving pair.
-    pub serving: usize,
-}
-
-impl Router {
-    /// From validated settings.
-    pub fn from_settings(s: &Settings) -> Self {
-        Router {
-            pairs: s.pairs.clone(),
-            routes: s.routes.clone(),
-            serving: s.serving_pair,
-        }
-    }
-
-    /// A pair or static route serving `host`.
-    fn by_domain(&self, host: &str) -> Option<Destination> {
-        if let Some(r) = self
-            .routes
-            .iter()
-            .find(|r| r.domain.eq_ignore_ascii_case(host))
-        {
-            return Some(Destination::Host(r.target.clone()));
-        }
-        self.pairs
-            .iter()
-            .position(|p| {
-                p.domain
-                    .as_deref()
-                    .is_some_and(|d| d.eq_ignore_ascii_case(host))
-            })
-            .map(Destination::Pair)
-    }
-
-    /// Picks the destination (see the module documentation for the policy).
-    fn destination(
-        &self,
-        identity: &LocalIdentity,
-        next_route: Option<&SipUri<'_>>,
-        request_uri: Option<&SipUri<'_>>,
-        from_upstream: bool,
-        in_dialog: bool,
-    ) -> Result<Destination, Reject> {
-        if let Some(r) = next_route {
-            return Ok(self.by_domain(r.host).unwrap_or_else(|| uri_destination(r)));
-        }
-        let Some(uri) = request_uri else {
-            // tel: and other non-SIP Request-URIs go to the serving pair.
-            return Ok(Destination::Pair(self.serving));
-        };
-        if let Some(d) = self.by_domain(uri.host) {
-            return Ok(d);
-        }
-        if identity.is_local_uri(uri) {
-            if from_upstream {
-                return Err(Reject::new(404, "Not Found"));
-            }
-            return Ok(Destination::Pair(self.serving));
-        }
-        if from_upstream || in_dialog {
-            return Ok(uri_destination(uri));
-        }
-        Ok(Destination::Pair(self.serving))
-    }
-}
-
-fn uri_destination(u: &SipUri<'_>) -> Destination {
-    let transport = u.transport().unwrap_or(Transport::Udp);
-    Destination::Host(HostPort {
-        host: u.target_host().to_string(),
-        port: u.port.unwrap_or(transport.default_port()),
-        transport,
-        explicit_port: u.port.is_some(),
-    })
-}
+use branch::is_loop;
+use validate::check_headers;
 
 /// A request refused with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,69 +137,6 @@ impl Plan {
     }
 }
 
-static BRANCH_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A unique RFC 3261 branch carrying `loop_hash`.
-pub fn new_branch(loop_hash: u32) -> String {
-    use std::sync::OnceLock;
-    static SALT: OnceLock<u64> = OnceLock::new();
-    let salt = SALT.get_or_init(rand::random::<u64>);
-    let n = BRANCH_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{BRANCH_PREFIX}{loop_hash:08x}{:x}{:x}",
-        salt & 0xffff_ffff,
-        n
-    )
-}
-
-/// A branch that is the same every time for the same received request (stateless
-/// forwarding of ACK for 2xx, RFC 3261 section 16.11).
-pub fn stateless_branch(loop_hash: u32, received_branch: &[u8]) -> String {
-    format!(
-        "{BRANCH_PREFIX}{loop_hash:08x}s{:016x}",
-        fnv1a(&[received_branch])
-    )
-}
-
-/// FNV-1a over several byte strings (with a separator), for branches and tags.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in p.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// The loop-detection hash of a request (RFC 3261 section 16.6 step 8): over the
-/// Request-URI, From tag, To tag, Call-ID, CSeq number, Proxy-Require and
-/// Proxy-Authorization, so that a spiral (changed Request-URI) is not a loop.
-pub fn loop_hash(msg: &Message) -> u32 {
-    let cseq = msg.cseq().map(|(n, _)| n.to_be_bytes()).unwrap_or_default();
-    let pr: Vec<&[u8]> = msg
-        .headers()
-        .iter()
-        .filter(|h| {
-            matches!(
-                h.name,
-                HeaderName::ProxyRequire | HeaderName::ProxyAuthorization
-            )
-        })
-        .map(|h| msg.value(h))
-        .collect();
-    let mut parts: Vec<&[u8]> = vec![
-        msg.request_uri().unwrap_or_default(),
-        msg.from_tag().unwrap_or_default(),
-        msg.to_tag().unwrap_or_default(),
-        msg.call_id().unwrap_or_default(),
-        &cseq,
-    ];
-    parts.extend(pr);
-    (fnv1a(&parts) & 0xffff_ffff) as u32
-}
-
 /// A To tag for responses this proxy generates: the same for retransmissions.
 pub fn local_tag(msg: &Message) -> String {
     let branch = msg
@@ -487,7 +240,13 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         Some(Ok(n)) => n - 1,
     };
     // Loop detection (step 4).
-    let hash = loop_hash(msg);
+    let hash = loop_hash(
+        msg,
+        Hop {
+            transport: rx.transport,
+            source: rx.source.ip(),
+        },
+    );
     if is_loop(msg, identity, hash) {
         return Decision::Respond(Reject::new(482, "Loop Detected"));
     }
@@ -615,131 +374,6 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     })
 }
 
-/// Header checks of RFC 3261 section 16.3 step 1 and section 8.2.
-fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
-    for (name, what) in [
-        (HeaderName::From, "From"),
-        (HeaderName::To, "To"),
-        (HeaderName::CallId, "Call-ID"),
-        (HeaderName::CSeq, "CSeq"),
-    ] {
-        match msg.count(name) {
-            1 => {}
-            0 => {
-                return Err(Reject {
-                    code: 400,
-                    reason: Cow::Owned(format!("Missing {what}")),
-                    extra: Vec::new(),
-                })
-            }
-            _ => {
-                return Err(Reject {
-                    code: 400,
-                    reason: Cow::Owned(format!("Multiple {what}")),
-                    extra: Vec::new(),
-                })
-            }
-        }
-    }
-    if msg.count(HeaderName::MaxForwards) > 1 {
-        return Err(Reject::new(400, "Multiple Max-Forwards"));
-    }
-    for name in [HeaderName::From, HeaderName::To] {
-        if let Some(h) = msg.first(name) {
-            if !name_addr_ok(msg.value(h)) {
-                return Err(Reject::new(400, "Malformed From or To"));
-            }
-        }
-    }
-    for h in msg.all(HeaderName::Contact) {
-        let v = msg.value(h);
-        if crate::sip::syntax::trim(v) == b"*" {
-            continue;
-        }
-        for r in crate::sip::syntax::split_list(v) {
-            if !name_addr_ok(v.get(r).unwrap_or_default()) {
-                return Err(Reject::new(400, "Malformed Contact"));
-            }
-        }
-    }
-    if msg.call_id().is_some_and(|c| c.is_empty()) {
-        return Err(Reject::new(400, "Malformed Call-ID"));
-    }
-    let Some((_, cseq_method)) = msg.cseq() else {
-        return Err(Reject::new(400, "Malformed CSeq"));
-    };
-    if Some(&cseq_method) != msg.method() {
-        return Err(match msg.method() {
-            Some(Method::Other(_)) => Reject::new(501, "Not Implemented"),
-            _ => Reject::new(400, "CSeq Method Does Not Match"),
-        });
-    }
-    let branch = via.branch().unwrap_or_default();
-    if branch == MAGIC_COOKIE {
-        return Err(Reject::new(400, "Missing Transaction Identifier"));
-    }
-    for v in msg.list_values(HeaderName::Via) {
-        if Via::parse(msg.slice(v)).is_err() {
-            return Err(Reject::new(400, "Malformed Via"));
-        }
-    }
-    Ok(())
-}
-
-/// A From/To/Contact value: quotes balanced; a display name that is not quoted is tokens
-/// and spaces only; no white space just inside `<` and `>`; an addr-spec without `<>` has
-/// no `?headers` (RFC 3261 section 20 and RFC 4475 sections 3.1.2.13-15).
-fn name_addr_ok(v: &[u8]) -> bool {
-    use crate::sip::syntax::{is_lws, is_token_char, trim};
-    let Some(uri) = name_addr_uri(v).filter(|_| quotes_balanced(v)) else {
-        return false;
-    };
-    match crate::sip::message::angle_span(v) {
-        Some((open, close)) => {
-            let display = trim(v.get(..open).unwrap_or_default());
-            let display_ok = display.first() == Some(&b'"')
-                || display.iter().all(|&b| is_token_char(b) || is_lws(b));
-            let first = v.get(open + 1).copied().unwrap_or(b'>');
-            let last = close
-                .checked_sub(1)
-                .and_then(|i| v.get(i))
-                .copied()
-                .unwrap_or(b'<');
-            display_ok && !is_lws(first) && !is_lws(last)
-        }
-        None => !uri.contains(&b'?'),
-    }
-}
-
-fn quotes_balanced(v: &[u8]) -> bool {
-    let mut in_quote = false;
-    let mut escaped = false;
-    for &b in v {
-        if escaped {
-            escaped = false;
-        } else if in_quote && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            in_quote = !in_quote;
-        }
-    }
-    !in_quote
-}
-
-/// Whether one of our own Vias in the request carries the same loop hash (RFC 3261
-/// section 16.3 step 4): the request came back unchanged.
-fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
-    let want = format!("{BRANCH_PREFIX}{hash:08x}");
-    msg.list_values(HeaderName::Via).into_iter().any(|r| {
-        let Ok(v) = Via::parse(msg.slice(r)) else {
-            return false;
-        };
-        let t = v.transport.parse().unwrap_or(Transport::Udp);
-        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
-    })
-}
-
-/// The server-transaction key of a request (RFC 3261 section 17.2.3): the top Via branch and
 /// sent-by, with ACK matched to its INVITE; RFC 2543 requests (no magic cookie) are keyed on
 /// Call-ID, From tag, CSeq number and sent-by.
 pub fn server_key(msg: &Message) -> Option<String> {
@@ -775,13 +409,13 @@ pub fn cancelled_invite_key(cancel: &Message) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Pair;
+    use crate::sip::addr::Listener;
     use crate::sip::message::{Framing, Limits};
 
     fn identity() -> LocalIdentity {
-        LocalIdentity {
-            advertised_host: "192.0.2.10".into(),
-            listeners: vec![
+        LocalIdentity::new(
+            "192.0.2.10",
+            vec![
                 Listener {
                     transport: Transport::Udp,
                     address: "192.0.2.10:5060".parse().unwrap(),
@@ -791,7 +425,8 @@ mod tests {
                     address: "192.0.2.10:5060".parse().unwrap(),
                 },
             ],
-        }
+        )
+        .with_names(["pool.example.com"])
     }
 
     fn router() -> Router {
@@ -803,7 +438,7 @@ mod tests {
                 backup: "192.0.2.12:5060".parse().unwrap(),
                 failback: false,
             }],
-            routes: vec![crate::config::StaticRoute {
+            routes: vec![StaticRoute {
                 domain: "partner.example".into(),
                 target: "198.51.100.1:5060;transport=tcp".parse().unwrap(),
             }],
@@ -922,18 +557,92 @@ mod tests {
         assert_eq!(code(&decide_from(&big, "10.0.0.1:5060", false)), 400);
     }
 
-    #[test]
-    fn loop_is_detected_but_spiral_is_not() {
-        let m = req("", "sip:bob@y");
-        let hash = loop_hash(&m);
+    /// `msg` as it comes back after passing this proxy once from `src`: our Via (with the
+    /// loop hash of the first pass) under the new top Via, and `routes` as its Route set.
+    fn back_again(first: &Message, src: &str, ruri: &str, routes: &str) -> Message {
+        let hop = Hop {
+            transport: Transport::Udp,
+            source: src.parse::<SocketAddr>().unwrap().ip(),
+        };
         let ours = format!(
-            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch={}\r\n",
-            new_branch(hash)
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch={}\r\n{routes}",
+            new_branch(loop_hash(first, hop))
         );
-        let looped = req(&ours, "sip:bob@y");
+        req(&ours, ruri)
+    }
+
+    #[test]
+    fn an_identical_request_back_from_the_same_hop_is_a_loop() {
+        let first = req("", "sip:bob@y");
+        let looped = back_again(&first, "10.0.0.1:5060", "sip:bob@y", "");
         assert_eq!(code(&decide_from(&looped, "10.0.0.1:5060", false)), 482);
-        let spiral = req(&ours, "sip:bob@elsewhere");
+    }
+
+    #[test]
+    fn a_changed_request_uri_is_a_spiral() {
+        let first = req("", "sip:bob@y");
+        let spiral = back_again(&first, "10.0.0.1:5060", "sip:bob@elsewhere", "");
         assert_eq!(code(&decide_from(&spiral, "10.0.0.1:5060", false)), 1);
+    }
+
+    #[test]
+    fn a_changed_route_set_is_a_spiral() {
+        // Phone A -> proxy -> registrar -> proxy -> phone B: the in-dialog BYE keeps its
+        // Request-URI; the registrar removed its own Route entry on the way.
+        let routes = "Route: <sip:192.0.2.10;lr>, <sip:192.0.2.99;lr>, <sip:tok@192.0.2.10;lr>\r\n";
+        let first = req(routes, "sip:bob@203.0.113.7");
+        let second = back_again(
+            &first,
+            "10.0.0.1:5060",
+            "sip:bob@203.0.113.7",
+            "Route: <sip:tok@192.0.2.10;lr>\r\n",
+        );
+        assert_eq!(code(&decide_from(&second, "10.0.0.1:5060", false)), 1);
+        // The same Route set back again is a loop.
+        let looped = back_again(&first, "10.0.0.1:5060", "sip:bob@203.0.113.7", routes);
+        assert_eq!(code(&decide_from(&looped, "10.0.0.1:5060", false)), 482);
+    }
+
+    #[test]
+    fn the_same_request_from_another_hop_is_a_spiral() {
+        // Forwarded to the registrar by a phone's request, sent back by the registrar: the
+        // proxy routes a request from upstream differently, so it is not a loop.
+        let first = req("", "sip:bob@y");
+        let from_registrar = back_again(&first, "10.0.0.1:5060", "sip:bob@y", "");
+        assert_eq!(
+            code(&decide_from(&from_registrar, "192.0.2.11:5060", true)),
+            1
+        );
+    }
+
+    #[test]
+    fn a_route_naming_the_pool_is_ours_and_removed() {
+        let m = req(
+            "Route: <sip:pool.example.com:5060;lr>\r\n",
+            "sip:bob@anything.example",
+        );
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:40000", false) else {
+            panic!()
+        };
+        assert_eq!(plan.destination, Destination::Pair(0));
+        let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKsptest");
+        assert!(!std::str::from_utf8(&out)
+            .unwrap()
+            .contains("Route: <sip:pool"));
+        // Without a port (found by SRV) too; with a port we do not listen on, it is not us.
+        let m = req(
+            "Route: <sip:POOL.example.com;transport=tcp;lr>\r\n",
+            "sip:b@x",
+        );
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:40000", false) else {
+            panic!()
+        };
+        assert_eq!(plan.destination, Destination::Pair(0));
+        let m = req("Route: <sip:pool.example.com:5999;lr>\r\n", "sip:b@x");
+        let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:40000", false) else {
+            panic!()
+        };
+        assert!(matches!(plan.destination, Destination::Host(h) if h.port == 5999));
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! Addresses as a proxy writes them in config and URIs: `host[:port][;transport=...]`
+//! next hops and the sockets an instance listens on.
+//!
+//! Owns only parsing and printing; resolving a host name is the DNS layer's job.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use crate::sip::transport::Transport;
+
+/// An upstream or static-route address: `host[:port][;transport=udp|tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// Port, 5060 when not given.
+    pub port: u16,
+    /// Transport, UDP when not given.
+    pub transport: Transport,
+    /// Whether the port was written (RFC 3263: then no SRV lookup).
+    pub explicit_port: bool,
+}
+
+impl HostPort {
+    /// The socket address when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        IpAddr::from_str(&self.host)
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(
+                f,
+                "[{}]:{};transport={}",
+                self.host, self.port, self.transport
+            )
+        } else {
+            write!(
+                f,
+                "{}:{};transport={}",
+                self.host, self.port, self.transport
+            )
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let mut parts = s.split(';');
+        let hostport = parts.next().unwrap_or_default();
+        let mut transport = Transport::Udp;
+        for param in parts {
+            match param.split_once('=') {
+                Some((name, value)) if name.eq_ignore_ascii_case("transport") => {
+                    transport = Transport::from_str(value)
+                        .map_err(|_| format!("unknown transport '{value}' (udp or tcp)"))?;
+                }
+                _ => return Err(format!("unknown parameter '{param}' (only transport=)")),
+            }
+        }
+        let (host, port) = split_host_port(hostport)?;
+        Ok(HostPort {
+            host,
+            port: port.unwrap_or(transport.default_port()),
+            transport,
+            explicit_port: port.is_some(),
+        })
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+    let bad_port = |p: &str| format!("invalid port '{p}'");
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unterminated IPv6 literal in '{s}'"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse::<u16>().map_err(|_| bad_port(p))?),
+            None if after.is_empty() => None,
+            None => return Err(format!("unexpected '{after}' after IPv6 literal")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad_port(p))?)),
+        None => (s, None),
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if host.contains(':') {
+        return Err(format!("IPv6 address must be in brackets: '{s}'"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// A listen socket after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Transport of the socket.
+    pub transport: Transport,
+    /// Address to bind.
+    pub address: SocketAddr,
+}

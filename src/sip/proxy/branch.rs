@@ -1,0 +1,126 @@
+//! The branch parameter this proxy writes (RFC 3261 section 16.6 step 8): the magic
+//! cookie, a loop-detection hash of the request, then a unique part; and loop detection
+//! (section 16.3 step 4) by recomputing that hash.
+//!
+//! Owns branch text and the hash; nothing here keeps state but a counter.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::transport::Transport;
+use crate::sip::via::Via;
+
+use super::LocalIdentity;
+
+/// Prefix of every branch this proxy writes: the magic cookie and `sp`, then 8 hex digits of
+/// the loop-detection hash (RFC 3261 section 16.6 step 8), then a unique part.
+pub const BRANCH_PREFIX: &str = "z9hG4bKsp";
+
+static BRANCH_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique RFC 3261 branch carrying `loop_hash`.
+pub fn new_branch(loop_hash: u32) -> String {
+    use std::sync::OnceLock;
+    static SALT: OnceLock<u64> = OnceLock::new();
+    let salt = SALT.get_or_init(rand::random::<u64>);
+    let n = BRANCH_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{BRANCH_PREFIX}{loop_hash:08x}{:x}{:x}",
+        salt & 0xffff_ffff,
+        n
+    )
+}
+
+/// A branch that is the same every time for the same received request (stateless
+/// forwarding of ACK for 2xx, RFC 3261 section 16.11).
+pub fn stateless_branch(loop_hash: u32, received_branch: &[u8]) -> String {
+    format!(
+        "{BRANCH_PREFIX}{loop_hash:08x}s{:016x}",
+        fnv1a(&[received_branch])
+    )
+}
+
+/// FNV-1a over several byte strings (with a separator), for branches and tags.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = Fnv1a::default();
+    for p in parts {
+        h.part(p);
+    }
+    h.0
+}
+
+/// An FNV-1a hash fed one part at a time; each part ends with a separator byte so that
+/// `("ab", "c")` and `("a", "bc")` differ.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn part(&mut self, p: &[u8]) {
+        for &b in p.iter().chain(std::iter::once(&0xffu8)) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The hop a request arrived from, as far as this proxy's forwarding decision depends on
+/// it (a request from an upstream server is routed differently from the same request from
+/// a phone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    /// Transport it arrived on.
+    pub transport: Transport,
+    /// Address of the previous hop (the packet's source; the port is left out, since a
+    /// stream's source port changes with each connection).
+    pub source: IpAddr,
+}
+
+/// The loop-detection hash of a request (RFC 3261 section 16.6 step 8): over every field
+/// the forwarding decision depends on: the Request-URI, From tag, To tag, Call-ID, CSeq
+/// number, the Route set as received, Proxy-Require, Proxy-Authorization, and the hop it
+/// came from. A request that comes back through this proxy with any of them changed is a
+/// spiral (section 16.3 step 4): phone A -> proxy -> registrar -> proxy -> phone B passes
+/// twice with the same Request-URI but another Route set and another previous hop.
+pub fn loop_hash(msg: &Message, hop: Hop) -> u32 {
+    let mut h = Fnv1a::default();
+    h.part(msg.request_uri().unwrap_or_default());
+    h.part(msg.from_tag().unwrap_or_default());
+    h.part(msg.to_tag().unwrap_or_default());
+    h.part(msg.call_id().unwrap_or_default());
+    h.part(&msg.cseq().map(|(n, _)| n.to_be_bytes()).unwrap_or_default());
+    for header in msg.headers() {
+        let tag: &[u8] = match header.name {
+            HeaderName::Route => b"R",
+            HeaderName::ProxyRequire => b"P",
+            HeaderName::ProxyAuthorization => b"A",
+            _ => continue,
+        };
+        h.part(tag);
+        h.part(msg.value(header));
+    }
+    h.part(hop.transport.via_token().as_bytes());
+    match hop.source {
+        IpAddr::V4(ip) => h.part(&ip.octets()),
+        IpAddr::V6(ip) => h.part(&ip.octets()),
+    }
+    (h.0 & 0xffff_ffff) as u32
+}
+
+/// Whether one of our own Vias in the request carries the same loop hash (RFC 3261
+/// section 16.3 step 4): the request came back unchanged.
+pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
+    let want = format!("{BRANCH_PREFIX}{hash:08x}");
+    msg.list_values(HeaderName::Via).into_iter().any(|r| {
+        let Ok(v) = Via::parse(msg.slice(r)) else {
+            return false;
+        };
+        let t = v.transport.parse().unwrap_or(Transport::Udp);
+        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
+    })
+}

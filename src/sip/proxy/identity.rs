@@ -1,0 +1,227 @@
+//! Which names and addresses are this instance (RFC 3261 section 16.4: a proxy removes a
+//! Route entry that names it), and how it writes itself into Via, Record-Route and Path.
+//!
+//! Owns the instance's own names; the names come from configuration and start-up (the host
+//! name, the interfaces' addresses) and never change while a request is handled.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use crate::sip::addr::Listener;
+use crate::sip::transport::Transport;
+use crate::sip::uri::SipUri;
+
+/// Who this instance is on the wire: the host and ports it advertises, and every name and
+/// address it is known by.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// Host written into Via and Record-Route.
+    pub advertised_host: String,
+    /// Listen sockets.
+    pub listeners: Vec<Listener>,
+    /// DNS names this instance also answers to, lower-case: the pool's SRV/A name, the
+    /// host's name, `instance.names`. A URI naming one of them without a port is ours
+    /// (RFC 3263: the port comes from SRV); with a port, the port must be one we listen on.
+    names: Vec<String>,
+    /// The host's own interface addresses, for listeners bound to `0.0.0.0` or `::`.
+    addresses: Vec<IpAddr>,
+}
+
+impl LocalIdentity {
+    /// An identity advertising `advertised_host` (a name or an IP literal, IPv6 without
+    /// brackets) over `listeners`.
+    pub fn new(advertised_host: impl Into<String>, listeners: Vec<Listener>) -> Self {
+        LocalIdentity {
+            advertised_host: advertised_host.into(),
+            listeners,
+            names: Vec::new(),
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Adds names this instance is known by (empty ones are skipped).
+    pub fn with_names<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for n in names {
+            let n = n.as_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            if !n.is_empty() && !self.names.contains(&n) {
+                self.names.push(n);
+            }
+        }
+        self
+    }
+
+    /// Adds the host's interface addresses (meaningful when a listener is bound to an
+    /// unspecified address).
+    pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        for a in addresses {
+            if !a.is_unspecified() && !self.addresses.contains(&a) {
+                self.addresses.push(a);
+            }
+        }
+        self
+    }
+
+    /// The names this instance is known by besides its advertised host.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The advertised port for a transport (the first listener of that transport; falls back
+    /// to the first listener at all).
+    pub fn port_for(&self, t: Transport) -> u16 {
+        self.listeners
+            .iter()
+            .find(|l| l.transport == t)
+            .or_else(|| self.listeners.first())
+            .map_or(t.default_port(), |l| l.address.port())
+    }
+
+    fn host_text(&self) -> Cow<'_, str> {
+        if self.advertised_host.contains(':') {
+            Cow::Owned(format!("[{}]", self.advertised_host))
+        } else {
+            Cow::Borrowed(&self.advertised_host)
+        }
+    }
+
+    /// Our Via value for a request sent over `t`.
+    pub fn via(&self, t: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={}",
+            t.via_token(),
+            self.host_text(),
+            self.port_for(t),
+            branch
+        )
+    }
+
+    /// Our Record-Route (or Path) value carrying a flow token in its user part.
+    pub fn flow_uri(&self, t: Transport, token: &str, ob: bool) -> String {
+        let ob = if ob { ";ob" } else { "" };
+        match t {
+            Transport::Udp => format!(
+                "<sip:{token}@{}:{};lr{ob}>",
+                self.host_text(),
+                self.port_for(t)
+            ),
+            _ => format!(
+                "<sip:{token}@{}:{};transport={};lr{ob}>",
+                self.host_text(),
+                self.port_for(t),
+                t.uri_param()
+            ),
+        }
+    }
+
+    /// Our Record-Route value for the side of the proxy that faces transport `t`.
+    pub fn record_route(&self, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!("<sip:{}:{};lr>", self.host_text(), self.port_for(t)),
+            _ => format!(
+                "<sip:{}:{};transport={};lr>",
+                self.host_text(),
+                self.port_for(t),
+                t.uri_param()
+            ),
+        }
+    }
+
+    /// Whether host and port name this instance: the advertised host, a listener's
+    /// address (or, for a listener on `0.0.0.0`/`::`, one of the host's addresses), or one
+    /// of its names. An IP literal or the advertised host without a port means the
+    /// transport's default port; a name from [`Self::names`] without a port is ours on any
+    /// port (it is looked up by SRV).
+    pub fn is_local(&self, host: &str, port: Option<u16>, t: Transport) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let listens_on = |p: u16| self.listeners.iter().any(|l| l.address.port() == p);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let ours = self.advertised_host.parse::<IpAddr>().ok() == Some(ip)
+                || self.listeners.iter().any(|l| {
+                    let bound = l.address.ip();
+                    bound == ip
+                        || (bound.is_unspecified()
+                            && bound.is_ipv4() == ip.is_ipv4()
+                            && (ip.is_loopback() || self.addresses.contains(&ip)))
+                });
+            return ours && listens_on(port.unwrap_or(t.default_port()));
+        }
+        if host.eq_ignore_ascii_case(&self.advertised_host) {
+            return listens_on(port.unwrap_or(t.default_port()));
+        }
+        if self.names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+            return port.is_none_or(listens_on);
+        }
+        false
+    }
+
+    /// Whether a SIP URI names this instance.
+    pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
+        let t = uri.transport().unwrap_or(Transport::Udp);
+        self.is_local(uri.host, uri.port, t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(t: Transport, a: &str) -> Listener {
+        Listener {
+            transport: t,
+            address: a.parse().unwrap(),
+        }
+    }
+
+    fn identity() -> LocalIdentity {
+        LocalIdentity::new(
+            "sip-a.example.com",
+            vec![
+                listener(Transport::Udp, "192.0.2.10:5060"),
+                listener(Transport::Tls, "192.0.2.10:5061"),
+            ],
+        )
+        .with_names(["Pool.Example.com.", "host-a", ""])
+    }
+
+    #[test]
+    fn advertised_host_and_listener_addresses_are_ours_on_a_listened_port() {
+        let id = identity();
+        assert!(id.is_local("sip-a.example.com", None, Transport::Udp));
+        assert!(id.is_local("SIP-A.example.com", Some(5061), Transport::Tls));
+        assert!(!id.is_local("sip-a.example.com", Some(5070), Transport::Udp));
+        assert!(id.is_local("192.0.2.10", None, Transport::Udp));
+        assert!(id.is_local("192.0.2.10", None, Transport::Tls));
+        assert!(!id.is_local("192.0.2.11", None, Transport::Udp));
+        assert!(!id.is_local("elsewhere.example.com", None, Transport::Udp));
+    }
+
+    #[test]
+    fn pool_and_host_names_are_ours_without_a_port_or_on_a_listened_port() {
+        let id = identity();
+        assert_eq!(id.names(), ["pool.example.com", "host-a"]);
+        assert!(id.is_local("pool.example.com", None, Transport::Tls));
+        assert!(id.is_local("pool.example.com.", Some(5061), Transport::Tls));
+        assert!(id.is_local("POOL.EXAMPLE.COM", Some(5060), Transport::Udp));
+        assert!(!id.is_local("pool.example.com", Some(5080), Transport::Udp));
+        assert!(id.is_local("host-a", None, Transport::Udp));
+    }
+
+    #[test]
+    fn wildcard_listener_knows_the_interfaces_addresses() {
+        let id = LocalIdentity::new("10.0.0.5", vec![listener(Transport::Udp, "0.0.0.0:5060")])
+            .with_addresses(["10.0.0.5".parse().unwrap(), "10.1.0.5".parse().unwrap()]);
+        assert!(id.is_local("10.1.0.5", None, Transport::Udp));
+        assert!(id.is_local("127.0.0.1", Some(5060), Transport::Udp));
+        assert!(!id.is_local("10.2.0.5", None, Transport::Udp));
+        assert!(!id.is_local("::1", None, Transport::Udp));
+        let v6 = LocalIdentity::new("2001:db8::5", vec![listener(Transport::Udp, "[::]:5060")])
+            .with_addresses(["2001:db8::6".parse().unwrap()]);
+        assert!(v6.is_local("[2001:db8::6]", None, Transport::Udp));
+        assert!(v6.is_local("2001:db8::5", None, Transport::Udp));
+    }
+}

@@ -1,0 +1,454 @@
+//! The response context with simulated time: every path of section 16.7 without a socket.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::sip::addr::Listener;
+use crate::sip::message::{Framing, Limits, Message};
+use crate::sip::proxy::{decide, Pair, Received, Router};
+
+const PRIMARY: &str = "192.0.2.11:5060";
+const BACKUP: &str = "192.0.2.12:5060";
+const FAILOVER: Duration = Duration::from_millis(1000);
+
+/// Pair 0: PRIMARY and BACKUP, each up or down.
+struct Pairs {
+    up: [Cell<bool>; 2],
+}
+
+impl Pairs {
+    fn both_up() -> Pairs {
+        Pairs {
+            up: [Cell::new(true), Cell::new(true)],
+        }
+    }
+}
+
+impl PairView for Pairs {
+    fn active(&self, _pair: usize) -> Option<Member> {
+        if self.up[0].get() {
+            Some(Member::Primary)
+        } else if self.up[1].get() {
+            Some(Member::Backup)
+        } else {
+            None
+        }
+    }
+    fn is_up(&self, _pair: usize, m: Member) -> bool {
+        self.up[m as usize].get()
+    }
+    fn server(&self, _pair: usize, m: Member) -> Option<HostPort> {
+        Some(match m {
+            Member::Primary => PRIMARY.parse().unwrap(),
+            Member::Backup => BACKUP.parse().unwrap(),
+        })
+    }
+    fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
+        match addr.to_string().as_str() {
+            PRIMARY => Some((0, Member::Primary)),
+            BACKUP => Some((0, Member::Backup)),
+            _ => None,
+        }
+    }
+}
+
+fn identity() -> LocalIdentity {
+    LocalIdentity::new(
+        "192.0.2.10",
+        vec![Listener {
+            transport: Transport::Udp,
+            address: "192.0.2.10:5060".parse().unwrap(),
+        }],
+    )
+}
+
+fn router() -> Router {
+    Router {
+        pairs: vec![Pair {
+            name: "p".into(),
+            domain: None,
+            primary: PRIMARY.parse().unwrap(),
+            backup: BACKUP.parse().unwrap(),
+            failback: false,
+        }],
+        routes: Vec::new(),
+        serving: 0,
+    }
+}
+
+fn parse(s: &str) -> Message {
+    Message::parse(
+        Bytes::from(s.to_string()),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+fn request(method: &str) -> Message {
+    parse(&format!(
+        "{method} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKc1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n\
+         Call-ID: rc1\r\nCSeq: 1 {method}\r\nContact: <sip:alice@10.0.0.1>\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+/// A response on `branch` to the request as forwarded.
+fn response(code: u16, branch: &str, method: &str) -> Message {
+    parse(&format!(
+        "SIP/2.0 {code} Whatever\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch={branch}\r\n\
+         Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKc1\r\nFrom: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>;tag=b1\r\nCall-ID: rc1\r\nCSeq: 1 {method}\r\n\
+         Contact: <sip:bob@192.0.2.11>\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+/// A context for `method` from a phone, after `decide`, with all its actions so far.
+fn context(method: &str, pairs: &Pairs, now: Instant) -> (ResponseContext, Vec<Action>) {
+    let msg = request(method);
+    let decision = decide(
+        Received {
+            msg: &msg,
+            transport: Transport::Udp,
+            source: "10.0.0.1:5060".parse().unwrap(),
+            from_upstream: false,
+            flow_token: None,
+        },
+        &identity(),
+        &router(),
+    );
+    let mut ctx = ResponseContext::new(msg, false, Timers::default(), FAILOVER);
+    ctx.handle_request(decision, pairs, now);
+    let actions = drain(&mut ctx);
+    (ctx, actions)
+}
+
+fn drain(ctx: &mut ResponseContext) -> Vec<Action> {
+    std::iter::from_fn(|| ctx.poll_action()).collect()
+}
+
+/// Codes sent to the client among `actions`.
+fn to_client(actions: &[Action]) -> Vec<(u16, Origin)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToClient { code, origin, .. } => Some((*code, *origin)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn on_branch(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToBranch(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Locates and starts the branch the context asked for; returns its branch id.
+fn start(ctx: &mut ResponseContext, actions: &[Action], now: Instant) -> String {
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Locate(_))),
+        "{actions:?}"
+    );
+    let (key, bytes) = ctx.start_branch(Transport::Udp, &identity(), now).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains(key.branch()));
+    key.branch().to_string()
+}
+
+fn located(actions: &[Action]) -> Option<String> {
+    actions.iter().find_map(|a| match a {
+        Action::Locate(hp) => Some(format!("{}:{}", hp.host, hp.port)),
+        _ => None,
+    })
+}
+
+#[test]
+fn invite_gets_100_and_goes_to_the_active_member() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (_, actions) = context("INVITE", &pairs, now);
+    assert_eq!(to_client(&actions), [(100, Origin::Local)]);
+    assert_eq!(located(&actions).as_deref(), Some(PRIMARY));
+}
+
+#[test]
+fn provisional_and_final_are_relayed_and_a_non_2xx_is_acked() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, now);
+    ctx.handle_response(&response(486, &b, "INVITE"), &pairs, now);
+    let actions = drain(&mut ctx);
+    assert_eq!(
+        to_client(&actions),
+        [(180, Origin::Relayed), (486, Origin::Relayed)]
+    );
+    let sent = on_branch(&actions);
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].starts_with("ACK sip:bob@example.com"),
+        "{}",
+        sent[0]
+    );
+    assert!(sent[0].contains(&b));
+}
+
+#[test]
+fn a_503_is_never_relayed_the_other_member_gets_the_request() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(503, &b, "INVITE"), &pairs, now);
+    let actions = drain(&mut ctx);
+    assert!(to_client(&actions).is_empty());
+    assert_eq!(located(&actions).as_deref(), Some(BACKUP));
+    assert!(actions.contains(&Action::BranchGone(ClientKey::new(&b))));
+    assert!(actions.contains(&Action::Evidence {
+        pair: 0,
+        member: Member::Primary,
+        evidence: Evidence::Suspect
+    }));
+    // The backup answers 503 too: no third try, and 500 goes to the client (16.7 step 6).
+    let b2 = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(503, &b2, "INVITE"), &pairs, now);
+    let actions = drain(&mut ctx);
+    assert_eq!(to_client(&actions), [(500, Origin::Local)]);
+    assert!(located(&actions).is_none());
+}
+
+#[test]
+fn a_503_with_the_other_member_down_gives_500() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("OPTIONS", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    pairs.up[1].set(false);
+    ctx.handle_response(&response(503, &b, "OPTIONS"), &pairs, now);
+    assert_eq!(to_client(&drain(&mut ctx)), [(500, Origin::Local)]);
+}
+
+#[test]
+fn no_answer_before_the_failover_timer_retries_on_the_other_member() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    assert_eq!(ctx.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    let t = t0 + FAILOVER;
+    ctx.handle_timeout(&pairs, t);
+    let actions = drain(&mut ctx);
+    assert_eq!(located(&actions).as_deref(), Some(BACKUP));
+    assert!(actions.contains(&Action::Evidence {
+        pair: 0,
+        member: Member::Primary,
+        evidence: Evidence::Unanswered { sent_at: t0 }
+    }));
+    assert!(actions.contains(&Action::BranchGone(ClientKey::new(&b))));
+    let b2 = start(&mut ctx, &actions, t);
+    // A late answer on the branch given up is not this context's business any more.
+    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    assert!(drain(&mut ctx).is_empty());
+    ctx.handle_response(&response(200, &b2, "INVITE"), &pairs, t);
+    assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
+}
+
+#[test]
+fn a_member_that_answers_something_is_not_failed_over_by_the_timer() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    ctx.handle_response(&response(100, &b, "INVITE"), &pairs, t0);
+    ctx.handle_timeout(&pairs, t0 + FAILOVER);
+    let actions = drain(&mut ctx);
+    assert!(located(&actions).is_none(), "{actions:?}");
+}
+
+#[test]
+fn client_transaction_timeout_with_nothing_to_fail_over_to_is_408() {
+    let pairs = Pairs::both_up();
+    pairs.up[1].set(false);
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("OPTIONS", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    ctx.handle_response(&response(100, &b, "OPTIONS"), &pairs, t0);
+    let mut t = t0;
+    let mut seen = Vec::new();
+    while let Some(next) = ctx.poll_timeout() {
+        t = next;
+        ctx.handle_timeout(&pairs, t);
+        seen.extend(drain(&mut ctx));
+        if ctx.is_done() || ctx.poll_linger(t).is_some() {
+            break;
+        }
+    }
+    assert!(seen.contains(&Action::UpstreamTimeout));
+    assert_eq!(to_client(&seen), [(408, Origin::Local)]);
+    assert_eq!(t, t0 + Timers::default().t1x64());
+}
+
+#[test]
+fn cancel_before_a_provisional_waits_for_it() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_cancel(now);
+    assert!(
+        drain(&mut ctx).is_empty(),
+        "no CANCEL before a provisional (9.1)"
+    );
+    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, now);
+    let actions = drain(&mut ctx);
+    assert_eq!(to_client(&actions), [(180, Origin::Relayed)]);
+    let sent = on_branch(&actions);
+    assert!(
+        sent[0].starts_with("CANCEL sip:bob@example.com"),
+        "{sent:?}"
+    );
+    assert!(sent[0].contains(&b));
+    // The 487 from the branch is relayed; the CANCEL's own 200 is absorbed.
+    ctx.handle_response(&response(200, &b, "CANCEL"), &pairs, now);
+    ctx.handle_response(&response(487, &b, "INVITE"), &pairs, now);
+    assert_eq!(to_client(&drain(&mut ctx)), [(487, Origin::Relayed)]);
+}
+
+#[test]
+fn cancel_after_a_provisional_goes_out_at_once_and_once() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(183, &b, "INVITE"), &pairs, now);
+    drain(&mut ctx);
+    ctx.handle_cancel(now);
+    ctx.handle_cancel(now);
+    let sent = on_branch(&drain(&mut ctx));
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].starts_with("CANCEL "));
+}
+
+#[test]
+fn cancel_before_any_branch_is_487() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, _) = context("INVITE", &pairs, now);
+    ctx.handle_cancel(now);
+    assert_eq!(to_client(&drain(&mut ctx)), [(487, Origin::Local)]);
+    // A located target arriving after that sends nothing.
+    assert!(ctx.start_branch(Transport::Udp, &identity(), now).is_none());
+}
+
+#[test]
+fn timer_c_cancels_then_answers_408() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, t0);
+    drain(&mut ctx);
+    let timers = Timers::default();
+    assert_eq!(ctx.poll_timeout(), Some(t0 + timers.timer_c));
+    let t = t0 + timers.timer_c;
+    ctx.handle_timeout(&pairs, t);
+    let sent = on_branch(&drain(&mut ctx));
+    assert!(sent.iter().any(|m| m.starts_with("CANCEL ")), "{sent:?}");
+    // The branch stays silent: 408 after 64*T1 more.
+    let mut now = t;
+    let mut codes = Vec::new();
+    while let Some(next) = ctx.poll_timeout() {
+        if next > t + timers.t1x64() {
+            break;
+        }
+        now = next;
+        ctx.handle_timeout(&pairs, now);
+        codes.extend(to_client(&drain(&mut ctx)));
+    }
+    assert_eq!(codes, [(408, Origin::Local)]);
+    assert_eq!(now, t + timers.t1x64());
+}
+
+#[test]
+fn retransmissions_after_the_final_answer_get_it_again_then_linger() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("OPTIONS", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(200, &b, "OPTIONS"), &pairs, now);
+    let actions = drain(&mut ctx);
+    let Some(Action::ToClient { bytes, .. }) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    let ok = bytes.clone();
+    assert!(!ctx.handle_retransmission(&request("OPTIONS"), now));
+    assert_eq!(drain(&mut ctx), [Action::ResendToClient(ok.clone())]);
+    let linger = ctx
+        .poll_linger(now)
+        .expect("lingers after its final answer");
+    assert_eq!(linger.response, Some(ok));
+    assert_eq!(linger.until, now + Timers::default().t1x64());
+}
+
+#[test]
+fn an_ack_for_a_2xx_on_the_invite_branch_is_not_absorbed() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    let b = start(&mut ctx, &actions, now);
+    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, now);
+    drain(&mut ctx);
+    assert!(ctx.handle_retransmission(&request("ACK"), now));
+    let linger = ctx.poll_linger(now).expect("INVITE answered 2xx lingers");
+    assert_eq!(linger.response, None);
+}
+
+#[test]
+fn pair_out_of_service_is_503_with_retry_after() {
+    let pairs = Pairs::both_up();
+    pairs.up[0].set(false);
+    pairs.up[1].set(false);
+    let (mut ctx, actions) = context("OPTIONS", &pairs, Instant::now());
+    assert_eq!(to_client(&actions), [(503, Origin::Local)]);
+    let Some(Action::ToClient { bytes, .. }) = actions.first() else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(bytes).contains("Retry-After: 5\r\n"));
+    assert!(ctx.poll_action().is_none());
+}
+
+#[test]
+fn transport_errors_fail_over_and_a_lost_phone_flow_is_430() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, now);
+    start(&mut ctx, &actions, now);
+    assert!(ctx.branch_request_in_progress().is_some());
+    ctx.handle_branch_failed(&pairs, now);
+    let actions = drain(&mut ctx);
+    assert_eq!(located(&actions).as_deref(), Some(BACKUP));
+    start(&mut ctx, &actions, now);
+    ctx.handle_transport_error(true, &pairs, now);
+    assert_eq!(to_client(&drain(&mut ctx)), [(430, Origin::Local)]);
+    assert!(ctx.branch_request_in_progress().is_none());
+}
+
+#[test]
+fn a_refused_flow_token_is_403_and_a_gone_flow_430() {
+    let pairs = Pairs::both_up();
+    for (forged, code) in [(true, 403), (false, 430)] {
+        let (mut ctx, _) = context("BYE", &pairs, Instant::now());
+        ctx.handle_flow_refused(forged, Instant::now());
+        assert_eq!(to_client(&drain(&mut ctx)), [(code, Origin::Local)]);
+    }
+}
