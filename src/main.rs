@@ -1,80 +1,86 @@
-//! The `sippool` command: `run --config FILE` and `check-config FILE`.
+//! The `sippool` command: `run`, `check-config` and `demo` (see `sippool --help`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sippool::actors::Proxy;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::Instrument;
+
+use sippool::actors::{DrainOutcome, Proxy};
 use sippool::config;
 
-const USAGE: &str = "usage:
-  sippool run --config FILE [--log-format text|json]
-  sippool check-config FILE
-  sippool demo [--http ADDR] [--control ADDR] [--rate CALLS_PER_S]
-      an instance, a simulated primary/backup pair and call traffic on loopback, with
-      the dashboard; kill and revive the primary to watch the switchover
-
-Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).
-Log filter: RUST_LOG (default info).";
-
-enum Command {
-    Run { config: PathBuf, json: bool },
-    Check { config: PathBuf },
-    Demo(sippool::demo::DemoOptions),
+/// A clustered SIP proxy: high availability for a primary/backup pair of SIP servers
+#[derive(Debug, Parser)]
+#[command(
+    name = "sippool",
+    version,
+    arg_required_else_help = true,
+    after_help = "Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).\n\
+                  Log filter: RUST_LOG (default info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    match args.first().map(String::as_str) {
-        Some("run") => {
-            let mut config = None;
-            let mut json = false;
-            let mut it = args.iter().skip(1);
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--config" | "-c" => config = it.next().map(PathBuf::from),
-                    "--log-format" => match it.next().map(String::as_str) {
-                        Some("json") => json = true,
-                        Some("text") => json = false,
-                        other => return Err(format!("--log-format: unknown format {other:?}")),
-                    },
-                    other => return Err(format!("unknown argument '{other}'")),
-                }
-            }
-            Ok(Command::Run {
-                config: config.ok_or("run needs --config FILE")?,
-                json,
-            })
-        }
-        Some("check-config") => match args.get(1) {
-            Some(f) if args.len() == 2 => Ok(Command::Check {
-                config: PathBuf::from(f),
-            }),
-            _ => Err("check-config needs exactly one FILE".into()),
-        },
-        Some("demo") => {
-            let mut o = sippool::demo::DemoOptions::default();
-            let mut it = args.iter().skip(1);
-            while let Some(a) = it.next() {
-                let value = it.next().ok_or(format!("{a} needs a value"))?;
-                match a.as_str() {
-                    "--http" => o.http = value.parse().map_err(|e| format!("--http: {e}"))?,
-                    "--control" => {
-                        o.control = value.parse().map_err(|e| format!("--control: {e}"))?
-                    }
-                    "--rate" => {
-                        o.rate = value
-                            .parse()
-                            .ok()
-                            .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
-                            .ok_or("--rate: a number of calls per second, 0 to 1000")?
-                    }
-                    other => return Err(format!("unknown argument '{other}'")),
-                }
-            }
-            Ok(Command::Demo(o))
-        }
-        Some("-h" | "--help" | "help") | None => Err(String::new()),
-        Some(other) => Err(format!("unknown command '{other}'")),
-    }
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the proxy with a config file
+    ///
+    /// Runs until SIGTERM or SIGINT, then drains: new dialogs get 503, transactions in flight
+    /// finish (within runtime.drain_timeout_s); a second signal exits at once. SIGHUP
+    /// reloads the INVITE rate and the TLS files. Exit 2 on a config error, 1 when a
+    /// listener cannot start.
+    Run {
+        /// The config file (examples/sippool.toml lists every key).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log format on stderr: human-readable text, or one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validates a config file without starting anything
+    ///
+    /// Checks the file, the SIPPOOL__SECTION__KEY overrides and the TLS files it names:
+    /// exit 0 if all is good, 2 with the bad key named if not.
+    CheckConfig {
+        /// The config file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Runs a demo on loopback: an instance, a simulated pair and calls
+    ///
+    /// Starts an instance in front of a simulated primary/backup pair with call traffic
+    /// and the dashboard; kill and revive the primary (k / r + Enter, or the control
+    /// page) to watch the switchover. q + Enter or Ctrl-C quits.
+    Demo {
+        /// Address of the instance's dashboard and metrics (a free port if taken).
+        #[arg(long, value_name = "ADDR", default_value_t = sippool::demo::DemoOptions::default().http)]
+        http: SocketAddr,
+        /// Address of the demo's control page (kill / revive the primary).
+        #[arg(long, value_name = "ADDR", default_value_t = sippool::demo::DemoOptions::default().control)]
+        control: SocketAddr,
+        /// Calls per second, more than 0 and at most 1000.
+        #[arg(long, value_name = "CALLS_PER_S", value_parser = parse_rate, default_value_t = sippool::demo::DemoOptions::default().rate)]
+        rate: f64,
+    },
+}
+
+/// How `run` writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    s.parse()
+        .ok()
+        .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
+        .ok_or_else(|| "a number of calls per second, more than 0 and at most 1000".to_string())
 }
 
 fn init_logging(json: bool) {
@@ -92,19 +98,10 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = match parse_args(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("sippool: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match cmd {
-        Command::Check { config } => {
+    // Help and version go to stdout with exit 0; usage errors to stderr with exit 2.
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file: config } => {
             match config::load_settings(&config).and_then(|s| match &s.tls {
                 Some(t) => sippool::actors::tls::TlsContext::load(t.clone()).map(|_| s),
                 None => Ok(s),
@@ -125,7 +122,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo(opts) => {
+        Command::Demo {
+            http,
+            control,
+            rate,
+        } => {
+            let opts = sippool::demo::DemoOptions {
+                http,
+                control,
+                rate,
+                ..Default::default()
+            };
             init_logging(false);
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -138,8 +145,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, json } => {
-            init_logging(json);
+        Command::Run { config, log_format } => {
+            init_logging(log_format == LogFormat::Json);
             let settings = match config::load_settings(&config) {
                 Ok(s) => s,
                 Err(e) => {
@@ -246,33 +253,24 @@ async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
     };
     // Graceful drain: no new dialogs, finish what is in flight, then exit. A second
     // signal exits at once.
-    let core = proxy.core().clone();
-    core.start_drain();
-    tracing::info!(
-        event = "drain_started",
-        signal = first,
-        in_flight = core.server_txns.len(),
-        timeout_s = drain_timeout.as_secs()
-    );
-    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let drain = proxy
+        .drain(drain_timeout)
+        .instrument(tracing::info_span!("drain", signal = first));
     let outcome = tokio::select! {
-        _ = term.recv() => "second signal",
-        _ = int.recv() => "second signal",
-        r = async {
-            while !core.server_txns.is_empty() {
-                if tokio::time::Instant::now() >= deadline {
-                    return "drain timeout";
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            "drained"
-        } => r,
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        o = drain => Some(o),
     };
-    tracing::info!(
-        event = "proxy_stopping",
-        reason = outcome,
-        in_flight = core.server_txns.len()
-    );
+    let (reason, in_flight) = match outcome {
+        Some(DrainOutcome::Drained) => ("drained", 0),
+        Some(DrainOutcome::TimedOut { in_flight }) => ("drain timeout", in_flight),
+        // Interrupted: what is still in flight, without waiting.
+        None => match proxy.drain(std::time::Duration::ZERO).await {
+            DrainOutcome::Drained => ("second signal", 0),
+            DrainOutcome::TimedOut { in_flight } => ("second signal", in_flight),
+        },
+    };
+    tracing::info!(event = "proxy_stopping", reason, in_flight);
     proxy.stop().await;
     ExitCode::SUCCESS
 }

@@ -1,4 +1,5 @@
-//! The `sippool` command line: check-config on good and bad files, and a bad key named.
+//! The `sippool` command line: help, version and usage errors; check-config on good and bad
+//! files, and a bad key named; run failures; the demo.
 
 use std::process::Command;
 
@@ -143,4 +144,64 @@ fn demo_starts_prints_its_addresses_and_obeys_keys() {
     let status = child.wait().unwrap();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(status.success(), "{seen:?}");
+}
+
+#[test]
+fn help_lists_the_subcommands_on_stdout() {
+    for args in [&["--help"][..], &["help"], &["-h"]] {
+        let out = sippool().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["run", "check-config", "demo"] {
+            assert!(text.contains(sub), "{args:?}: {sub} missing from {text}");
+        }
+        assert!(text.contains("SIPPOOL__"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn subcommand_help_names_its_flags() {
+    let out = sippool().args(["run", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--config <FILE>"), "{text}");
+    assert!(text.contains("--log-format"), "{text}");
+    let out = sippool().args(["help", "demo"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--http", "--control", "--rate"] {
+        assert!(text.contains(flag), "{flag} missing from {text}");
+    }
+}
+
+#[test]
+fn version_is_printed() {
+    let out = sippool().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sippool {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Runs sippool with `args` and expects exit code 2 with `needle` on stderr.
+fn expect_usage_error(args: &[&str], needle: &str) {
+    let out = sippool().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    assert!(out.stdout.is_empty(), "{args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{args:?}: {err}");
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message_on_stderr() {
+    expect_usage_error(&["frobnicate"], "frobnicate");
+    expect_usage_error(&[], "Usage:");
+    expect_usage_error(&["run"], "--config <FILE>");
+    expect_usage_error(&["check-config"], "<FILE>");
+    expect_usage_error(&["check-config", "a.toml", "b.toml"], "b.toml");
+    expect_usage_error(&["run", "--config", "x.toml", "--log-format", "xml"], "xml");
+    expect_usage_error(&["demo", "--rate", "0"], "--rate");
+    expect_usage_error(&["demo", "--rate", "fast"], "--rate");
+    expect_usage_error(&["demo", "--http", "nowhere"], "--http");
 }
