@@ -15,8 +15,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
-use crate::actors::transport::Target;
 use crate::config::HostPort;
+use crate::sip::addr::Target;
 use crate::sip::transport::Transport;
 
 /// One SRV answer.

@@ -110,7 +110,7 @@ async fn status_follows_a_failover() {
     assert_eq!(st["pairs"][0]["active"], "primary");
     primary.set(Behaviour::Silent);
     let start = Instant::now();
-    while p.core().pairs.active(0) != Some(Member::Backup) {
+    while p.core().upstreams.states.active(0) != Some(Member::Backup) {
         assert!(start.elapsed() < Duration::from_secs(4));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

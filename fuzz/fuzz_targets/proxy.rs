@@ -44,12 +44,13 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Decision::Forward(plan) = decide(rx, identity, router) {
         for t in [Transport::Udp, Transport::Tcp] {
-            let out = plan.build(&m, identity, t, &plan.new_branch());
+            let branch = plan.new_branch();
+            let out = plan.build(&m, identity, t, &branch);
             let again = Message::parse(out.clone(), Framing::Stream, &Limits { max_size: usize::MAX, max_headers: usize::MAX });
             assert!(again.is_ok(), "a forwarded request must parse");
-            if let Ok(sent) = again {
-                let _ = sippool::sip::builder::cancel_for(&sent);
-            }
+            let cancel = plan.cancel(&m, &identity.via(t, &branch));
+            let cancel = Message::parse(cancel, Framing::Stream, &Limits { max_size: usize::MAX, max_headers: usize::MAX });
+            assert!(cancel.is_ok(), "its CANCEL must parse");
         }
     }
 });

@@ -15,13 +15,12 @@ use dashmap::DashMap;
 use ractor::{ActorCell, ActorRef};
 
 use crate::config::{HostPort, Settings};
-use crate::health::actors::{PairMsg, ProbeMsg, PROBE_BRANCH_PREFIX};
-use crate::health::{Member, PairStates};
+use crate::health::messages::PROBE_BRANCH_PREFIX;
+use crate::health::upstreams::Upstreams;
 use crate::metrics::Metrics;
 use crate::sip::builder;
 use crate::sip::dispatch::{dispatch, Dispatch, TransactionTables};
 use crate::sip::message::{HeaderName, Limits, Message, Method};
-use crate::sip::proxy::response_context::PairView;
 use crate::sip::proxy::{self, Decision, LocalIdentity, Received, Router};
 use crate::sip::transaction::{ClientKey, ServerKey};
 use crate::sip::transport::Transport;
@@ -38,16 +37,14 @@ pub struct Core {
     pub identity: LocalIdentity,
     /// Pairs and static routes.
     pub router: Router,
-    /// Active member of each pair.
-    pub pairs: PairStates,
-    /// Server and pair status for `/status`.
-    pub health_status: crate::health::HealthStatus,
+    /// The upstream servers and their health, shared with the health actors.
+    pub upstreams: Arc<Upstreams>,
     /// When the proxy started.
     pub started: std::time::SystemTime,
     /// Sockets and connections.
     pub transports: Transports,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Size and header caps.
     pub limits: Limits,
     /// DNS (RFC 3263) for upstream and route names.
@@ -61,20 +58,6 @@ pub struct Core {
     pub lingering: DashMap<ServerKey, Lingering>,
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client_txns: DashMap<ClientKey, ActorRef<TxMsg>>,
-    upstream_ips: HashSet<IpAddr>,
-    located_upstream_ips: DashMap<IpAddr, ()>,
-    /// Pair members by the address they answer from.
-    member_addrs: DashMap<SocketAddr, (usize, Member)>,
-    /// When each member was last heard from (µs since `epoch`).
-    heard: Vec<[std::sync::atomic::AtomicU64; 2]>,
-    epoch: Instant,
-    /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
-    /// when both members share an IP).
-    backup_sources: Vec<(usize, SocketAddr, bool)>,
-    /// Outstanding OPTIONS probes by branch.
-    pub probes: DashMap<String, (ActorRef<ProbeMsg>, u64)>,
-    probe_actors: DashMap<(usize, Member), ActorRef<ProbeMsg>>,
-    pair_actors: OnceLock<Vec<ActorRef<PairMsg>>>,
     tx_supervisor: OnceLock<ActorCell>,
     conn_supervisor: OnceLock<ActorCell>,
     invite_bucket: Mutex<TokenBucket>,
@@ -111,24 +94,6 @@ impl Core {
         tls: Option<super::tls::TlsContext>,
     ) -> Result<Core, crate::dns::LocatorError> {
         let locator = crate::dns::Locator::new(&settings.dns_servers, settings.dns_timeout)?;
-        let mut upstream_ips = HashSet::new();
-        for p in &settings.pairs {
-            for hp in [&p.primary, &p.backup] {
-                if let Some(a) = hp.socket_addr() {
-                    upstream_ips.insert(a.ip());
-                }
-            }
-        }
-        let backup_sources = settings
-            .pairs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let b = p.backup.socket_addr()?;
-                let same_ip = p.primary.socket_addr().is_some_and(|a| a.ip() == b.ip());
-                Some((i, b, same_ip))
-            })
-            .collect();
         let secret = settings
             .flow_key
             .clone()
@@ -138,17 +103,12 @@ impl Core {
             tls_names: DashMap::new(),
             flows: crate::sip::flow::FlowKeys::new(&secret, rand::random::<u32>()),
             locator,
-            backup_sources,
-            probes: DashMap::new(),
-            probe_actors: DashMap::new(),
-            pair_actors: OnceLock::new(),
             identity: super::host::complete_identity(settings.identity()),
             router: settings.router(),
-            pairs: PairStates::new(settings.pairs.len()),
-            health_status: crate::health::HealthStatus::new(settings.pairs.len()),
+            upstreams: Arc::new(Upstreams::new(&settings.pairs)),
             started: std::time::SystemTime::now(),
             transports: Transports::default(),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             limits: Limits {
                 max_size: settings.limits.max_message_size,
                 max_headers: settings.limits.max_headers,
@@ -156,29 +116,6 @@ impl Core {
             server_txns: DashMap::new(),
             lingering: DashMap::new(),
             client_txns: DashMap::new(),
-            upstream_ips,
-            located_upstream_ips: DashMap::new(),
-            member_addrs: {
-                let m = DashMap::new();
-                for (i, p) in settings.pairs.iter().enumerate() {
-                    for (member, hp) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
-                    {
-                        if let Some(a) = hp.socket_addr() {
-                            m.insert(a, (i, member));
-                        }
-                    }
-                }
-                m
-            },
-            heard: (0..settings.pairs.len())
-                .map(|_| {
-                    [
-                        std::sync::atomic::AtomicU64::new(0),
-                        std::sync::atomic::AtomicU64::new(0),
-                    ]
-                })
-                .collect(),
-            epoch: Instant::now(),
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             invite_bucket: Mutex::new(TokenBucket::new(settings.invite_rate)),
@@ -197,121 +134,20 @@ impl Core {
         let _ = self.conn_supervisor.set(conn);
     }
 
-    /// Records the pair actors (once, at start-up).
-    pub fn set_pair_actors(&self, actors: Vec<ActorRef<PairMsg>>) {
-        let _ = self.pair_actors.set(actors);
-    }
-
-    /// Records the (re)started probe actor of a pair member.
-    pub fn register_probe(&self, pair: usize, member: Member, actor: ActorRef<ProbeMsg>) {
-        self.probe_actors.insert((pair, member), actor);
-    }
-
-    /// Asks the probe actor of a pair member to probe now.
-    pub fn suspect(&self, pair: usize, member: Member) {
-        if let Some(a) = self.probe_actors.get(&(pair, member)) {
-            let _ = a.send_message(ProbeMsg::Suspect);
-        }
-    }
-
-    /// An INVITE sent to a pair member at `sent_at` got no answer at all.
-    pub fn report_unanswered(&self, pair: usize, member: Member, sent_at: Instant) {
-        if let Some(a) = self.probe_actors.get(&(pair, member)) {
-            let _ = a.send_message(ProbeMsg::Unanswered { sent_at });
-        }
-    }
-
-    /// Records the address a pair member sends from (its located address).
-    pub fn learn_member_addr(&self, addr: SocketAddr, pair: usize, member: Member) {
-        self.member_addrs.insert(addr, (pair, member));
-    }
-
-    /// The pair member at this address, if one is.
-    pub fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
-        self.member_addrs.get(&addr).map(|e| *e)
-    }
-
-    /// Whether anything at all was heard from a pair member after `since`.
-    pub fn heard_since(&self, pair: usize, member: Member, since: Instant) -> bool {
-        let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) else {
-            return false;
-        };
-        let at = slot.load(std::sync::atomic::Ordering::Relaxed);
-        let since = since.saturating_duration_since(self.epoch).as_micros() as u64;
-        at > since
-    }
-
-    /// Notes a response from `source` if it is a pair member.
-    fn note_heard(&self, source: SocketAddr) {
-        if let Some(e) = self.member_addrs.get(&source) {
-            let (pair, member) = *e;
-            if let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) {
-                let now = self.epoch.elapsed().as_micros() as u64;
-                slot.store(now, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// A request from the backup of a pair whose active member is not the backup: tell the
-    /// pair actor (SPEC section 2: the backup has taken over).
-    fn note_request_source(&self, source: SocketAddr) {
-        for (i, addr, same_ip) in &self.backup_sources {
-            let from_backup = if *same_ip {
-                *addr == source
-            } else {
-                addr.ip() == source.ip()
-            };
-            if from_backup && self.pairs.active(*i) != Some(Member::Backup) {
-                if let Some(a) = self.pair_actors.get().and_then(|v| v.get(*i)) {
-                    let _ = a.send_message(PairMsg::FromBackup);
-                }
-            }
-        }
-    }
-
     /// The supervisor of connection actors.
     pub fn conn_supervisor(&self) -> Option<&ActorCell> {
         self.conn_supervisor.get()
-    }
-
-    /// Whether `ip` is one of the configured upstream servers (given as IPs, or located
-    /// by name for probing).
-    pub fn is_upstream(&self, ip: IpAddr) -> bool {
-        self.upstream_ips.contains(&ip) || self.located_upstream_ips.contains_key(&ip)
-    }
-
-    /// Records the address a named upstream server was located at.
-    pub fn learn_upstream_ip(&self, ip: IpAddr) {
-        if !self.upstream_ips.contains(&ip) {
-            self.located_upstream_ips.insert(ip, ());
-        }
-    }
-
-    /// The server the pair's active member names; `None` when the pair is out of service.
-    pub fn active_member(&self, pair: usize) -> Option<&HostPort> {
-        self.member_server(pair, self.pairs.active(pair)?)
-    }
-
-    /// The server of one member of a pair.
-    pub fn member_server(&self, pair: usize, m: Member) -> Option<&HostPort> {
-        let p = self.settings.pairs.get(pair)?;
-        Some(match m {
-            Member::Primary => &p.primary,
-            Member::Backup => &p.backup,
-        })
     }
 
     /// Routes one received message (see the module documentation): the sans-IO
     /// dispatcher says where it belongs, this does it.
     pub fn dispatch(self: &Arc<Self>, inbound: Inbound) {
         if inbound.msg.is_response() {
-            self.note_heard(inbound.source);
+            self.upstreams.note_heard(inbound.source);
         } else {
             let method = inbound.msg.method().map_or("", Method::as_str);
             self.metrics.request(method);
-            if !self.backup_sources.is_empty() {
-                self.note_request_source(inbound.source);
-            }
+            self.upstreams.note_request_source(inbound.source);
         }
         self.route(inbound);
     }
@@ -358,7 +194,7 @@ impl Core {
 
     /// A response to one of our OPTIONS probes, to the probe actor that sent it.
     fn to_probe(&self, key: &ClientKey, msg: &Message) {
-        let (Some(p), Some(code)) = (self.probes.get(key.branch()), msg.status()) else {
+        let Some(code) = msg.status() else {
             return;
         };
         let retry_after = msg
@@ -374,11 +210,8 @@ impl Core {
                 )
             })
             .map(|s| std::time::Duration::from_secs(u64::from(s)));
-        let _ = p.0.send_message(ProbeMsg::Response {
-            seq: p.1,
-            code,
-            retry_after,
-        });
+        self.upstreams
+            .probe_response(key.branch(), code, retry_after);
     }
 
     /// Forwards a response that matches no transaction along its Via (RFC 3261 section
@@ -677,7 +510,7 @@ impl Core {
             msg,
             transport: inbound.transport,
             source: inbound.source,
-            from_upstream: self.is_upstream(inbound.source.ip()),
+            from_upstream: self.upstreams.is_upstream(inbound.source.ip()),
             flow_token: token.as_deref(),
         };
         let plan = match proxy::decide(rx, &self.identity, &self.router) {
@@ -701,7 +534,7 @@ impl Core {
             .unwrap_or_default();
         let branch = proxy::stateless_branch(plan.loop_hash, &received_branch);
         let hp = match &plan.destination {
-            proxy::Destination::Pair(i) => self.active_member(*i).cloned(),
+            proxy::Destination::Pair(i) => self.upstreams.active_member(*i).cloned(),
             proxy::Destination::Host(hp) => Some(hp.clone()),
             proxy::Destination::Flow(token) => {
                 // An ACK for a 2xx toward a phone: over its flow, if it is still there.
@@ -775,24 +608,6 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
     match msg.top_via() {
         Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
         _ => source,
-    }
-}
-
-impl PairView for Core {
-    fn active(&self, pair: usize) -> Option<Member> {
-        self.pairs.active(pair)
-    }
-
-    fn is_up(&self, pair: usize, member: Member) -> bool {
-        self.pairs.is_up(pair, member)
-    }
-
-    fn server(&self, pair: usize, member: Member) -> Option<HostPort> {
-        self.member_server(pair, member).cloned()
-    }
-
-    fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
-        Core::member_at(self, addr)
     }
 }
 

@@ -16,6 +16,8 @@ pub mod core;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod host;
+mod probe_net;
+pub mod status;
 pub mod tcp;
 pub mod tls;
 pub mod transaction;
@@ -333,7 +335,7 @@ impl Actor for RootSupervisor {
         Actor::spawn_linked(
             None,
             crate::health::actors::HealthSupervisor,
-            core.clone(),
+            probe_net::health_env(&core),
             cell.clone(),
         )
         .await?;

@@ -113,13 +113,13 @@ impl Actor for TransactionActor {
             TxMsg::Response(inbound) => {
                 relayed_from = Some(inbound.received);
                 if let Some(c) = &mut state.ctx {
-                    c.handle_response(&inbound.msg, state.core.as_ref(), now);
+                    c.handle_response(&inbound.msg, state.core.upstreams.as_ref(), now);
                 }
             }
             TxMsg::Timer => {
                 state.wakeup.fired();
                 if let Some(c) = &mut state.ctx {
-                    c.handle_timeout(state.core.as_ref(), now);
+                    c.handle_timeout(state.core.upstreams.as_ref(), now);
                 }
             }
             TxMsg::ConnectionLost(conn) => state.on_connection_lost(conn, now).await,
@@ -186,7 +186,7 @@ impl TxState {
             msg: &inbound.msg,
             transport: inbound.transport,
             source: inbound.source,
-            from_upstream: core.is_upstream(inbound.source.ip()),
+            from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
             flow_token: token.as_deref(),
         };
         let decision = proxy::decide(rx, &core.identity, &core.router);
@@ -207,7 +207,7 @@ impl TxState {
         let settings = &core.settings;
         let mut ctx =
             ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout);
-        ctx.handle_request(decision, core.as_ref(), now);
+        ctx.handle_request(decision, core.upstreams.as_ref(), now);
         self.ctx = Some(ctx);
     }
 
@@ -245,7 +245,7 @@ impl TxState {
             tracing::info!(event = "upstream_reconnected", target = %link.target.addr, branch = %link.key.branch());
             return;
         }
-        ctx.handle_transport_error(!lost.outbound, self.core.as_ref(), now);
+        ctx.handle_transport_error(!lost.outbound, self.core.upstreams.as_ref(), now);
     }
 
     /// Performs the context's actions until it has none left. `relayed_from`: when the
@@ -294,7 +294,7 @@ impl TxState {
                     };
                     if !sent {
                         if let Some(c) = &mut self.ctx {
-                            c.handle_branch_failed(core.as_ref(), now);
+                            c.handle_branch_failed(core.upstreams.as_ref(), now);
                         }
                     }
                 }
@@ -327,9 +327,9 @@ impl TxState {
                     evidence,
                 } => match evidence {
                     Evidence::Unanswered { sent_at } => {
-                        core.report_unanswered(pair, member, sent_at)
+                        core.upstreams.report_unanswered(pair, member, sent_at)
                     }
-                    Evidence::Suspect => core.suspect(pair, member),
+                    Evidence::Suspect => core.upstreams.suspect(pair, member),
                 },
                 Action::Retried(hp) => {
                     core.metrics.retries.inc();

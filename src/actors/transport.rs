@@ -103,14 +103,7 @@ impl ConnHandle {
     }
 }
 
-/// A resolved next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    /// Transport to use.
-    pub transport: Transport,
-    /// Address to send to.
-    pub addr: SocketAddr,
-}
+pub use crate::sip::addr::Target;
 
 /// Why a message could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,73 +2,63 @@
 //! health supervisor that restarts a failed probe actor.
 //!
 //! A probe actor drives a [`ProbeState`] with time and the answers to its OPTIONS (which
-//! reach it through [`Core`]'s dispatch by branch), logs `upstream_down` / `upstream_up`
+//! reach it through the proxy's dispatch by branch, via [`Upstreams`]), logs `upstream_down` / `upstream_up`
 //! and tells its pair actor. The pair actor drives a [`PairLogic`], publishes the active
 //! member to [`crate::health::PairStates`] and logs `pair_switched`,
 //! `pair_out_of_service` and `pair_back_in_service`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::actors::transport::Target;
 use crate::actors::wakeup::Wakeup;
-use crate::actors::Core;
-use crate::config::HostPort;
-use crate::metrics::KindLabels;
+use crate::metrics::{KindLabels, Metrics};
+use crate::sip::addr::{HostPort, Target};
+use crate::sip::proxy::LocalIdentity;
 
+use super::messages::{PairMsg, ProbeMsg, PROBE_BRANCH_PREFIX};
 use super::pair::{name, PairLogic};
+use super::probe::ProbeConfig;
 use super::probe::{Change, ProbeState};
+use super::upstreams::Upstreams;
 use super::Member;
 
-/// Every probe branch starts with this, so responses find their probe actor.
-pub const PROBE_BRANCH_PREFIX: &str = "z9hG4bKspprobe";
+/// A future the probe network returns.
+pub type NetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Messages of a probe actor.
-#[derive(Debug)]
-pub enum ProbeMsg {
-    /// Something may be due.
-    Tick,
-    /// A response to probe `seq`.
-    Response {
-        /// Probe number.
-        seq: u64,
-        /// Status code.
-        code: u16,
-        /// Retry-After of a 503.
-        retry_after: Option<Duration>,
-    },
-    /// A transaction toward this server failed: probe now.
-    Suspect,
-    /// An INVITE sent to this server at `sent_at` got no answer at all.
-    Unanswered {
-        /// When it was sent.
-        sent_at: Instant,
-    },
+/// What the probe actors need from the proxy besides the shared upstream state: locating a
+/// server (RFC 3263) and sending a probe over the proxy's own sockets (so that answers come
+/// back to its listeners). The proxy implements it.
+pub trait ProbeNet: Send + Sync + 'static {
+    /// Locates a server; `None` when its name does not resolve.
+    fn locate<'a>(&'a self, server: &'a HostPort) -> NetFuture<'a, Option<Target>>;
+    /// Sends a probe's bytes to a target.
+    fn send(&self, target: Target, bytes: bytes::Bytes) -> NetFuture<'_, Result<(), String>>;
 }
 
-/// Messages of a pair actor.
-#[derive(Debug)]
-pub enum PairMsg {
-    /// A member's probe state changed.
-    Server {
-        /// Which member.
-        member: Member,
-        /// Up or down.
-        up: bool,
-        /// Why.
-        reason: String,
-    },
-    /// A request arrived from the backup server.
-    FromBackup,
+/// Everything the health actors work with: this handle, not the proxy's core.
+#[derive(Clone)]
+pub struct HealthEnv {
+    /// The upstream servers and their health, shared with the proxy.
+    pub upstreams: Arc<Upstreams>,
+    /// How to locate a server and send a probe.
+    pub net: Arc<dyn ProbeNet>,
+    /// Metrics (probe RTT, failovers, actor failures).
+    pub metrics: Arc<Metrics>,
+    /// How this instance writes itself into a probe's Via and From.
+    pub identity: Arc<LocalIdentity>,
+    /// Probe timings.
+    pub probe: ProbeConfig,
 }
 
 /// What a probe actor is started with (kept by the supervisor to restart it).
 #[derive(Clone)]
 pub struct ProbeSpec {
-    core: Arc<Core>,
+    env: HealthEnv,
     pair: usize,
     member: Member,
     server: HostPort,
@@ -99,11 +89,12 @@ impl Actor for ProbeActor {
         myself: ActorRef<ProbeMsg>,
         spec: ProbeSpec,
     ) -> Result<ProbeActorState, ActorProcessingErr> {
-        spec.core
+        spec.env
+            .upstreams
             .register_probe(spec.pair, spec.member, myself.clone());
         let _ = myself.send_message(ProbeMsg::Tick);
         Ok(ProbeActorState {
-            probe: ProbeState::new(spec.core.settings.probe, Instant::now()),
+            probe: ProbeState::new(spec.env.probe, Instant::now()),
             id: rand::random::<u32>().into(),
             spec,
             wakeup: Wakeup::default(),
@@ -138,7 +129,7 @@ impl Actor for ProbeActor {
                 }
                 if code >= 200 && seq > 0 {
                     if let Some(rtt) = st.probe.rtt_of(seq, now) {
-                        st.spec.core.metrics.probe_rtt.observe(rtt.as_secs_f64());
+                        st.spec.env.metrics.probe_rtt.observe(rtt.as_secs_f64());
                     }
                 }
                 if let Some(c) = st.probe.on_response(now, seq, code, retry_after) {
@@ -147,8 +138,8 @@ impl Actor for ProbeActor {
             }
             ProbeMsg::Suspect => st.probe.probe_soon(now),
             ProbeMsg::Unanswered { sent_at } => {
-                let core = &st.spec.core;
-                if core.heard_since(st.spec.pair, st.spec.member, sent_at) {
+                let upstreams = &st.spec.env.upstreams;
+                if upstreams.heard_since(st.spec.pair, st.spec.member, sent_at) {
                     // It answers other things: this one request was just ignored.
                     st.silent_unanswered = 0;
                     st.probe.probe_soon(now);
@@ -192,28 +183,37 @@ impl Actor for ProbeActor {
 impl ProbeActorState {
     fn forget_branch(&mut self) {
         if let Some(b) = self.outstanding_branch.take() {
-            self.spec.core.probes.remove(&b);
+            self.spec.env.upstreams.probe_done(&b);
         }
     }
 
     async fn send_probe(&mut self, myself: &ActorRef<ProbeMsg>, seq: u64, now: Instant) {
-        let core = &self.spec.core;
-        let Some(target) = core.locate(&self.spec.server).await else {
+        let env = &self.spec.env;
+        let Some(target) = env.net.locate(&self.spec.server).await else {
             tracing::warn!(event = "host_not_resolved", host = %self.spec.server.host, pair = %self.pair_name());
             if let Some(c) = self.probe.unreachable(now, "host not resolved") {
                 self.report(c);
             }
             return;
         };
-        core.learn_upstream_ip(target.addr.ip());
-        core.learn_member_addr(target.addr, self.spec.pair, self.spec.member);
+        env.upstreams.learn_upstream_ip(target.addr.ip());
+        env.upstreams
+            .learn_member_addr(target.addr, self.spec.pair, self.spec.member);
         let branch = format!("{PROBE_BRANCH_PREFIX}{:x}x{seq}", self.id);
-        let bytes = options_request(core, &self.spec.server, target, &branch, self.id, seq);
-        core.probes.insert(branch.clone(), (myself.clone(), seq));
+        let bytes = options_request(
+            &env.identity,
+            &self.spec.server,
+            target,
+            &branch,
+            self.id,
+            seq,
+        );
+        env.upstreams
+            .probe_sent(branch.clone(), myself.clone(), seq);
         if let Some(old) = self.outstanding_branch.replace(branch) {
-            core.probes.remove(&old);
+            env.upstreams.probe_done(&old);
         }
-        if let Err(e) = crate::actors::connection::send(core, target, bytes).await {
+        if let Err(e) = env.net.send(target, bytes).await {
             tracing::debug!(event = "probe_send_failed", server = %self.spec.server, error = ?e);
             // Counts as an unanswered probe when its timeout comes.
         }
@@ -222,7 +222,7 @@ impl ProbeActorState {
     /// Publishes this server's state for `/status` and the metrics.
     fn publish(&self) {
         let p = &self.probe;
-        self.spec.core.health_status.set_server(
+        self.spec.env.upstreams.status.set_server(
             self.spec.pair,
             self.spec.member,
             super::ServerStatus {
@@ -237,9 +237,9 @@ impl ProbeActorState {
 
     fn pair_name(&self) -> &str {
         self.spec
-            .core
-            .settings
-            .pairs
+            .env
+            .upstreams
+            .pairs()
             .get(self.spec.pair)
             .map_or("", |p| p.name.as_str())
     }
@@ -256,8 +256,9 @@ impl ProbeActorState {
             tracing::warn!(event, pair = %self.pair_name(), member = name(self.spec.member), server = %self.spec.server, reason = %reason);
         }
         self.spec
-            .core
-            .pairs
+            .env
+            .upstreams
+            .states
             .set_up(self.spec.pair, self.spec.member, up);
         let _ = self.spec.pair_actor.send_message(PairMsg::Server {
             member: self.spec.member,
@@ -269,7 +270,7 @@ impl ProbeActorState {
 
 /// The OPTIONS probe for `server`.
 fn options_request(
-    core: &Core,
+    identity: &LocalIdentity,
     server: &HostPort,
     target: Target,
     branch: &str,
@@ -281,7 +282,7 @@ fn options_request(
     } else {
         server.host.clone()
     };
-    let adv = &core.identity.advertised_host;
+    let adv = &identity.advertised_host;
     let text = format!(
         "OPTIONS sip:{host}:{port};transport={t} SIP/2.0\r\n\
          Via: {via}\r\n\
@@ -294,7 +295,7 @@ fn options_request(
          Content-Length: 0\r\n\r\n",
         port = server.port,
         t = target.transport.uri_param(),
-        via = core.identity.via(target.transport, branch),
+        via = identity.via(target.transport, branch),
     );
     bytes::Bytes::from(text)
 }
@@ -304,7 +305,7 @@ pub struct PairActor;
 
 /// Its state.
 pub struct PairActorState {
-    core: Arc<Core>,
+    env: HealthEnv,
     index: usize,
     logic: PairLogic,
 }
@@ -312,16 +313,16 @@ pub struct PairActorState {
 impl Actor for PairActor {
     type Msg = PairMsg;
     type State = PairActorState;
-    type Arguments = (Arc<Core>, usize);
+    type Arguments = (HealthEnv, usize);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<PairMsg>,
-        (core, index): Self::Arguments,
+        (env, index): Self::Arguments,
     ) -> Result<PairActorState, ActorProcessingErr> {
-        let failback = core.settings.pairs.get(index).is_some_and(|p| p.failback);
+        let failback = env.upstreams.pairs().get(index).is_some_and(|p| p.failback);
         Ok(PairActorState {
-            core,
+            env,
             index,
             logic: PairLogic::new(failback),
         })
@@ -340,9 +341,9 @@ impl Actor for PairActor {
         let Some(s) = switch else {
             return Ok(());
         };
-        let core = &st.core;
-        core.pairs.set_active(st.index, s.to);
-        core.health_status.set_switch(
+        let env = &st.env;
+        env.upstreams.states.set_active(st.index, s.to);
+        env.upstreams.status.set_switch(
             st.index,
             super::SwitchStatus {
                 at: std::time::SystemTime::now(),
@@ -351,13 +352,13 @@ impl Actor for PairActor {
                 why: s.why.clone(),
             },
         );
-        let pair = core
-            .settings
-            .pairs
+        let pair = env
+            .upstreams
+            .pairs()
             .get(st.index)
             .map_or("", |p| p.name.as_str());
         let label = |m: Option<Member>| m.map_or("none", name);
-        core.metrics.failovers.inc();
+        env.metrics.failovers.inc();
         match (s.from, s.to) {
             (_, None) => {
                 tracing::error!(event = "pair_out_of_service", pair, from = label(s.from), why = %s.why)
@@ -378,29 +379,29 @@ pub struct HealthSupervisor;
 
 /// Its state: how to restart each probe actor.
 pub struct HealthState {
-    core: Arc<Core>,
+    env: HealthEnv,
     specs: HashMap<ActorId, ProbeSpec>,
 }
 
 impl Actor for HealthSupervisor {
     type Msg = ();
     type State = HealthState;
-    type Arguments = Arc<Core>;
+    type Arguments = HealthEnv;
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        core: Arc<Core>,
+        env: HealthEnv,
     ) -> Result<HealthState, ActorProcessingErr> {
         let mut specs = HashMap::new();
         let mut pair_actors = Vec::new();
-        for (i, p) in core.settings.pairs.iter().enumerate() {
+        for (i, p) in env.upstreams.pairs().iter().enumerate() {
             let (pa, _) =
-                Actor::spawn_linked(None, PairActor, (core.clone(), i), myself.get_cell()).await?;
+                Actor::spawn_linked(None, PairActor, (env.clone(), i), myself.get_cell()).await?;
             pair_actors.push(pa.clone());
             for (member, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
                 let spec = ProbeSpec {
-                    core: core.clone(),
+                    env: env.clone(),
                     pair: i,
                     member,
                     server: server.clone(),
@@ -411,8 +412,8 @@ impl Actor for HealthSupervisor {
                 specs.insert(probe.get_id(), spec);
             }
         }
-        core.set_pair_actors(pair_actors);
-        Ok(HealthState { core, specs })
+        env.upstreams.set_pair_actors(pair_actors);
+        Ok(HealthState { env, specs })
     }
 
     async fn handle_supervisor_evt(
@@ -427,7 +428,7 @@ impl Actor for HealthSupervisor {
             } else {
                 "pair"
             };
-            st.core
+            st.env
                 .metrics
                 .actor_failures
                 .get_or_create(&KindLabels { kind })

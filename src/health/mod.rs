@@ -5,8 +5,10 @@
 //! and whether each member is up to the forwarding path through atomics (no locks).
 
 pub mod actors;
+pub mod messages;
 pub mod pair;
 pub mod probe;
+pub mod upstreams;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;

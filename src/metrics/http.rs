@@ -1,33 +1,42 @@
 //! The HTTP endpoint (axum): `/metrics` (OpenMetrics text), `/status` (JSON), `/healthz`,
 //! `/readyz` and `/` (a dashboard that refreshes itself from `/status`).
 //!
-//! It reads the proxy's shared state and never changes it.
+//! It reads the running proxy through [`StatusView`], a narrow view the proxy implements,
+//! and never changes it; it imports nothing from the actors or the health layer.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::actors::Core;
-use crate::health::pair::name;
-use crate::health::Member;
-use crate::metrics::ServerLabels;
+use crate::metrics::Metrics;
+
+/// What the HTTP endpoint reads of the running proxy.
+pub trait StatusView: Send + Sync + 'static {
+    /// The metrics, after the gauges that mirror state kept elsewhere were refreshed.
+    fn metrics(&self) -> &Metrics;
+    /// Sets the gauges that mirror state kept elsewhere (before `/metrics` is read).
+    fn refresh_gauges(&self);
+    /// The `/status` document.
+    fn status(&self) -> Value;
+    /// Whether the proxy is draining (`/readyz` says 503).
+    fn is_draining(&self) -> bool;
+}
 
 /// Serves until the task is aborted.
-pub async fn serve(core: Arc<Core>, listener: TcpListener) {
+pub async fn serve<V: StatusView>(view: Arc<V>, listener: TcpListener) {
     let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
+        .route("/metrics", get(metrics::<V>))
+        .route("/status", get(status::<V>))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<V>))
         .route("/", get(dashboard))
-        .with_state(core);
+        .with_state(view);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(event = "http_server_failed", error = %e);
     }
@@ -35,9 +44,12 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener) {
 
 /// OpenMetrics for clients that ask for it (Prometheus does), the Prometheus text format
 /// (0.0.4) otherwise (curl, promtool).
-async fn metrics(State(core): State<Arc<Core>>, headers: axum::http::HeaderMap) -> Response {
-    refresh_gauges(&core);
-    let text = core.metrics.encode();
+async fn metrics<V: StatusView>(
+    State(view): State<Arc<V>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    view.refresh_gauges();
+    let text = view.metrics().encode();
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -97,128 +109,16 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Sets the gauges that mirror state kept elsewhere.
-fn refresh_gauges(core: &Core) {
-    core.metrics.lingering.set(core.lingering.len() as i64);
-    for (i, p) in core.settings.pairs.iter().enumerate() {
-        let active = core.pairs.active(i);
-        for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
-            let labels = ServerLabels {
-                pair: p.name.clone(),
-                member: name(m),
-                server: server.to_string(),
-            };
-            core.metrics
-                .upstream_up
-                .get_or_create(&labels)
-                .set(i64::from(core.pairs.is_up(i, m)));
-            core.metrics
-                .upstream_active
-                .get_or_create(&labels)
-                .set(i64::from(active == Some(m)));
-        }
-    }
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The `/status` document.
-pub fn status_json(core: &Core) -> Value {
-    let pairs: Vec<Value> = core
-        .settings
-        .pairs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let active = core.pairs.active(i);
-            let members: Vec<Value> = [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
-                .into_iter()
-                .map(|(m, server)| {
-                    let st = core.health_status.server(i, m);
-                    json!({
-                        "role": name(m),
-                        "server": server.to_string(),
-                        "state": if core.pairs.is_up(i, m) { "up" } else { "down" },
-                        "active": active == Some(m),
-                        "since": st.as_ref().map(|s| unix(s.since)),
-                        "reason": st.as_ref().map(|s| s.reason.clone()),
-                        "last_probe": st.as_ref().and_then(|s| s.last_probe).map(unix),
-                        "last_rtt_ms": st.as_ref().and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
-                    })
-                })
-                .collect();
-            let switch = core.health_status.switch(i).map(|s| {
-                json!({
-                    "at": unix(s.at),
-                    "from": s.from.map(name),
-                    "to": s.to.map(name),
-                    "why": s.why,
-                })
-            });
-            json!({
-                "name": p.name,
-                "domain": p.domain,
-                "state": if active.is_some() { "in_service" } else { "out_of_service" },
-                "active": active.map(name),
-                "failback": p.failback,
-                "members": members,
-                "last_switch": switch,
-            })
-        })
-        .collect();
-    let listeners: Vec<Value> = core
-        .settings
-        .listeners
-        .iter()
-        .map(|l| json!({"transport": l.transport.uri_param(), "address": l.address.to_string()}))
-        .collect();
-    let m = &core.metrics;
-    let flows: i64 = ["tcp", "tls"]
-        .into_iter()
-        .map(|kind| {
-            m.flows
-                .get_or_create(&crate::metrics::KindLabels { kind })
-                .get()
-        })
-        .sum();
-    json!({
-        "instance": core.settings.name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "started": unix(core.started),
-        "now": unix(SystemTime::now()),
-        "ready": !core.is_draining(),
-        "draining": core.is_draining(),
-        "listeners": listeners,
-        "connections": core.transports.open_connections(),
-        "flows": flows,
-        "transactions": core.server_txns.len(),
-        "transactions_lingering": core.lingering.len(),
-        "overload": {
-            "invite_rate": core.invite_rate(),
-            "rejected_invite_rate": crate::metrics::Metrics::reason_value(&m.overload_rejections, "invite_rate"),
-            "rejected_transactions": crate::metrics::Metrics::reason_value(&m.overload_rejections, "transactions"),
-            "rejected_draining": crate::metrics::Metrics::reason_value(&m.overload_rejections, "draining"),
-        },
-        "calls": {
-            "invites_received": m.requests.get_or_create(&crate::metrics::MethodLabels { method: "INVITE" }).get(),
-        },
-        "pairs": pairs,
-    })
-}
-
-async fn status(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    axum::Json(status_json(&core))
+async fn status<V: StatusView>(State(view): State<Arc<V>>) -> impl IntoResponse {
+    axum::Json(view.status())
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(core): State<Arc<Core>>) -> Response {
-    if core.is_draining() {
+async fn readyz<V: StatusView>(State(view): State<Arc<V>>) -> Response {
+    if view.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()

@@ -111,3 +111,12 @@ pub struct Listener {
     /// Address to bind.
     pub address: SocketAddr,
 }
+
+/// A resolved next hop (RFC 3263): the transport and address a request is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Transport to use.
+    pub transport: Transport,
+    /// Address to send to.
+    pub addr: SocketAddr,
+}

@@ -89,31 +89,7 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
                 put_line(&mut out, msg.slice(h.line.clone()));
             }
             HeaderName::Route => {
-                let value = msg.value(h);
-                let parts = split_list(value);
-                let keep: Vec<Range<usize>> = parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| {
-                        let n = routes_seen + i;
-                        n >= edits.drop_top_routes
-                            && !(edits.drop_last_route && n + 1 == total_routes)
-                    })
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                if keep.len() == parts.len() {
-                    put_line(&mut out, msg.slice(h.line.clone()));
-                } else if !keep.is_empty() {
-                    let joined: Vec<String> = keep
-                        .iter()
-                        .map(|r| {
-                            String::from_utf8_lossy(value.get(r.clone()).unwrap_or_default())
-                                .into_owned()
-                        })
-                        .collect();
-                    put_header(&mut out, "Route", &joined.join(", "));
-                }
-                routes_seen += parts.len();
+                put_kept_routes(&mut out, msg, h, edits, &mut routes_seen, total_routes);
             }
             _ => put_line(&mut out, msg.slice(h.line.clone())),
         }
@@ -189,44 +165,86 @@ pub fn response(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &[S
     out.freeze()
 }
 
-/// The CANCEL for a forwarded INVITE (RFC 3261 section 9.1): same Request-URI, top Via,
-/// Route, Call-ID, From, To and CSeq number as the INVITE that was sent.
-pub fn cancel_for(invite: &Message) -> Bytes {
-    hop_request(invite, "CANCEL", None)
+/// Writes a Route header line keeping only the values `edits` keeps (ours dropped from
+/// the top, the strict router's last one dropped); `seen` counts the values before it.
+fn put_kept_routes(
+    out: &mut BytesMut,
+    msg: &Message,
+    h: &crate::sip::message::Header,
+    edits: &RequestEdits,
+    seen: &mut usize,
+    total: usize,
+) {
+    let value = msg.value(h);
+    let parts = split_list(value);
+    let keep: Vec<Range<usize>> = parts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let n = *seen + i;
+            n >= edits.drop_top_routes && !(edits.drop_last_route && n + 1 == total)
+        })
+        .map(|(_, r)| r.clone())
+        .collect();
+    if keep.len() == parts.len() {
+        put_line(out, msg.slice(h.line.clone()));
+    } else if !keep.is_empty() {
+        let joined: Vec<String> = keep
+            .iter()
+            .map(|r| String::from_utf8_lossy(value.get(r.clone()).unwrap_or_default()).into_owned())
+            .collect();
+        put_header(out, "Route", &joined.join(", "));
+    }
+    *seen += parts.len();
+}
+
+/// The CANCEL for a forwarded INVITE (RFC 3261 section 9.1): the same Request-URI, top Via
+/// (`via`, ours), Route set, Call-ID, From, To and CSeq number as the INVITE that was
+/// sent, written from the received INVITE and the edits it was forwarded with (no
+/// re-parsing of what was sent).
+pub fn cancel_for(invite: &Message, edits: &RequestEdits, via: &str) -> Bytes {
+    hop_request(invite, edits, via, "CANCEL", None)
 }
 
 /// The hop-by-hop ACK for a non-2xx final response to a forwarded INVITE (RFC 3261
-/// section 17.1.1.3): the To comes from the response.
-pub fn ack_for(invite: &Message, response: &Message) -> Bytes {
-    let to = response
-        .first(HeaderName::To)
-        .map(|h| String::from_utf8_lossy(response.value(h)).into_owned());
-    hop_request(invite, "ACK", to)
+/// section 17.1.1.3): as [`cancel_for`], with the To of the response.
+pub fn ack_for(invite: &Message, edits: &RequestEdits, via: &str, response: &Message) -> Bytes {
+    let to = response.first(HeaderName::To).map(|h| response.value(h));
+    hop_request(invite, edits, via, "ACK", to)
 }
 
-fn hop_request(invite: &Message, method: &str, to: Option<String>) -> Bytes {
+fn hop_request(
+    invite: &Message,
+    edits: &RequestEdits,
+    via: &str,
+    method: &str,
+    to: Option<&[u8]>,
+) -> Bytes {
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(method.as_bytes());
     out.put_u8(b' ');
-    out.put_slice(invite.request_uri().unwrap_or_default());
-    out.put_slice(b" SIP/2.0\r\n");
-    if let Some(h) = invite.first(HeaderName::Via) {
-        let v = invite.value(h);
-        if let Some(first) = split_list(v).into_iter().next() {
-            put_header(
-                &mut out,
-                "Via",
-                &String::from_utf8_lossy(v.get(first).unwrap_or_default()),
-            );
-        }
+    match &edits.request_uri {
+        Some(u) => out.put_slice(u.as_bytes()),
+        None => out.put_slice(invite.request_uri().unwrap_or_default()),
     }
+    out.put_slice(b" SIP/2.0\r\n");
+    put_header(&mut out, "Via", via);
+    let total_routes = invite.list_values(HeaderName::Route).len();
+    let mut routes_seen = 0usize;
     for h in invite.headers() {
         match h.name {
-            HeaderName::Route | HeaderName::From | HeaderName::CallId => {
+            HeaderName::Route => {
+                put_kept_routes(&mut out, invite, h, edits, &mut routes_seen, total_routes);
+            }
+            HeaderName::From | HeaderName::CallId => {
                 put_line(&mut out, invite.slice(h.line.clone()));
             }
-            HeaderName::To => match &to {
-                Some(t) => put_header(&mut out, "To", t),
+            HeaderName::To => match to {
+                Some(t) => {
+                    out.put_slice(b"To: ");
+                    out.put_slice(t);
+                    out.put_slice(b"\r\n");
+                }
                 None => put_line(&mut out, invite.slice(h.line.clone())),
             },
             _ => {}
@@ -341,9 +359,22 @@ Content-Length: 2\r\n\r\nhi";
         assert_eq!(r.status(), Some(483));
         assert_eq!(r.to_tag(), Some(&b"xyz"[..]));
         assert_eq!(r.list_values(HeaderName::Via).len(), 2);
-        let c = parse(std::str::from_utf8(&cancel_for(&m)).unwrap());
+        let edits = RequestEdits {
+            drop_top_routes: 1,
+            ..Default::default()
+        };
+        let via = "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme";
+        let c = parse(std::str::from_utf8(&cancel_for(&m, &edits, via)).unwrap());
         assert_eq!(c.cseq(), Some((5, crate::sip::message::Method::Cancel)));
         assert_eq!(c.list_values(HeaderName::Via).len(), 1);
-        assert_eq!(c.list_values(HeaderName::Route).len(), 2);
+        assert_eq!(
+            c.top_via().unwrap().unwrap().branch(),
+            Some("z9hG4bKme"),
+            "the Via of the INVITE as sent"
+        );
+        let routes = c.list_values(HeaderName::Route);
+        assert_eq!(routes.len(), 1, "the Route set as sent: ours removed");
+        assert_eq!(c.slice(routes[0].clone()), b"<sip:next.example;lr>");
+        assert_eq!(c.request_uri(), Some(&b"sip:bob@b.example"[..]));
     }
 }

@@ -131,6 +131,18 @@ impl Plan {
         builder::forward_request(msg, &edits)
     }
 
+    /// The CANCEL for the request as forwarded on the branch whose Via (ours) is `via`
+    /// (RFC 3261 section 9.1), written from the received request: nothing is parsed again.
+    pub fn cancel(&self, msg: &Message, via: &str) -> Bytes {
+        builder::cancel_for(msg, &self.edits, via)
+    }
+
+    /// The hop-by-hop ACK for a non-2xx final `response` on the branch whose Via is `via`
+    /// (RFC 3261 section 17.1.1.3).
+    pub fn ack(&self, msg: &Message, via: &str, response: &Message) -> Bytes {
+        builder::ack_for(msg, &self.edits, via, response)
+    }
+
     /// A fresh unique branch carrying this plan's loop hash.
     pub fn new_branch(&self) -> String {
         new_branch(self.loop_hash)

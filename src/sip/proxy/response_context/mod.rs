@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::sip::addr::HostPort;
 use crate::sip::builder;
-use crate::sip::message::{Framing, Limits, Message, Method};
+use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{
     ClientInvite, ClientKey, ClientNonInvite, ClientState, ClientTimeout, ResponseDisposition,
     ServerInvite, ServerNonInvite, ServerState, Timers,
@@ -172,8 +172,8 @@ impl Client {
 struct Branch {
     key: ClientKey,
     client: Client,
-    /// The INVITE as sent, parsed, to build its CANCEL and ACK.
-    sent: Option<Message>,
+    /// Our Via on this branch, to write its CANCEL and ACK.
+    via: String,
     provisional: bool,
     /// Any response at all arrived on this branch.
     answered: bool,
@@ -323,25 +323,24 @@ impl ResponseContext {
         }
         let plan = self.plan.as_ref()?;
         let branch_id = plan.new_branch();
+        let via = identity.via(transport, &branch_id);
         let bytes = plan.build(&self.request, identity, transport, &branch_id);
         let reliable = transport.is_reliable();
-        let (client, sent) = if self.is_invite() {
-            let limits = Limits {
-                max_size: usize::MAX,
-                max_headers: usize::MAX,
-            };
-            let sent = Message::parse(bytes.clone(), Framing::Stream, &limits).ok();
-            let c = ClientInvite::new(now, reliable, self.timers, bytes.clone());
-            (Client::Invite(c), sent)
+        let client = if self.is_invite() {
+            Client::Invite(ClientInvite::new(now, reliable, self.timers, bytes.clone()))
         } else {
-            let c = ClientNonInvite::new(now, reliable, self.timers, bytes.clone());
-            (Client::NonInvite(c), None)
+            Client::NonInvite(ClientNonInvite::new(
+                now,
+                reliable,
+                self.timers,
+                bytes.clone(),
+            ))
         };
         let key = ClientKey::new(&branch_id);
         self.branch = Some(Branch {
             key: key.clone(),
             client,
-            sent,
+            via,
             provisional: false,
             answered: false,
             cancel: None,
@@ -429,16 +428,13 @@ impl ResponseContext {
 
     fn send_cancel(&mut self, now: Instant) {
         let timers = self.timers;
-        let Some(b) = &mut self.branch else {
+        let (Some(b), Some(plan)) = (&mut self.branch, &self.plan) else {
             return;
         };
         if b.cancel.is_some() {
             return;
         }
-        let Some(sent) = &b.sent else {
-            return;
-        };
-        let bytes = builder::cancel_for(sent);
+        let bytes = plan.cancel(&self.request, &b.via);
         b.cancel = Some(ClientNonInvite::new(now, b.reliable, timers, bytes.clone()));
         self.actions.push_back(Action::ToBranch(bytes));
     }
@@ -465,9 +461,9 @@ impl ResponseContext {
         }
         let (disposition, ack) = match &mut b.client {
             Client::Invite(c) => {
-                let sent = &b.sent;
+                let (plan, request, via) = (&self.plan, &self.request, &b.via);
                 c.on_response(now, code, || {
-                    sent.as_ref().map(|s| builder::ack_for(s, msg))
+                    plan.as_ref().map(|p| p.ack(request, via, msg))
                 })
             }
             Client::NonInvite(c) => (c.on_response(now, code), None),

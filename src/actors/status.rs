@@ -1,0 +1,141 @@
+//! The running proxy as the HTTP endpoint sees it: [`StatusView`] for [`Core`], the
+//! `/status` document and the gauges that mirror state kept elsewhere.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::health::pair::name;
+use crate::health::Member;
+use crate::metrics::http::StatusView;
+use crate::metrics::{Metrics, ServerLabels};
+
+use super::core::Core;
+
+impl StatusView for Core {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_gauges(&self) {
+        refresh_gauges(self);
+    }
+
+    fn status(&self) -> Value {
+        status_json(self)
+    }
+
+    fn is_draining(&self) -> bool {
+        Core::is_draining(self)
+    }
+}
+
+fn refresh_gauges(core: &Core) {
+    core.metrics.lingering.set(core.lingering.len() as i64);
+    for (i, p) in core.settings.pairs.iter().enumerate() {
+        let active = core.upstreams.states.active(i);
+        for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
+            let labels = ServerLabels {
+                pair: p.name.clone(),
+                member: name(m),
+                server: server.to_string(),
+            };
+            core.metrics
+                .upstream_up
+                .get_or_create(&labels)
+                .set(i64::from(core.upstreams.states.is_up(i, m)));
+            core.metrics
+                .upstream_active
+                .get_or_create(&labels)
+                .set(i64::from(active == Some(m)));
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn status_json(core: &Core) -> Value {
+    let pairs: Vec<Value> = core
+        .settings
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let active = core.upstreams.states.active(i);
+            let members: Vec<Value> = [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
+                .into_iter()
+                .map(|(m, server)| {
+                    let st = core.upstreams.status.server(i, m);
+                    json!({
+                        "role": name(m),
+                        "server": server.to_string(),
+                        "state": if core.upstreams.states.is_up(i, m) { "up" } else { "down" },
+                        "active": active == Some(m),
+                        "since": st.as_ref().map(|s| unix(s.since)),
+                        "reason": st.as_ref().map(|s| s.reason.clone()),
+                        "last_probe": st.as_ref().and_then(|s| s.last_probe).map(unix),
+                        "last_rtt_ms": st.as_ref().and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    })
+                })
+                .collect();
+            let switch = core.upstreams.status.switch(i).map(|s| {
+                json!({
+                    "at": unix(s.at),
+                    "from": s.from.map(name),
+                    "to": s.to.map(name),
+                    "why": s.why,
+                })
+            });
+            json!({
+                "name": p.name,
+                "domain": p.domain,
+                "state": if active.is_some() { "in_service" } else { "out_of_service" },
+                "active": active.map(name),
+                "failback": p.failback,
+                "members": members,
+                "last_switch": switch,
+            })
+        })
+        .collect();
+    let listeners: Vec<Value> = core
+        .settings
+        .listeners
+        .iter()
+        .map(|l| json!({"transport": l.transport.uri_param(), "address": l.address.to_string()}))
+        .collect();
+    let m = &core.metrics;
+    let flows: i64 = ["tcp", "tls"]
+        .into_iter()
+        .map(|kind| {
+            m.flows
+                .get_or_create(&crate::metrics::KindLabels { kind })
+                .get()
+        })
+        .sum();
+    json!({
+        "instance": core.settings.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": unix(core.started),
+        "now": unix(SystemTime::now()),
+        "ready": !core.is_draining(),
+        "draining": core.is_draining(),
+        "listeners": listeners,
+        "connections": core.transports.open_connections(),
+        "flows": flows,
+        "transactions": core.server_txns.len(),
+        "transactions_lingering": core.lingering.len(),
+        "overload": {
+            "invite_rate": core.invite_rate(),
+            "rejected_invite_rate": crate::metrics::Metrics::reason_value(&m.overload_rejections, "invite_rate"),
+            "rejected_transactions": crate::metrics::Metrics::reason_value(&m.overload_rejections, "transactions"),
+            "rejected_draining": crate::metrics::Metrics::reason_value(&m.overload_rejections, "draining"),
+        },
+        "calls": {
+            "invites_received": m.requests.get_or_create(&crate::metrics::MethodLabels { method: "INVITE" }).get(),
+        },
+        "pairs": pairs,
+    })
+}

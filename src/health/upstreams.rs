@@ -1,0 +1,236 @@
+//! The upstream servers as this instance knows them: the pairs, which member is active and
+//! up, which addresses are upstream servers, when each member was last heard from, and
+//! where the health actors are. This is the handle the proxy and the health actors share
+//! (in place of the proxy's whole core): the proxy reads it on every request and feeds it
+//! what it sees; the health actors write it.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+
+use crate::sip::addr::HostPort;
+use crate::sip::proxy::response_context::PairView;
+use crate::sip::proxy::Pair;
+
+use super::messages::{PairMsg, ProbeMsg};
+use super::{HealthStatus, Member, PairStates};
+
+/// The upstream servers and their health (see the module documentation).
+pub struct Upstreams {
+    pairs: Vec<Pair>,
+    /// Active member and up/down per member of every pair, lock-free.
+    pub states: PairStates,
+    /// Snapshots for `/status`.
+    pub status: HealthStatus,
+    upstream_ips: HashSet<IpAddr>,
+    located_upstream_ips: DashMap<IpAddr, ()>,
+    /// Pair members by the address they answer from.
+    member_addrs: DashMap<SocketAddr, (usize, Member)>,
+    /// When each member was last heard from (µs since `epoch`).
+    heard: Vec<[AtomicU64; 2]>,
+    epoch: Instant,
+    /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
+    /// when both members share an IP).
+    backup_sources: Vec<(usize, SocketAddr, bool)>,
+    /// Outstanding OPTIONS probes by branch: the probe actor and its probe number.
+    probes: DashMap<String, (ActorRef<ProbeMsg>, u64)>,
+    probe_actors: DashMap<(usize, Member), ActorRef<ProbeMsg>>,
+    pair_actors: OnceLock<Vec<ActorRef<PairMsg>>>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("pairs", &self.pairs.len())
+            .finish()
+    }
+}
+
+impl Upstreams {
+    /// The upstreams of these pairs, every primary active.
+    pub fn new(pairs: &[Pair]) -> Upstreams {
+        let mut upstream_ips = HashSet::new();
+        let member_addrs = DashMap::new();
+        for (i, p) in pairs.iter().enumerate() {
+            for (member, hp) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
+                if let Some(a) = hp.socket_addr() {
+                    upstream_ips.insert(a.ip());
+                    member_addrs.insert(a, (i, member));
+                }
+            }
+        }
+        let backup_sources = pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let b = p.backup.socket_addr()?;
+                let same_ip = p.primary.socket_addr().is_some_and(|a| a.ip() == b.ip());
+                Some((i, b, same_ip))
+            })
+            .collect();
+        Upstreams {
+            pairs: pairs.to_vec(),
+            states: PairStates::new(pairs.len()),
+            status: HealthStatus::new(pairs.len()),
+            upstream_ips,
+            located_upstream_ips: DashMap::new(),
+            member_addrs,
+            heard: (0..pairs.len())
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            epoch: Instant::now(),
+            backup_sources,
+            probes: DashMap::new(),
+            probe_actors: DashMap::new(),
+            pair_actors: OnceLock::new(),
+        }
+    }
+
+    /// The pairs, in config order.
+    pub fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    /// Whether `ip` is one of the configured upstream servers (given as IPs, or located
+    /// by name for probing).
+    pub fn is_upstream(&self, ip: IpAddr) -> bool {
+        self.upstream_ips.contains(&ip) || self.located_upstream_ips.contains_key(&ip)
+    }
+
+    /// Records the address a named upstream server was located at.
+    pub fn learn_upstream_ip(&self, ip: IpAddr) {
+        if !self.upstream_ips.contains(&ip) {
+            self.located_upstream_ips.insert(ip, ());
+        }
+    }
+
+    /// Records the address a pair member sends from (its located address).
+    pub fn learn_member_addr(&self, addr: SocketAddr, pair: usize, member: Member) {
+        self.member_addrs.insert(addr, (pair, member));
+    }
+
+    /// The pair member at this address, if one is.
+    pub fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
+        self.member_addrs.get(&addr).map(|e| *e)
+    }
+
+    /// The server the pair's active member names; `None` when the pair is out of service.
+    pub fn active_member(&self, pair: usize) -> Option<&HostPort> {
+        self.member_server(pair, self.states.active(pair)?)
+    }
+
+    /// The server of one member of a pair.
+    pub fn member_server(&self, pair: usize, m: Member) -> Option<&HostPort> {
+        let p = self.pairs.get(pair)?;
+        Some(match m {
+            Member::Primary => &p.primary,
+            Member::Backup => &p.backup,
+        })
+    }
+
+    /// Whether anything at all was heard from a pair member after `since`.
+    pub fn heard_since(&self, pair: usize, member: Member, since: Instant) -> bool {
+        let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) else {
+            return false;
+        };
+        let at = slot.load(Ordering::Relaxed);
+        let since = since.saturating_duration_since(self.epoch).as_micros() as u64;
+        at > since
+    }
+
+    /// Notes a message from `source` if it is a pair member.
+    pub fn note_heard(&self, source: SocketAddr) {
+        if let Some(e) = self.member_addrs.get(&source) {
+            let (pair, member) = *e;
+            if let Some(slot) = self.heard.get(pair).and_then(|v| v.get(member as usize)) {
+                let now = self.epoch.elapsed().as_micros() as u64;
+                slot.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A request from `source`: when that is the backup of a pair whose active member is
+    /// not the backup, tells the pair actor (SPEC section 2: the backup has taken over).
+    pub fn note_request_source(&self, source: SocketAddr) {
+        for (i, addr, same_ip) in &self.backup_sources {
+            let from_backup = if *same_ip {
+                *addr == source
+            } else {
+                addr.ip() == source.ip()
+            };
+            if from_backup && self.states.active(*i) != Some(Member::Backup) {
+                if let Some(a) = self.pair_actors.get().and_then(|v| v.get(*i)) {
+                    let _ = a.send_message(PairMsg::FromBackup);
+                }
+            }
+        }
+    }
+
+    /// Records the pair actors (once, at start-up).
+    pub fn set_pair_actors(&self, actors: Vec<ActorRef<PairMsg>>) {
+        let _ = self.pair_actors.set(actors);
+    }
+
+    /// Records the (re)started probe actor of a pair member.
+    pub fn register_probe(&self, pair: usize, member: Member, actor: ActorRef<ProbeMsg>) {
+        self.probe_actors.insert((pair, member), actor);
+    }
+
+    /// Asks the probe actor of a pair member to probe now.
+    pub fn suspect(&self, pair: usize, member: Member) {
+        if let Some(a) = self.probe_actors.get(&(pair, member)) {
+            let _ = a.send_message(ProbeMsg::Suspect);
+        }
+    }
+
+    /// An INVITE sent to a pair member at `sent_at` got no answer at all.
+    pub fn report_unanswered(&self, pair: usize, member: Member, sent_at: Instant) {
+        if let Some(a) = self.probe_actors.get(&(pair, member)) {
+            let _ = a.send_message(ProbeMsg::Unanswered { sent_at });
+        }
+    }
+
+    /// An outstanding probe: responses with this branch go to `actor` as probe `seq`.
+    pub fn probe_sent(&self, branch: String, actor: ActorRef<ProbeMsg>, seq: u64) {
+        self.probes.insert(branch, (actor, seq));
+    }
+
+    /// The probe with this branch is answered or given up.
+    pub fn probe_done(&self, branch: &str) {
+        self.probes.remove(branch);
+    }
+
+    /// A response to the probe with this branch (dropped when none is outstanding).
+    pub fn probe_response(&self, branch: &str, code: u16, retry_after: Option<Duration>) {
+        if let Some(p) = self.probes.get(branch) {
+            let _ = p.0.send_message(ProbeMsg::Response {
+                seq: p.1,
+                code,
+                retry_after,
+            });
+        }
+    }
+}
+
+impl PairView for Upstreams {
+    fn active(&self, pair: usize) -> Option<Member> {
+        self.states.active(pair)
+    }
+
+    fn is_up(&self, pair: usize, member: Member) -> bool {
+        self.states.is_up(pair, member)
+    }
+
+    fn server(&self, pair: usize, member: Member) -> Option<HostPort> {
+        self.member_server(pair, member).cloned()
+    }
+
+    fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
+        Upstreams::member_at(self, addr)
+    }
+}
