@@ -23,3 +23,4 @@ pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod sip;
+pub mod wakeup;

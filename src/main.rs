@@ -282,7 +282,7 @@ fn reload(proxy: &Proxy, path: &std::path::Path) {
     proxy.core().reload_tls("SIGHUP");
     match config::load_settings(path) {
         Ok(s) => {
-            proxy.core().set_invite_rate(s.invite_rate);
+            proxy.core().admission.set_invite_rate(s.invite_rate);
             tracing::info!(event = "config_reloaded", file = %path.display(), invite_rate = s.invite_rate);
         }
         Err(e) => {

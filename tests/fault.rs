@@ -76,7 +76,7 @@ async fn panicking_transaction_is_contained() {
     })
     .await;
     assert!(
-        p.core().server_txns.len() <= 1,
+        p.core().txns.server.len() <= 1,
         "the failed transaction was forgotten"
     );
     // Call A completes, and new calls from both phones go through.

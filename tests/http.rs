@@ -148,7 +148,7 @@ async fn healthz_and_readyz() {
     let (code, page) = http_get(http, "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<title>sippool</title>"));
-    p.core().start_drain();
+    p.core().admission.start_drain();
     assert_eq!(http_get(http, "/readyz").await.0, 503);
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     p.stop().await;

@@ -25,20 +25,7 @@ use crate::sip::message::{Framing, Message};
 use crate::sip::transport::Transport;
 
 use super::core::Core;
-use super::transport::{send_udp, ConnHandle, Inbound, ReplyPath, SendError, Target};
-
-/// Messages of a connection actor.
-#[derive(Debug)]
-pub enum ConnMsg {
-    /// Write these bytes.
-    Send(Bytes),
-    /// Bytes the reader task read.
-    Data(Bytes),
-    /// The reader saw the end of the stream, an error or the idle timeout.
-    Closed(&'static str),
-    /// Is the message that began arriving at this instant still incomplete?
-    CheckPartial(std::time::Instant),
-}
+use super::transport::{send_udp, ConnHandle, ConnMsg, Inbound, ReplyPath, SendError, Target};
 
 /// The connection actor.
 pub struct ConnectionActor;
@@ -163,7 +150,7 @@ impl Actor for ConnectionActor {
                         Ok(Some(Frame::Message(bytes))) => {
                             state.partial_since = None;
                             match Message::parse(bytes, Framing::Stream, &state.core.limits) {
-                                Ok(msg) => state.core.dispatch(Inbound {
+                                Ok(msg) => state.core.deliver(Inbound {
                                     msg,
                                     transport: state.handle.transport,
                                     source: state.handle.peer,
@@ -229,7 +216,7 @@ fn release(core: &Core, h: &ConnHandle) {
     if h.outbound || h.has_flow() {
         // Transactions waiting for an answer over it hear of it: toward a server they
         // reopen and resend, toward a phone they answer 430 (RFC 5626).
-        core.connection_lost(h.id);
+        core.txns.connection_lost(h.id);
     }
 }
 

@@ -11,19 +11,22 @@
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
+pub mod admission;
 pub mod connection;
 pub mod core;
+pub mod dispatcher;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod host;
 mod probe_net;
+pub mod stateless;
 pub mod status;
+pub mod tables;
 pub mod tcp;
 pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod udp;
-pub mod wakeup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -190,16 +193,16 @@ impl Proxy {
     /// stop the proxy: [`Proxy::stop`] does.
     pub async fn drain(&self, timeout: std::time::Duration) -> DrainOutcome {
         let deadline = tokio::time::Instant::now() + timeout;
-        if !self.core.is_draining() {
-            self.core.start_drain();
+        if !self.core.admission.is_draining() {
+            self.core.admission.start_drain();
             tracing::info!(
                 event = "drain_started",
-                in_flight = self.core.server_txns.len(),
+                in_flight = self.core.txns.server.len(),
                 timeout_s = timeout.as_secs()
             );
         }
         loop {
-            let in_flight = self.core.server_txns.len();
+            let in_flight = self.core.txns.server.len();
             if in_flight == 0 {
                 return DrainOutcome::Drained;
             }
@@ -234,8 +237,8 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
             match core.upgrade() {
                 Some(c) => {
                     let now = std::time::Instant::now();
-                    c.sweep_lingering(now);
-                    c.end_overload_if_quiet(now);
+                    c.txns.sweep_lingering(now);
+                    c.admission.end_overload_if_quiet(now);
                 }
                 None => return,
             }
@@ -314,6 +317,7 @@ impl Actor for RootSupervisor {
         )
         .await?;
         core.set_supervisors(tx_sup.get_cell(), conn_sup.get_cell());
+        core.set_inbound(dispatcher::sink(&core));
         for s in sockets {
             match s {
                 Bound::Udp(sock) => {

@@ -26,12 +26,12 @@ impl StatusView for Core {
     }
 
     fn is_draining(&self) -> bool {
-        Core::is_draining(self)
+        self.admission.is_draining()
     }
 }
 
 fn refresh_gauges(core: &Core) {
-    core.metrics.lingering.set(core.lingering.len() as i64);
+    core.metrics.lingering.set(core.txns.lingering.len() as i64);
     for (i, p) in core.settings.pairs.iter().enumerate() {
         let active = core.upstreams.states.active(i);
         for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
@@ -120,15 +120,15 @@ fn status_json(core: &Core) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "started": unix(core.started),
         "now": unix(SystemTime::now()),
-        "ready": !core.is_draining(),
-        "draining": core.is_draining(),
+        "ready": !core.admission.is_draining(),
+        "draining": core.admission.is_draining(),
         "listeners": listeners,
         "connections": core.transports.open_connections(),
         "flows": flows,
-        "transactions": core.server_txns.len(),
-        "transactions_lingering": core.lingering.len(),
+        "transactions": core.txns.server.len(),
+        "transactions_lingering": core.txns.lingering.len(),
         "overload": {
-            "invite_rate": core.invite_rate(),
+            "invite_rate": core.admission.invite_rate(),
             "rejected_invite_rate": crate::metrics::Metrics::reason_value(&m.overload_rejections, "invite_rate"),
             "rejected_transactions": crate::metrics::Metrics::reason_value(&m.overload_rejections, "transactions"),
             "rejected_draining": crate::metrics::Metrics::reason_value(&m.overload_rejections, "draining"),

@@ -23,24 +23,13 @@ use crate::sip::proxy::{self, Decision, Received};
 use crate::sip::transaction::{ClientKey, ServerKey};
 
 use super::connection::{self, ConnOrUdp};
-use super::core::{response_destination, Core, Lingering};
-use super::transport::{send_reply, send_udp, ConnHandle, Inbound, ReplyPath, Target};
-use super::wakeup::Wakeup;
-
-/// Messages of a transaction actor.
-#[derive(Debug)]
-pub enum TxMsg {
-    /// The request that created the transaction, a retransmission of it, or its ACK.
-    Request(Box<Inbound>),
-    /// A CANCEL for this (INVITE) transaction.
-    Cancel(Box<Inbound>),
-    /// A response to our client transaction (or to its CANCEL).
-    Response(Box<Inbound>),
-    /// A timer may be due.
-    Timer,
-    /// This stream connection closed; the transaction checks whether its branch used it.
-    ConnectionLost(u64),
-}
+use super::core::Core;
+use super::stateless::forward_ack;
+use super::tables::{Lingering, TxMsg};
+use super::transport::{
+    response_destination, send_reply, send_udp, ConnHandle, Inbound, ReplyPath, Target,
+};
+use crate::wakeup::Wakeup;
 
 /// The transaction actor.
 pub struct TransactionActor;
@@ -106,7 +95,7 @@ impl Actor for TransactionActor {
                     .is_some_and(|c| c.handle_retransmission(&inbound.msg, now));
                 if stray_ack {
                     // An ACK for a 2xx that reused the INVITE's branch: not ours to absorb.
-                    state.core.dispatch_ack_stateless(*inbound);
+                    forward_ack(&state.core, *inbound);
                 }
             }
             TxMsg::Cancel(inbound) => state.on_cancel(&inbound, now),
@@ -133,7 +122,7 @@ impl Actor for TransactionActor {
         } else if let Some(linger) = ctx.poll_linger(now) {
             // What is left is absorbing retransmissions: a table entry does that.
             if let Some(reply) = state.reply.clone() {
-                state.core.lingering.insert(
+                state.core.txns.lingering.insert(
                     state.key.clone(),
                     Lingering {
                         response: linger.response,
@@ -158,10 +147,11 @@ impl Actor for TransactionActor {
         let id = myself.get_id();
         state
             .core
-            .server_txns
+            .txns
+            .server
             .remove_if(&state.key, |_, v| v.get_id() == id);
         if let Some(k) = state.ctx.as_ref().and_then(ResponseContext::branch_key) {
-            state.core.client_txns.remove_if(k, |_, v| v.get_id() == id);
+            state.core.txns.client.remove_if(k, |_, v| v.get_id() == id);
         }
         state.core.metrics.transactions.dec();
         Ok(())
@@ -316,7 +306,7 @@ impl TxState {
                     }
                 }
                 Action::BranchGone(key) => {
-                    core.client_txns.remove(&key);
+                    core.txns.client.remove(&key);
                     if self.link.as_ref().is_some_and(|l| l.key == key) {
                         self.link = None;
                     }
@@ -359,7 +349,7 @@ impl TxState {
             // Answered meanwhile: nothing to send, nothing failed.
             return true;
         };
-        self.core.client_txns.insert(key.clone(), myself.clone());
+        self.core.txns.client.insert(key.clone(), myself.clone());
         let mut link = Link { key, target, conn };
         let ok = send_on(&self.core, &mut link, bytes).await;
         if ok {
@@ -439,7 +429,7 @@ impl Actor for TransactionSupervisor {
                 .inc();
             core.metrics.transactions.dec();
             tracing::error!(event = "transaction_failed", actor = %cell.get_id(), error = %err);
-            core.forget_transaction(cell.get_id());
+            core.txns.forget(cell.get_id());
         }
         Ok(())
     }

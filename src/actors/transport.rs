@@ -16,8 +16,6 @@ use tokio::net::UdpSocket;
 use crate::sip::message::Message;
 use crate::sip::transport::Transport;
 
-use super::connection::ConnMsg;
-
 /// A received message and where it came from.
 #[derive(Debug)]
 pub struct Inbound {
@@ -226,4 +224,30 @@ pub fn send_udp(sock: &Arc<UdpSocket>, dest: SocketAddr, bytes: Bytes) -> Result
         }
         Err(e) => Err(SendError::Io(e.to_string())),
     }
+}
+
+/// Where responses to a request go (RFC 3261 section 18.2.2, RFC 3581): on streams the
+/// connection; on UDP the source IP, and the source port when `rport` was asked for, else
+/// the Via port.
+pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath) -> SocketAddr {
+    if matches!(reply, ReplyPath::Stream(_)) {
+        return source;
+    }
+    match msg.top_via() {
+        Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
+        _ => source,
+    }
+}
+
+/// Messages of a connection actor.
+#[derive(Debug)]
+pub enum ConnMsg {
+    /// Write these bytes.
+    Send(Bytes),
+    /// Bytes the reader task read.
+    Data(Bytes),
+    /// The reader saw the end of the stream, an error or the idle timeout.
+    Closed(&'static str),
+    /// Is the message that began arriving at this instant still incomplete?
+    CheckPartial(std::time::Instant),
 }

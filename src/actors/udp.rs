@@ -113,7 +113,7 @@ pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, sou
     }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         match Message::parse(data, Framing::Datagram, &core.limits) {
-            Ok(msg) => core.dispatch(Inbound {
+            Ok(msg) => core.deliver(Inbound {
                 msg,
                 transport: Transport::Udp,
                 source,

@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::actors::wakeup::Wakeup;
 use crate::metrics::{KindLabels, Metrics};
 use crate::sip::addr::{HostPort, Target};
 use crate::sip::proxy::LocalIdentity;
+use crate::wakeup::Wakeup;
 
 use super::messages::{PairMsg, ProbeMsg, PROBE_BRANCH_PREFIX};
 use super::pair::{name, PairLogic};

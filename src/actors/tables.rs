@@ -1,0 +1,119 @@
+//! The concurrent transaction tables: running server transactions by key, client
+//! transactions by branch (both pointing at the transaction actor that owns them), and the
+//! transactions that have ended but still absorb retransmissions of their request.
+//!
+//! The tables answer the sans-IO dispatcher's questions ([`TransactionTables`]); what a
+//! message then becomes is decided in `sip::dispatch` and done in `actors::dispatcher`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+
+use crate::health::messages::PROBE_BRANCH_PREFIX;
+use crate::sip::dispatch::TransactionTables;
+use crate::sip::transaction::{ClientKey, ServerKey};
+
+use super::transport::{send_reply, Inbound, ReplyPath};
+
+/// Messages of a transaction actor.
+#[derive(Debug)]
+pub enum TxMsg {
+    /// The request that created the transaction, a retransmission of it, or its ACK.
+    Request(Box<Inbound>),
+    /// A CANCEL for this (INVITE) transaction.
+    Cancel(Box<Inbound>),
+    /// A response to our client transaction (or to its CANCEL).
+    Response(Box<Inbound>),
+    /// A timer may be due.
+    Timer,
+    /// This stream connection closed; the transaction checks whether its branch used it.
+    ConnectionLost(u64),
+}
+
+/// What is kept of a transaction after its actor ended (see [`Transactions::lingering`]).
+#[derive(Debug)]
+pub struct Lingering {
+    /// The final response to resend on a retransmitted request (non-INVITE).
+    pub response: Option<bytes::Bytes>,
+    /// Where it goes.
+    pub reply: ReplyPath,
+    /// Its destination.
+    pub dest: SocketAddr,
+    /// When the transaction's last timer would have fired.
+    pub until: Instant,
+}
+
+/// The transaction tables (see the module documentation).
+#[derive(Debug, Default)]
+pub struct Transactions {
+    /// Server transactions by key.
+    pub server: DashMap<ServerKey, ActorRef<TxMsg>>,
+    /// Client transactions by our branch, pointing at the owning server transaction.
+    pub client: DashMap<ClientKey, ActorRef<TxMsg>>,
+    /// Transactions whose actor has ended but whose request retransmissions must still be
+    /// absorbed until their Timer L or J runs out.
+    pub lingering: DashMap<ServerKey, Lingering>,
+}
+
+impl Transactions {
+    /// A retransmitted request of a lingering transaction gets the last response again.
+    pub fn absorb(&self, key: &ServerKey) {
+        let resend = self
+            .lingering
+            .get(key)
+            .and_then(|l| Some((l.response.clone()?, l.reply.clone(), l.dest)));
+        if let Some((bytes, reply, dest)) = resend {
+            let _ = send_reply(&reply, dest, bytes);
+        }
+    }
+
+    /// Drops lingering transactions whose time is up.
+    pub fn sweep_lingering(&self, now: Instant) {
+        self.lingering.retain(|_, l| l.until > now);
+    }
+
+    /// A connection that transactions may be using closed: each transaction with a client
+    /// branch hears of it and checks whether the branch used that connection.
+    pub fn connection_lost(&self, conn: u64) {
+        let mut told = HashSet::new();
+        for e in self.client.iter() {
+            if told.insert(e.value().get_id()) {
+                let _ = e.value().send_message(TxMsg::ConnectionLost(conn));
+            }
+        }
+    }
+
+    /// Forgets every table entry of a transaction actor that failed.
+    pub fn forget(&self, id: ractor::ActorId) {
+        self.server.retain(|_, v| v.get_id() != id);
+        self.client.retain(|_, v| v.get_id() != id);
+    }
+}
+
+impl TransactionTables for Transactions {
+    fn has_server(&self, key: &ServerKey) -> bool {
+        self.server.contains_key(key)
+    }
+
+    fn has_client(&self, key: &ClientKey) -> bool {
+        self.client.contains_key(key)
+    }
+
+    fn is_lingering(&self, key: &ServerKey, now: Instant) -> bool {
+        let alive = match self.lingering.get(key) {
+            None => return false,
+            Some(l) => l.until > now,
+        };
+        if !alive {
+            self.lingering.remove(key);
+        }
+        alive
+    }
+
+    fn is_probe(&self, key: &ClientKey) -> bool {
+        key.branch().starts_with(PROBE_BRANCH_PREFIX)
+    }
+}
