@@ -23,11 +23,15 @@ wait_log() {
   return 1
 }
 
-# e2e_init NAME: a work directory in $WORK, the release binary in $BIN (built if missing),
-# and every process whose pid is added to $pids stopped when the script exits.
+# e2e_init NAME: a work directory in $WORK, the release binary in $BIN (built if missing;
+# SIPPOOL_BIN=PATH runs that binary instead), and every process whose pid is added to $pids
+# stopped when the script exits.
 e2e_init() {
   WORK="$(mktemp -d "/tmp/sippool-$1.XXXXXX")"
-  BIN="$ROOT/target/release/sippool"
+  BIN="${SIPPOOL_BIN:-$ROOT/target/release/sippool}"
+  if [ -n "${SIPPOOL_BIN:-}" ]; then
+    [ -x "$BIN" ] || { echo "SIPPOOL_BIN=$BIN is not an executable" >&2; exit 2; }
+  fi
   [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
   command -v sipp >/dev/null || { echo "sipp not found (apt-get install sip-tester)" >&2; exit 2; }
   pids=()
@@ -45,8 +49,9 @@ sipp_stat() {
   awk -F';' -v col="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==col) c=i} END{print $c}' "$1"
 }
 
-# make_cert DIR IP: a CA (DIR/ca.pem) and a certificate for IP signed by it (DIR/proxy.pem,
-# DIR/proxy.key), made with openssl.
+# make_cert DIR IP [SAN]: a CA (DIR/ca.pem) and a certificate for IP signed by it
+# (DIR/proxy.pem, DIR/proxy.key), made with openssl. SAN adds subjectAltName entries, e.g.
+# "DNS:pool.example.test".
 make_cert() {
   (
     cd "$1"
@@ -54,8 +59,28 @@ make_cert() {
       -subj "/CN=sippool e2e CA" -keyout ca.key -out ca.pem 2>/dev/null
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
       -keyout proxy.key -out proxy.csr 2>/dev/null
-    printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$2" > ext.cnf
+    printf 'subjectAltName=IP:%s%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$2" "${3:+,$3}" \
+      > ext.cnf
     openssl x509 -req -in proxy.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
       -extfile ext.cnf -out proxy.pem 2>/dev/null
   )
+}
+
+# wait_grep FILE PATTERN [SECONDS]: waits (up to SECONDS, default 10) until FILE contains
+# the extended regular expression PATTERN; quiet, unlike wait_log (the caller reports).
+wait_grep() {
+  local end=$((SECONDS + ${3:-10}))
+  while [ "$SECONDS" -lt "$end" ]; do
+    grep -Eq -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  grep -Eq -- "$2" "$1" 2>/dev/null
+}
+
+# metric URL SERIES: the sum of every sample of SERIES (a metric name, optionally with a
+# label filter such as 'name{kind="tls"' matched as a prefix) at URL; 0 if there is none.
+metric() {
+  curl -s --max-time 2 "$1" | awk -v s="$2" '
+    index($0, s) == 1 && (s ~ /[{,]/ || substr($0, length(s) + 1, 1) ~ /[ {]/) {t += $NF}
+    END {print t + 0}'
 }
