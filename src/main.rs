@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file: config } => {
             match config::load_settings(&config).and_then(|s| match &s.tls {
-                Some(t) => sippool::actors::tls::TlsContext::load(t.clone()).map(|_| s),
+                Some(t) => sippool::actors::TlsContext::load(t.clone()).map(|_| s),
                 None => Ok(s),
             }) {
                 Ok(s) => {

@@ -34,6 +34,8 @@ impl Admission {
         }
     }
 
+    /// Whether one more new INVITE may be taken now (the token bucket); counts the
+    /// overload episode either way.
     pub fn admit_invite(&self) -> bool {
         let now = Instant::now();
         let admitted = match self.invite_bucket.lock() {

@@ -11,22 +11,22 @@
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
-pub mod admission;
-pub mod connection;
-pub mod core;
-pub mod dispatcher;
+pub(crate) mod admission;
+pub(crate) mod connection;
+pub(crate) mod core;
+pub(crate) mod dispatcher;
 #[cfg(feature = "fault-injection")]
-pub mod fault;
-pub mod host;
+pub(crate) mod fault;
+pub(crate) mod host;
 mod probe_net;
-pub mod stateless;
-pub mod status;
-pub mod tables;
-pub mod tcp;
-pub mod tls;
-pub mod transaction;
-pub mod transport;
-pub mod udp;
+pub(crate) mod stateless;
+pub(crate) mod status;
+pub(crate) mod tables;
+pub(crate) mod tcp;
+pub(crate) mod tls;
+pub(crate) mod transaction;
+pub(crate) mod transport;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +37,11 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::config::Settings;
 use crate::sip::transport::Transport;
 
+pub use self::admission::Admission;
 pub use self::core::Core;
+pub use self::tables::{Lingering, Transactions, TxMsg};
+pub use self::tls::TlsContext;
+pub use self::transport::{ConnHandle, Inbound, ReplyPath, Target, Transports};
 
 /// A running proxy.
 pub struct Proxy {

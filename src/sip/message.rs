@@ -15,6 +15,9 @@ use bytes::Bytes;
 use crate::sip::syntax::{self, eq_ic, is_token, parse_u32, split_list, trim_range};
 use crate::sip::via::{Via, ViaError, ViaIndex};
 
+pub use crate::sip::method::Method;
+pub use crate::sip::name_addr::{angle_span, header_param, header_param_range, name_addr_uri};
+
 /// Caps applied before parsing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -99,62 +102,6 @@ impl HeaderName {
             .iter()
             .find(|(n, _)| n.len() == name.len() && eq_ic(n, name))
             .map_or(HeaderName::Other, |(_, h)| *h)
-    }
-}
-
-/// SIP request methods.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// INVITE
-    Invite,
-    /// ACK
-    Ack,
-    /// BYE
-    Bye,
-    /// CANCEL
-    Cancel,
-    /// OPTIONS
-    Options,
-    /// REGISTER
-    Register,
-    /// Any other token, kept as written (methods are case-sensitive).
-    Other(Box<str>),
-}
-
-impl Method {
-    /// Parses a method token; `None` when it is not a token.
-    pub fn parse(s: &[u8]) -> Option<Method> {
-        if !is_token(s) {
-            return None;
-        }
-        Some(match s {
-            b"INVITE" => Method::Invite,
-            b"ACK" => Method::Ack,
-            b"BYE" => Method::Bye,
-            b"CANCEL" => Method::Cancel,
-            b"OPTIONS" => Method::Options,
-            b"REGISTER" => Method::Register,
-            other => Method::Other(String::from_utf8_lossy(other).into()),
-        })
-    }
-
-    /// The method as written on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Options => "OPTIONS",
-            Method::Register => "REGISTER",
-            Method::Other(s) => s,
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -554,67 +501,6 @@ impl Message {
         });
         let r = if name == HeaderName::From { from } else { to };
         self.buf.get(r.clone()?)
-    }
-}
-
-/// Positions of the `<` and `>` of the first bracketed URI outside quoted strings.
-pub fn angle_span(v: &[u8]) -> Option<(usize, usize)> {
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut open = None;
-    for (i, &b) in v.iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match b {
-            b'\\' if in_quote => escaped = true,
-            b'"' => in_quote = !in_quote,
-            b'<' if !in_quote && open.is_none() => open = Some(i),
-            b'>' if !in_quote => {
-                if let Some(o) = open {
-                    return Some((o, i));
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// A header parameter (after the name-addr or addr-spec) of a From/To/Contact-like value.
-pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    v.get(header_param_range(v, name)?)
-}
-
-/// Where [`header_param`] finds its value in `v`.
-pub fn header_param_range(v: &[u8], name: &[u8]) -> Option<Range<usize>> {
-    // Parameters start after `>` when the URI is bracketed, else at the first `;`.
-    let params_from = match angle_span(v) {
-        Some((_, close)) => close + 1,
-        None => memchr::memchr(b';', v)?,
-    };
-    let params = syntax::parse_params(v, params_from..v.len())?;
-    params.into_iter().find_map(|p| {
-        if eq_ic(v.get(p.name)?, name) {
-            p.value
-        } else {
-            None
-        }
-    })
-}
-
-/// The URI inside a name-addr (`"x" <sip:...>;p`) or an addr-spec.
-pub fn name_addr_uri(v: &[u8]) -> Option<&[u8]> {
-    match angle_span(v) {
-        Some((open, close)) => v.get(open + 1..close).map(syntax::trim),
-        None => {
-            if v.contains(&b'<') {
-                return None;
-            }
-            let end = memchr::memchr(b';', v).unwrap_or(v.len());
-            v.get(..end).map(syntax::trim).filter(|u| !u.is_empty())
-        }
     }
 }
 

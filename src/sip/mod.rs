@@ -13,6 +13,8 @@ pub mod dispatch;
 pub mod flow;
 pub mod framing;
 pub mod message;
+pub mod method;
+pub mod name_addr;
 pub mod proxy;
 pub mod stun;
 pub mod syntax;

@@ -184,12 +184,12 @@ impl ClientNonInvite {
         }
     }
 
-    /// Current state.
     /// The request as sent (to resend it over a new connection).
     pub fn request(&self) -> &Bytes {
         &self.request
     }
 
+    /// Current state.
     pub fn state(&self) -> ClientState {
         self.state
     }
