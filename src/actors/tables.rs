@@ -18,6 +18,12 @@ use crate::sip::transaction::{ClientKey, ServerKey};
 
 use super::transport::{send_reply, Inbound, ReplyPath};
 
+/// The tables' hasher: foldhash, seeded per process. SipHash (the std default) cost a few
+/// thousand instructions per call over the many small writes of a transaction key;
+/// foldhash is as fast as FxHash on short keys and, being randomly seeded, keeps keys an
+/// attacker chooses (branches) from colliding on purpose.
+pub type Hasher = foldhash::fast::RandomState;
+
 /// Messages of a transaction actor.
 #[derive(Debug)]
 pub enum TxMsg {
@@ -50,12 +56,12 @@ pub struct Lingering {
 #[derive(Debug, Default)]
 pub struct Transactions {
     /// Server transactions by key.
-    pub server: DashMap<ServerKey, ActorRef<TxMsg>>,
+    pub server: DashMap<ServerKey, ActorRef<TxMsg>, Hasher>,
     /// Client transactions by our branch, pointing at the owning server transaction.
-    pub client: DashMap<ClientKey, ActorRef<TxMsg>>,
+    pub client: DashMap<ClientKey, ActorRef<TxMsg>, Hasher>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
     /// absorbed until their Timer L or J runs out.
-    pub lingering: DashMap<ServerKey, Lingering>,
+    pub lingering: DashMap<ServerKey, Lingering, Hasher>,
 }
 
 impl Transactions {

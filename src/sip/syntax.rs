@@ -7,11 +7,13 @@
 use std::ops::Range;
 
 /// Linear white space as it can appear inside a (possibly folded) header value.
+#[inline]
 pub fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// RFC 3261 `token` characters.
+#[inline]
 pub fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
@@ -21,11 +23,13 @@ pub fn is_token_char(b: u8) -> bool {
 }
 
 /// Whether `s` is a non-empty RFC 3261 token.
+#[inline]
 pub fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_token_char(b))
 }
 
 /// The range of `s` within `r` with leading and trailing LWS removed.
+#[inline]
 pub fn trim_range(s: &[u8], r: Range<usize>) -> Range<usize> {
     let mut start = r.start.min(s.len());
     let mut end = r.end.min(s.len()).max(start);
@@ -39,6 +43,7 @@ pub fn trim_range(s: &[u8], r: Range<usize>) -> Range<usize> {
 }
 
 /// `s` with leading and trailing LWS removed.
+#[inline]
 pub fn trim(s: &[u8]) -> &[u8] {
     let r = trim_range(s, 0..s.len());
     s.get(r).unwrap_or_default()
@@ -159,6 +164,7 @@ pub fn parse_params(s: &[u8], r: Range<usize>) -> Option<Vec<Param>> {
 }
 
 /// Position of `needle` within `r` of `s`.
+#[inline]
 pub fn find_byte(s: &[u8], r: Range<usize>, needle: u8) -> Option<usize> {
     let slice = s.get(r.clone())?;
     memchr::memchr(needle, slice).map(|p| p + r.start)
@@ -183,6 +189,7 @@ pub fn parse_u32(s: &[u8], max: u64) -> Option<u32> {
 }
 
 /// Whether the two byte strings are equal ignoring ASCII case.
+#[inline]
 pub fn eq_ic(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
