@@ -116,7 +116,8 @@ async fn request_from_backup_switches_at_once() {
 async fn both_silent_gives_503_with_retry_after_and_recovers() {
     let primary = Upstream::udp(Behaviour::Silent).await;
     let backup = Upstream::udp(Behaviour::Silent).await;
-    let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
+    let http = format!("[http]\naddress = \"{}:0\"\n", loopback(PROXY));
+    let p = proxy(&["udp"], &probed_pair(&primary, &backup, &http)).await;
     let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
     until("pair out of service", Duration::from_secs(3), || {
         active(&p).is_none()
@@ -125,6 +126,14 @@ async fn both_silent_gives_503_with_retry_after_and_recovers() {
     let r = invite(&mut phone).await;
     assert_eq!(r.status(), Some(503));
     assert!(r.header("retry-after").is_some(), "{}", r.text());
+    // A client probing this instance as its outbound proxy hears it cannot serve, and so
+    // does the readiness probe.
+    let me = format!("sip:{}", p.local_addr(Transport::Udp).unwrap());
+    let r = phone.ask("OPTIONS", &me).await;
+    assert_eq!(r.status(), Some(503), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let (code, body) = http_get(p.http_addr().unwrap(), "/readyz").await;
+    assert_eq!((code, body.trim()), (503, "serving pair out of service"));
     // The backup comes back first: it takes over.
     backup.set(Behaviour::Answer);
     until("back in service", Duration::from_secs(3), || {
@@ -133,6 +142,8 @@ async fn both_silent_gives_503_with_retry_after_and_recovers() {
     .await;
     let r = invite(&mut phone).await;
     assert_eq!(r.status(), Some(200), "{}", r.text());
+    assert_eq!(phone.ask("OPTIONS", &me).await.status(), Some(200));
+    assert_eq!(http_get(p.http_addr().unwrap(), "/readyz").await.0, 200);
     p.stop().await;
 }
 
@@ -213,6 +224,69 @@ async fn unanswered_invite_is_retried_on_the_backup() {
     assert_eq!(r.status(), Some(200), "{}", r.text());
     backup.recv_method("INVITE").await;
     assert_eq!(p.core().metrics.retries.get(), 1);
+    p.stop().await;
+}
+
+/// A pair whose primary answers INVITEs after the failover timer (200 ms) sent the call to
+/// the backup; probing is slow, so only the transaction notices.
+async fn slow_primary(b: Behaviour) -> (Upstream, Upstream, Proxy) {
+    let primary = Upstream::udp(b).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{}\"\nbackup = \"{}\"\n[health]\noos_check = 30\nfailover_timeout_ms = 200\n",
+        primary.uri(),
+        backup.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    (primary, backup, p)
+}
+
+fn ghosts(p: &Proxy, outcome: &str) -> f64 {
+    sample(
+        &p.core().metrics.encode(),
+        &format!("sippool_ghost_branches_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_primary_that_rings_late_is_cancelled_not_left_ringing() {
+    let (mut primary, mut backup, p) = slow_primary(Behaviour::LateRing(500)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(200), "the call is answered on the backup");
+    backup.recv_method("INVITE").await;
+    // The primary's late 180 gets a CANCEL; its 487 the hop-by-hop ACK.
+    let invite = primary.recv_method("INVITE").await;
+    let cancel = primary.recv_method("CANCEL").await;
+    assert_eq!(cancel.header("call-id"), invite.header("call-id"));
+    let ack = primary.recv_method("ACK").await;
+    assert_eq!(ack.header("call-id"), invite.header("call-id"));
+    assert_eq!(ghosts(&p, "cancelled"), 1.0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_primary_that_answers_late_has_its_dialog_ended() {
+    let (mut primary, mut backup, p) = slow_primary(Behaviour::LateAnswer(500)).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let r = invite(&mut phone).await;
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(r.to_tag().as_deref(), Some("uas1"));
+    backup.recv_method("INVITE").await;
+    // The primary's late 200 is ACKed and its dialog ended with a BYE from the proxy; the
+    // phone never hears of it (one 200 only).
+    let invite = primary.recv_method("INVITE").await;
+    let ack = primary.recv_method("ACK").await;
+    let bye = primary.recv_method("BYE").await;
+    for m in [&ack, &bye] {
+        assert_eq!(m.header("call-id"), invite.header("call-id"));
+        assert!(m.header("to").unwrap().contains("tag=uas1"));
+    }
+    assert_eq!(ghosts(&p, "ended"), 1.0);
+    assert!(phone
+        .recv_within(Duration::from_millis(300))
+        .await
+        .is_none());
     p.stop().await;
 }
 

@@ -153,3 +153,76 @@ async fn healthz_and_readyz() {
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn manual_switchover_needs_the_token_and_switches_there_and_back() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let token = "0123456789abcdef-switch";
+    let extra = format!(
+        "{}[http]\naddress = \"{}:0\"\nadmin_token = \"{token}\"\n",
+        pair(&primary.uri(), &backup.uri()),
+        loopback(PROXY)
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let http = p.http_addr().unwrap();
+    let path = "/pairs/p/switch";
+    let active = || p.core().upstreams.states.active(0);
+    assert_eq!(http_post(http, path, None, "").await.0, 401);
+    assert_eq!(
+        http_post(http, path, Some("0123456789abcdef-wrong"), "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        active(),
+        Some(Member::Primary),
+        "refused requests change nothing"
+    );
+    let (code, body) = http_post(http, path, Some(token), r#"{"why":"maintenance"}"#).await;
+    assert_eq!((code, body.trim()), (200, "p: backup is active now"));
+    assert_eq!(active(), Some(Member::Backup));
+    let (_, status) = http_get(http, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let why = status["pairs"][0]["last_switch"]["why"].as_str().unwrap();
+    assert!(why.starts_with("manual: maintenance (by 127."), "{why}");
+    // And back, naming the member; an unknown pair or member is refused.
+    let (code, _) = http_post(http, path, Some(token), r#"{"to":"primary"}"#).await;
+    assert_eq!(code, 200);
+    assert_eq!(active(), Some(Member::Primary));
+    assert_eq!(
+        http_post(http, "/pairs/nope/switch", Some(token), "")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http_post(http, path, Some(token), r#"{"to":"third"}"#)
+            .await
+            .0,
+        400
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn switchover_is_off_without_a_token() {
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "{}[http]\naddress = \"{}:0\"\n",
+        pair(&up.uri(), "127.0.2.254:9"),
+        loopback(PROXY)
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let (code, _) = http_post(
+        p.http_addr().unwrap(),
+        "/pairs/p/switch",
+        Some("anything-at-all-16"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(p.core().upstreams.states.active(0), Some(Member::Primary));
+    p.stop().await;
+}

@@ -389,6 +389,7 @@ fn every_torture_message_decided_as_listed() {
                 Decision::Forward(_) => "process".to_string(),
                 Decision::Respond(r) => format!("reject {} {}", r.code, r.reason),
                 Decision::Drop(why) => format!("drop ({why})"),
+                Decision::OptionsToUs { .. } => "reject 200 OK".to_string(),
             },
         };
         let expected_ok = match row.action.as_str() {

@@ -85,6 +85,10 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
             core.metrics.message_dropped("ack_not_routable");
             return;
         }
+        Decision::OptionsToUs { .. } => {
+            core.metrics.message_dropped("ack_not_routable");
+            return;
+        }
         Decision::Drop(why) => {
             tracing::debug!(event = "ack_not_routable", source = %inbound.source, reason = why);
             core.metrics.message_dropped("ack_not_routable");

@@ -3,11 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::StatusCode;
+
 use serde_json::{json, Value};
 
 use crate::health::pair::name;
 use crate::health::Member;
-use crate::metrics::http::StatusView;
+use crate::metrics::http::{StatusView, SwitchFuture};
 use crate::metrics::{Metrics, ServerLabels};
 
 use super::core::Core;
@@ -25,8 +27,43 @@ impl StatusView for Core {
         status_json(self)
     }
 
-    fn is_draining(&self) -> bool {
-        self.admission.is_draining()
+    fn admin_token(&self) -> Option<&str> {
+        self.settings.admin_token.as_deref()
+    }
+
+    fn switch(&self, pair: String, to: Option<String>, why: String) -> SwitchFuture<'_> {
+        Box::pin(async move {
+            let to = match to.as_deref() {
+                None => None,
+                Some("primary") => Some(Member::Primary),
+                Some("backup") => Some(Member::Backup),
+                Some(other) => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        format!("'to' is '{other}': primary or backup"),
+                    ))
+                }
+            };
+            if !self.upstreams.pairs().iter().any(|p| p.name == pair) {
+                return Err((StatusCode::NOT_FOUND, format!("no pair named '{pair}'")));
+            }
+            match self.upstreams.switch(&pair, to, why).await {
+                Ok(Some(m)) => Ok(format!("{pair}: {} is active now", name(m))),
+                Ok(None) => Ok(format!("{pair}: already active, nothing to do")),
+                Err(e) => Err((StatusCode::CONFLICT, format!("{pair}: not switched: {e}"))),
+            }
+        })
+    }
+
+    fn not_ready(&self) -> Option<&'static str> {
+        if self.admission.is_draining() {
+            Some("draining")
+        } else if self.upstreams.states.active(self.router.serving).is_none() {
+            // OPTIONS to this instance get 503 too: clients move to another instance.
+            Some("serving pair out of service")
+        } else {
+            None
+        }
     }
 }
 

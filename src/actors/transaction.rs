@@ -51,7 +51,10 @@ pub struct TxState {
     dest: SocketAddr,
     /// When the request arrived (latency).
     received: Instant,
-    link: Option<Link>,
+    /// The branches: the current one, and any given up that are still ours.
+    links: Vec<Link>,
+    /// Client keys this actor put in the table (removed when it stops).
+    keys: Vec<ClientKey>,
     /// The pending timer message.
     wakeup: Wakeup<TxMsg>,
 }
@@ -73,7 +76,8 @@ impl Actor for TransactionActor {
             reply: None,
             dest: SocketAddr::from(([0, 0, 0, 0], 0)),
             received: Instant::now(),
-            link: None,
+            links: Vec::new(),
+            keys: Vec::new(),
             wakeup: Wakeup::default(),
         })
     }
@@ -150,7 +154,7 @@ impl Actor for TransactionActor {
             .txns
             .server
             .remove_if(&state.key, |_, v| v.get_id() == id);
-        if let Some(k) = state.ctx.as_ref().and_then(ResponseContext::branch_key) {
+        for k in &state.keys {
             state.core.txns.client.remove_if(k, |_, v| v.get_id() == id);
         }
         state.core.metrics.transactions.dec();
@@ -220,13 +224,19 @@ impl TxState {
     /// it to its transaction by branch); when that fails, the context treats it as any
     /// transport error. A phone's flow cannot be reopened from here (430).
     async fn on_connection_lost(&mut self, conn: u64, now: Instant) {
-        let (Some(link), Some(ctx)) = (&mut self.link, &mut self.ctx) else {
+        let Some(ctx) = &mut self.ctx else { return };
+        let Some(link) = self
+            .links
+            .iter_mut()
+            .find(|l| l.conn.as_ref().is_some_and(|c| c.id == conn))
+        else {
             return;
         };
-        if link.conn.as_ref().is_none_or(|c| c.id != conn) {
+        let Some(lost) = link.conn.take() else { return };
+        if ctx.branch_key() != Some(&link.key) {
+            // A branch given up: a new connection is opened if it must send again.
             return;
         }
-        let Some(lost) = link.conn.take() else { return };
         let Some(request) = ctx.branch_request_in_progress() else {
             return;
         };
@@ -300,16 +310,35 @@ impl TxState {
                         c.handle_flow_refused(forged, now);
                     }
                 }
-                Action::ToBranch(bytes) => {
-                    if let Some(link) = &mut self.link {
+                Action::ToBranch { key, bytes } => {
+                    if let Some(link) = self.links.iter_mut().find(|l| l.key == key) {
                         send_on(&core, link, bytes).await;
                     }
                 }
+                Action::Track(key) => {
+                    core.txns.client.insert(key.clone(), myself.clone());
+                    self.keys.push(key);
+                }
+                Action::Ghost(outcome) => {
+                    core.metrics
+                        .ghost_branches
+                        .get_or_create(&crate::metrics::OutcomeLabels {
+                            outcome: outcome.as_str(),
+                        })
+                        .inc();
+                    let call_id = self
+                        .ctx
+                        .as_ref()
+                        .and_then(|c| c.request().call_id())
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned();
+                    tracing::info!(event = "ghost_branch", outcome = outcome.as_str(), %call_id);
+                }
                 Action::BranchGone(key) => {
                     core.txns.client.remove(&key);
-                    if self.link.as_ref().is_some_and(|l| l.key == key) {
-                        self.link = None;
-                    }
+                    self.links.retain(|l| l.key != key);
+                    self.keys.retain(|k| *k != key);
                 }
                 Action::Evidence {
                     pair,
@@ -350,6 +379,7 @@ impl TxState {
             return true;
         };
         self.core.txns.client.insert(key.clone(), myself.clone());
+        self.keys.push(key.clone());
         let mut link = Link { key, target, conn };
         let ok = send_on(&self.core, &mut link, bytes).await;
         if ok {
@@ -358,7 +388,7 @@ impl TxState {
                 .latency
                 .observe(self.received.elapsed().as_secs_f64());
         }
-        self.link = Some(link);
+        self.links.push(link);
         ok
     }
 }

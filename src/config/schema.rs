@@ -103,6 +103,10 @@ fn default_tls_watch_s() -> u64 {
 pub struct HttpConfig {
     /// Socket address to serve on.
     pub address: String,
+    /// Bearer token for the endpoints that change state (`POST /pairs/{pair}/switch`);
+    /// absent = those endpoints are off. Best given as `SIPPOOL__HTTP__ADMIN_TOKEN`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 /// `[dns]`

@@ -101,6 +101,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// HTTP endpoint address, if any.
     pub http: Option<SocketAddr>,
+    /// Bearer token for the HTTP endpoints that change state; `None`: they are off.
+    pub admin_token: Option<String>,
     /// TLS settings (listeners and connections toward servers), if any.
     pub tls: Option<TlsSettings>,
     /// Flow-token key (`None`: a random key per process).
@@ -323,6 +325,16 @@ impl Config {
                 )
             })?),
         };
+        let admin_token = match self.http.as_ref().and_then(|h| h.admin_token.as_deref()) {
+            None => None,
+            Some(t) if t.trim().len() < 16 => {
+                return Err(err(
+                    "http.admin_token",
+                    "must be at least 16 characters (a guessable token guards nothing)",
+                ))
+            }
+            Some(t) => Some(t.trim().to_string()),
+        };
         let tls = match &self.tls {
             None => None,
             Some(t) => {
@@ -422,6 +434,7 @@ impl Config {
             flow_key,
             tls,
             http,
+            admin_token,
             dns_servers,
             dns_timeout: Duration::from_millis(self.dns.timeout_ms),
             probe: crate::health::probe::ProbeConfig {

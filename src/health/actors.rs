@@ -337,6 +337,17 @@ impl Actor for PairActor {
         let switch = match msg {
             PairMsg::Server { member, up, reason } => st.logic.on_server(member, up, &reason),
             PairMsg::FromBackup => st.logic.on_request_from_backup(),
+            PairMsg::Manual { to, why, reply } => match st.logic.manual(to, &why) {
+                Ok(s) => {
+                    let _ = reply.send(Ok(s.as_ref().and(Some(to))));
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(event = "manual_switch_refused", why = %why, error = %e);
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
         };
         let Some(s) = switch else {
             return Ok(());

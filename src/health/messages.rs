@@ -45,4 +45,13 @@ pub enum PairMsg {
     },
     /// A request arrived from the backup server.
     FromBackup,
+    /// An operator asks for this member to be active (manual switchover).
+    Manual {
+        /// The member to make active.
+        to: Member,
+        /// Why, and who asked (logged and shown in `/status`).
+        why: String,
+        /// The answer: the switch made (`None`: already active), or why not.
+        reply: tokio::sync::oneshot::Sender<Result<Option<Member>, String>>,
+    },
 }

@@ -84,6 +84,16 @@ impl PairLogic {
         }
     }
 
+    /// An operator asks for `to` to be active (a manual switchover). Refused when `to` is
+    /// down as far as probing knows: never switch onto a member that cannot serve.
+    /// `Ok(None)`: it is active already.
+    pub fn manual(&mut self, to: Member, why: &str) -> Result<Option<Switch>, String> {
+        if !self.is_up(to) {
+            return Err(format!("{} is down", name(to)));
+        }
+        Ok(self.set(Some(to), format!("manual: {why}")))
+    }
+
     /// A request arrived from the backup server: it has taken over.
     pub fn on_request_from_backup(&mut self) -> Option<Switch> {
         self.backup_up = true;
@@ -110,6 +120,23 @@ pub fn name(m: Member) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manual_switch_goes_to_a_member_that_is_up_and_back() {
+        let mut p = PairLogic::new(false);
+        let s = p.manual(Member::Backup, "maintenance").unwrap().unwrap();
+        assert_eq!(
+            (s.from, s.to),
+            (Some(Member::Primary), Some(Member::Backup))
+        );
+        assert_eq!(s.why, "manual: maintenance");
+        assert_eq!(p.manual(Member::Backup, "again"), Ok(None));
+        let s = p.manual(Member::Primary, "done").unwrap().unwrap();
+        assert_eq!(s.to, Some(Member::Primary));
+        p.on_server(Member::Backup, false, "no answer");
+        assert_eq!(p.manual(Member::Backup, "x"), Err("backup is down".into()));
+        assert_eq!(p.active(), Some(Member::Primary));
+    }
     use Member::*;
 
     #[test]

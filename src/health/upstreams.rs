@@ -171,6 +171,37 @@ impl Upstreams {
         }
     }
 
+    /// Asks the pair actor of pair `name` to make `to` active (`None`: the member that is
+    /// not active now). The answer: the member made active (`None`: it was already), or
+    /// why not.
+    pub async fn switch(
+        &self,
+        name: &str,
+        to: Option<Member>,
+        why: String,
+    ) -> Result<Option<Member>, String> {
+        let i = self
+            .pairs
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| format!("no pair named '{name}'"))?;
+        let to = match to {
+            Some(m) => m,
+            None => self.states.active(i).map_or(Member::Primary, Member::other),
+        };
+        let actor = self
+            .pair_actors
+            .get()
+            .and_then(|v| v.get(i))
+            .ok_or("pair actor not running")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        actor
+            .send_message(PairMsg::Manual { to, why, reply: tx })
+            .map_err(|_| "pair actor not running".to_string())?;
+        rx.await
+            .map_err(|_| "pair actor did not answer".to_string())?
+    }
+
     /// Records the pair actors (once, at start-up).
     pub fn set_pair_actors(&self, actors: Vec<ActorRef<PairMsg>>) {
         let _ = self.pair_actors.set(actors);

@@ -4,17 +4,24 @@
 //! It reads the running proxy through [`StatusView`], a narrow view the proxy implements,
 //! and never changes it; it imports nothing from the actors or the health layer.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+
+/// The answer to a manual switchover: what was done, or an HTTP status and why not.
+pub type SwitchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<String, (StatusCode, String)>> + Send + 'a>>;
 
 /// What the HTTP endpoint reads of the running proxy.
 pub trait StatusView: Send + Sync + 'static {
@@ -24,8 +31,15 @@ pub trait StatusView: Send + Sync + 'static {
     fn refresh_gauges(&self);
     /// The `/status` document.
     fn status(&self) -> Value;
-    /// Whether the proxy is draining (`/readyz` says 503).
-    fn is_draining(&self) -> bool;
+    /// The bearer token that guards the endpoints that change state; `None`: they are off.
+    fn admin_token(&self) -> Option<&str>;
+    /// Makes `to` (`"primary"`, `"backup"`, or `None`: the member not active now) the
+    /// active member of pair `pair`, for `why`. The answer: what was done, or an HTTP
+    /// status and why not.
+    fn switch(&self, pair: String, to: Option<String>, why: String) -> SwitchFuture<'_>;
+    /// Why the proxy should get no new traffic (`/readyz` says 503 with this), or `None`
+    /// when it is ready.
+    fn not_ready(&self) -> Option<&'static str>;
 }
 
 /// Serves until the task is aborted.
@@ -36,7 +50,9 @@ pub async fn serve<V: StatusView>(view: Arc<V>, listener: TcpListener) {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<V>))
         .route("/", get(dashboard))
+        .route("/pairs/{pair}/switch", post(switch::<V>))
         .with_state(view);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(event = "http_server_failed", error = %e);
     }
@@ -113,15 +129,78 @@ async fn status<V: StatusView>(State(view): State<Arc<V>>) -> impl IntoResponse 
     axum::Json(view.status())
 }
 
+/// What `POST /pairs/{pair}/switch` may carry (JSON, all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchRequest {
+    /// `primary` or `backup`; absent: the member that is not active now.
+    to: Option<String>,
+    /// Why, for the log and `/status`.
+    why: Option<String>,
+}
+
+/// Manual switchover (`POST /pairs/{pair}/switch`, `Authorization: Bearer TOKEN`): off
+/// (404) unless `http.admin_token` is set; a missing or wrong token gets 401.
+async fn switch<V: StatusView>(
+    State(view): State<Arc<V>>,
+    Path(pair): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
+    let Some(token) = view.admin_token() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "switchover is off: no http.admin_token configured\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.as_bytes(),
+    )) {
+        tracing::warn!(event = "manual_switch_unauthorized", pair = %pair, %peer);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid bearer token is required\n",
+        )
+            .into_response();
+    }
+    let req: SwitchRequest = if body.trim().is_empty() {
+        SwitchRequest::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("bad JSON body: {e}\n")).into_response()
+            }
+        }
+    };
+    let why = format!(
+        "{} (by {peer})",
+        req.why.as_deref().unwrap_or("no reason given")
+    );
+    tracing::warn!(event = "manual_switch_requested", pair = %pair, to = ?req.to, %why);
+    match view.switch(pair, req.to, why).await {
+        Ok(done) => (StatusCode::OK, format!("{done}\n")).into_response(),
+        Err((code, e)) => (code, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 async fn readyz<V: StatusView>(State(view): State<Arc<V>>) -> Response {
-    if view.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else {
-        (StatusCode::OK, "ready\n").into_response()
+    match view.not_ready() {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        None => (StatusCode::OK, "ready\n").into_response(),
     }
 }
 

@@ -164,6 +164,9 @@ pub struct Metrics {
     /// STUN Binding requests on UDP listeners (RFC 5626 keep-alives), by outcome
     /// (`answered`, `error_response`, `dropped`).
     pub stun_requests: Family<OutcomeLabels, Counter>,
+    /// Branches given up for the other pair member that answered late, by what was done
+    /// (`cancelled`: CANCEL after a provisional; `ended`: ACK and BYE after a 2xx).
+    pub ghost_branches: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -201,6 +204,7 @@ impl Metrics {
             reconnects: Counter::default(),
             tls_reloads: Family::default(),
             stun_requests: Family::default(),
+            ghost_branches: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -304,6 +308,11 @@ impl Metrics {
             "stun_requests",
             "STUN Binding requests (UDP keep-alives) on UDP listeners, by outcome",
             m.stun_requests.clone(),
+        );
+        registry.register(
+            "ghost_branches",
+            "Branches given up for the other pair member that answered late, by what was done",
+            m.ghost_branches.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

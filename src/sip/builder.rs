@@ -258,6 +258,53 @@ fn hop_request(
     out.freeze()
 }
 
+/// A request in the dialog a 2xx to `invite` set up, sent from this proxy's place as if by
+/// the caller (RFC 3261 section 12.2.1.1): the ACK for that 2xx (section 13.2.2.4, CSeq
+/// number of the INVITE) or a BYE (the next number), for a dialog nobody else will end.
+/// Request-URI: the 2xx's Contact; route set: the Record-Route entries the far side added
+/// beyond the `rr_sent` the INVITE carried, reversed; From of the INVITE, To of the 2xx.
+pub fn in_dialog_after_2xx(
+    invite: &Message,
+    ok: &Message,
+    via: &str,
+    method: &str,
+    cseq: u32,
+    rr_sent: usize,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(method.as_bytes());
+    out.put_u8(b' ');
+    let contact = ok
+        .first(HeaderName::Contact)
+        .and_then(|h| crate::sip::name_addr::name_addr_uri(ok.value(h)));
+    match contact {
+        Some(uri) => out.put_slice(uri),
+        None => out.put_slice(invite.request_uri().unwrap_or_default()),
+    }
+    out.put_slice(b" SIP/2.0\r\n");
+    put_header(&mut out, "Via", via);
+    let rr = ok.list_values(HeaderName::RecordRoute);
+    let added = rr.len().saturating_sub(rr_sent);
+    for r in rr.iter().take(added).rev() {
+        out.put_slice(b"Route: ");
+        out.put_slice(ok.slice(r.clone()));
+        out.put_slice(b"\r\n");
+    }
+    for h in invite.headers() {
+        if matches!(h.name, HeaderName::From | HeaderName::CallId) {
+            put_line(&mut out, invite.slice(h.line.clone()));
+        }
+    }
+    if let Some(h) = ok.first(HeaderName::To) {
+        put_line(&mut out, ok.slice(h.line.clone()));
+    }
+    let _ = write!(
+        Writer(&mut out),
+        "CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    out.freeze()
+}
+
 /// The part of a list header value after its first element (and the comma).
 fn list_after_first(v: &[u8]) -> &[u8] {
     let parts = split_list(v);
@@ -339,6 +386,34 @@ Content-Length: 2\r\n\r\nhi";
         assert!(text.ends_with("\r\n\r\nhi"));
         let again = parse(text);
         assert!(again.defect().is_none());
+    }
+
+    #[test]
+    fn bye_after_a_2xx_follows_its_contact_and_the_route_set_added_beyond_us() {
+        let invite = parse(REQ);
+        let ok = parse(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme\r\n\
+             Record-Route: <sip:far2.example;lr>\r\nRecord-Route: <sip:far1.example;lr>, <sip:192.0.2.5;lr>\r\n\
+             From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>;tag=bob9\r\nCall-ID: c1\r\n\
+             CSeq: 5 INVITE\r\nContact: <sip:bob@198.51.100.7:5080>\r\nContent-Length: 0\r\n\r\n",
+        );
+        let via = "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKbye";
+        let bye = in_dialog_after_2xx(&invite, &ok, via, "BYE", 6, 1);
+        let bye = parse(std::str::from_utf8(&bye).unwrap());
+        assert_eq!(bye.request_uri(), Some(&b"sip:bob@198.51.100.7:5080"[..]));
+        let routes: Vec<&[u8]> = bye
+            .list_values(HeaderName::Route)
+            .into_iter()
+            .map(|r| bye.slice(r))
+            .collect();
+        assert_eq!(
+            routes,
+            [&b"<sip:far1.example;lr>"[..], b"<sip:far2.example;lr>"],
+            "the far side's entries, reversed; ours left out"
+        );
+        assert_eq!(bye.to_tag(), Some(&b"bob9"[..]));
+        assert_eq!(bye.from_tag(), Some(&b"1"[..]));
+        assert_eq!(bye.cseq(), Some((6, crate::sip::message::Method::Bye)));
     }
 
     #[test]

@@ -523,6 +523,11 @@ pub enum Behaviour {
     /// Ignores INVITEs, answers everything else with 200 (a live server that drops one
     /// request it does not like).
     IgnoreInvite,
+    /// INVITE -> 180 only after this many milliseconds, then rings (CANCEL -> 200 and 487):
+    /// a slow server whose agent phone starts ringing late.
+    LateRing(u64),
+    /// INVITE -> 200 only after this many milliseconds, nothing before (a slow server).
+    LateAnswer(u64),
 }
 
 /// A test upstream SIP server (UAS).
@@ -622,6 +627,26 @@ impl Upstream {
                     }
                     (Behaviour::LateOptions(_), _) => {}
                     (Behaviour::IgnoreInvite, "INVITE") => {}
+                    (Behaviour::LateRing(ms), "INVITE") => {
+                        let ringing_msg = response(&r.msg, 180, "Ringing", &contact);
+                        let late = Received {
+                            msg: r.msg.clone(),
+                            from: r.from,
+                            link: r.link.clone(),
+                        };
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            late.reply(&ringing_msg).await;
+                        });
+                        ringing.push(r);
+                    }
+                    (Behaviour::LateAnswer(ms), "INVITE") => {
+                        let ok = response(&r.msg, 200, "OK", &contact);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            r.reply(&ok).await;
+                        });
+                    }
                     (Behaviour::AnswerAfter(ms), "INVITE") => {
                         r.reply(&response(&r.msg, 180, "Ringing", &contact)).await;
                         let ok = response(&r.msg, 200, "OK", &contact);
@@ -810,8 +835,31 @@ pub fn unique(prefix: &str) -> String {
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("http connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &req).await
+}
+
+/// A plain HTTP/1.1 POST with an optional bearer token: (status, body).
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http_exchange(addr, &req).await
+}
+
+/// Sends one HTTP/1.1 request and reads the answer to the end: (status, body).
+async fn http_exchange(addr: SocketAddr, req: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("http connect");
     s.write_all(req.as_bytes()).await.expect("http write");
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf))

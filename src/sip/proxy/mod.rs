@@ -32,6 +32,10 @@ use crate::sip::uri::{scheme_of, Scheme, SipUri};
 use branch::is_loop;
 use validate::check_headers;
 
+/// The methods this proxy lets through, for the Allow of its own OPTIONS answer.
+pub const ALLOW: &str =
+    "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE";
+
 /// A request refused with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
@@ -63,6 +67,13 @@ pub enum Decision {
     Drop(&'static str),
     /// Forward it.
     Forward(Plan),
+    /// An OPTIONS for this instance itself, as a client that probes its outbound proxy
+    /// sends: 200 (with Allow) while the pair serving endpoints is in service, else 503 with
+    /// Retry-After, so that the client moves to another instance of the pool.
+    OptionsToUs {
+        /// Index of the serving pair.
+        serving: usize,
+    },
 }
 
 /// A request on its way out: where, and how to write it once the outbound transport and
@@ -122,8 +133,7 @@ impl Plan {
                 None => identity.record_route(t),
             };
             let inbound_rr = side(self.inbound, &self.flow_token);
-            if outbound != self.inbound || self.flow_token.is_some() || self.outbound_flow.is_some()
-            {
+            if self.double_record_route(outbound) {
                 // RFC 5658: one entry per side when the transport changes.
                 edits.record_route.push(side(outbound, &self.outbound_flow));
                 edits.record_route.push(inbound_rr);
@@ -132,6 +142,21 @@ impl Plan {
             }
         }
         builder::forward_request(msg, &edits)
+    }
+
+    /// Whether the request sent over `outbound` gets two Record-Route entries, one per
+    /// side (RFC 5658: the transport changes, or a side is a phone's flow).
+    fn double_record_route(&self, outbound: Transport) -> bool {
+        outbound != self.inbound || self.flow_token.is_some() || self.outbound_flow.is_some()
+    }
+
+    /// How many Record-Route entries this proxy adds to the request sent over `outbound`.
+    pub fn record_route_count(&self, outbound: Transport) -> usize {
+        match (self.record_route, self.double_record_route(outbound)) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }
     }
 
     /// The CANCEL for the request as forwarded on the branch whose Via (ours) is `via`
@@ -350,11 +375,9 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
             .as_ref()
             .is_some_and(|u| identity.is_local_uri(u) && u.user.is_none())
     {
-        return Decision::Respond(Reject {
-            code: 200,
-            reason: Cow::Borrowed("OK"),
-            extra: vec!["Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE".into()],
-        });
+        return Decision::OptionsToUs {
+            serving: router.serving,
+        };
     }
     let override_uri = request_uri_override.as_deref().map(str::as_bytes);
     let effective_ruri = match override_uri {

@@ -67,6 +67,7 @@ fn code(d: &Decision) -> u16 {
         Decision::Respond(r) => r.code,
         Decision::Drop(_) => 0,
         Decision::Forward(_) => 1,
+        Decision::OptionsToUs { .. } => 200,
     }
 }
 

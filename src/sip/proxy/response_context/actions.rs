@@ -10,6 +10,8 @@ use crate::sip::addr::HostPort;
 use crate::sip::proxy::Member;
 use crate::sip::transaction::ClientKey;
 
+use super::ghost::GhostOutcome;
+
 /// What the response context may know of the pairs: who is active and up, and which server
 /// each member is. Read-only; the health layer owns it.
 pub trait PairView {
@@ -77,8 +79,19 @@ pub enum Action {
     /// [`ResponseContext::start_branch`] with its transport, or
     /// [`ResponseContext::handle_flow_refused`] when the token or the flow is no good.
     Flow(String),
-    /// Send these bytes on the current branch (its connection, or by UDP).
-    ToBranch(Bytes),
+    /// Send these bytes on the branch with this key (its connection, or by UDP): the
+    /// current branch, or one given up for the other member.
+    ToBranch {
+        /// The branch.
+        key: ClientKey,
+        /// What to send.
+        bytes: Bytes,
+    },
+    /// Responses with this client key are this context's too (the BYE that ends a dialog
+    /// a given-up branch made): map it to this transaction, on the same branch.
+    Track(ClientKey),
+    /// A branch given up for the other member answered late and was dealt with.
+    Ghost(GhostOutcome),
     /// The client transaction with this key is given up: forget it in the tables. A late
     /// answer on it is no longer this context's business.
     BranchGone(ClientKey),

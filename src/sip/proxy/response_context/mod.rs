@@ -31,10 +31,14 @@ use crate::sip::transport::Transport;
 use super::{local_tag, Decision, Destination, LocalIdentity, Member, Plan, Reject};
 
 mod actions;
+mod ghost;
 #[cfg(test)]
 mod tests;
 
 pub use actions::{Action, Evidence, Linger, Origin, PairView};
+pub use ghost::GhostOutcome;
+
+use ghost::Ghost;
 
 enum Server {
     Invite(ServerInvite),
@@ -85,6 +89,8 @@ struct Branch {
     cancel: Option<ClientNonInvite>,
     reliable: bool,
     sent_at: Instant,
+    /// Record-Route entries the request carried as sent.
+    rr_sent: usize,
 }
 
 /// The response context of one server transaction (see the module documentation).
@@ -105,6 +111,11 @@ pub struct ResponseContext {
     retried: bool,
     /// When to give up on a member that has not answered at all.
     failover_at: Option<Instant>,
+    /// INVITE branches given up for the other member, still ours until they end.
+    ghosts: Vec<Ghost>,
+    /// The branch [`Self::failover_target`] gave up last, until it is known whether it
+    /// may still answer.
+    given_up: Option<Branch>,
     actions: VecDeque<Action>,
 }
 
@@ -135,6 +146,8 @@ impl ResponseContext {
             member: None,
             retried: false,
             failover_at: None,
+            ghosts: Vec::new(),
+            given_up: None,
             actions: VecDeque::new(),
         }
     }
@@ -166,6 +179,18 @@ impl ResponseContext {
         }
         match decision {
             Decision::Respond(r) => self.respond(now, &r),
+            Decision::OptionsToUs { serving } => {
+                let r = if pairs.active(serving).is_some() {
+                    let mut r = Reject::new(200, "OK");
+                    r.extra.push(super::ALLOW.into());
+                    r
+                } else {
+                    let mut r = Reject::new(503, "Service Unavailable");
+                    r.extra.push("Retry-After: 5".into());
+                    r
+                };
+                self.respond(now, &r);
+            }
             Decision::Drop(_) => self.terminate_server(),
             Decision::Forward(plan) => self.forward(plan, pairs, now),
         }
@@ -242,6 +267,11 @@ impl ResponseContext {
             ))
         };
         let key = ClientKey::new(&branch_id);
+        let rr_sent = self
+            .request
+            .list_values(crate::sip::message::HeaderName::RecordRoute)
+            .len()
+            + plan.record_route_count(transport);
         self.branch = Some(Branch {
             key: key.clone(),
             client,
@@ -251,6 +281,7 @@ impl ResponseContext {
             cancel: None,
             reliable,
             sent_at: now,
+            rr_sent,
         });
         if self.member.is_some() {
             self.failover_at = Some(now + self.failover_timeout);
@@ -341,7 +372,10 @@ impl ResponseContext {
         }
         let bytes = plan.cancel(&self.request, &b.via);
         b.cancel = Some(ClientNonInvite::new(now, b.reliable, timers, bytes.clone()));
-        self.actions.push_back(Action::ToBranch(bytes));
+        self.actions.push_back(Action::ToBranch {
+            key: b.key.clone(),
+            bytes,
+        });
     }
 
     /// A response on one of this context's client transactions (matched by its key).
@@ -349,11 +383,28 @@ impl ResponseContext {
         let Some(code) = msg.status() else {
             return;
         };
+        let key = ClientKey::of_response(msg);
+        if let Some(g) = self
+            .ghosts
+            .iter_mut()
+            .find(|g| key.as_ref().is_some_and(|k| g.owns(k)))
+        {
+            // A late answer on a branch given up for the other member: still ours.
+            let plan = self.plan.as_ref();
+            g.handle_response(
+                msg,
+                &self.request,
+                plan,
+                self.timers,
+                now,
+                &mut self.actions,
+            );
+            return;
+        }
         let Some(b) = &mut self.branch else {
             return;
         };
-        if ClientKey::of_response(msg).as_ref() != Some(&b.key) {
-            // A late answer on a branch given up for the other member.
+        if key.as_ref() != Some(&b.key) {
             return;
         }
         b.answered = true;
@@ -374,7 +425,10 @@ impl ResponseContext {
             Client::NonInvite(c) => (c.on_response(now, code), None),
         };
         if let Some(ack) = ack {
-            self.actions.push_back(Action::ToBranch(ack));
+            self.actions.push_back(Action::ToBranch {
+                key: b.key.clone(),
+                bytes: ack,
+            });
         }
         if disposition == ResponseDisposition::Absorb || code == 100 {
             return;
@@ -430,10 +484,22 @@ impl ResponseContext {
 
     /// Timers: the failover timer, the server and client transactions' timers, Timer C.
     pub fn handle_timeout(&mut self, pairs: &impl PairView, now: Instant) {
+        for g in &mut self.ghosts {
+            g.handle_timeout(now, &mut self.actions);
+        }
+        let (over, live): (Vec<Ghost>, Vec<Ghost>) = std::mem::take(&mut self.ghosts)
+            .into_iter()
+            .partition(|g| g.is_over(now));
+        self.ghosts = live;
+        for key in over.iter().flat_map(Ghost::keys) {
+            self.actions.push_back(Action::BranchGone(key));
+        }
         if self.failover_at.is_some_and(|t| t <= now) {
             self.failover_at = None;
             if self.branch.as_ref().is_some_and(|b| !b.answered) {
                 if let Some(hp) = self.failover_target(true, pairs, now) {
+                    // The member may still answer: what it sends is dealt with as a ghost.
+                    self.haunt_last_given_up();
                     self.actions.push_back(Action::Locate(hp));
                     return;
                 }
@@ -456,13 +522,19 @@ impl ResponseContext {
                 Client::NonInvite(c) => c.handle_timeout(now),
             };
             match outcome {
-                ClientTimeout::Retransmit(bytes) => self.actions.push_back(Action::ToBranch(bytes)),
+                ClientTimeout::Retransmit(bytes) => self.actions.push_back(Action::ToBranch {
+                    key: b.key.clone(),
+                    bytes,
+                }),
                 ClientTimeout::TimedOut => timed_out = true,
                 ClientTimeout::None => {}
             }
             if let Some(c) = &mut b.cancel {
                 if let ClientTimeout::Retransmit(bytes) = c.handle_timeout(now) {
-                    self.actions.push_back(Action::ToBranch(bytes));
+                    self.actions.push_back(Action::ToBranch {
+                        key: b.key.clone(),
+                        bytes,
+                    });
                 }
             }
         }
@@ -497,6 +569,28 @@ impl ResponseContext {
             b.client.terminate();
         }
         self.respond(now, &Reject::new(408, "Request Timeout"));
+    }
+
+    /// The INVITE branch just given up for the other member may still answer (it was
+    /// silent, not refused): keep it as a ghost instead of forgetting it.
+    fn haunt_last_given_up(&mut self) {
+        let Some(b) = self.given_up.take() else {
+            return;
+        };
+        if !matches!(b.client, Client::Invite(_)) {
+            return;
+        }
+        // Its key stays mapped to this transaction: take back the BranchGone just issued.
+        self.actions
+            .retain(|a| !matches!(a, Action::BranchGone(k) if *k == b.key));
+        self.ghosts.push(Ghost::new(
+            b.key,
+            b.via,
+            b.reliable,
+            b.rr_sent,
+            b.sent_at,
+            self.timers,
+        ));
     }
 
     /// The other member of the pair, when the request went to a pair member, has not been
@@ -535,7 +629,8 @@ impl ResponseContext {
         self.failover_at = None;
         self.actions.push_back(Action::Retried(hp.clone()));
         if let Some(b) = self.branch.take() {
-            self.actions.push_back(Action::BranchGone(b.key));
+            self.actions.push_back(Action::BranchGone(b.key.clone()));
+            self.given_up = Some(b);
         }
         Some(hp)
     }
@@ -580,7 +675,7 @@ impl ResponseContext {
         let branch_done = self.branch.as_ref().is_none_or(|b| {
             b.client.is_terminated() && b.cancel.as_ref().is_none_or(ClientNonInvite::is_terminated)
         });
-        server_done && branch_done
+        server_done && branch_done && self.ghosts.is_empty()
     }
 
     /// When all that is left is absorbing retransmissions of the request (an INVITE
@@ -590,7 +685,7 @@ impl ResponseContext {
         let client_idle = self.branch.as_ref().is_none_or(|b| {
             !b.client.in_progress() && b.cancel.as_ref().is_none_or(ClientNonInvite::is_terminated)
         });
-        if !client_idle || self.timer_c.is_some() {
+        if !client_idle || self.timer_c.is_some() || !self.ghosts.is_empty() {
             return None;
         }
         let (response, until) = match &self.server {
@@ -623,6 +718,7 @@ impl ResponseContext {
         [self.timer_c, self.failover_at, server, client, cancel]
             .into_iter()
             .flatten()
+            .chain(self.ghosts.iter().filter_map(Ghost::poll_timeout))
             .min()
     }
 }

@@ -109,7 +109,11 @@ fn response(code: u16, branch: &str, method: &str) -> Message {
 
 /// A context for `method` from a phone, after `decide`, with all its actions so far.
 fn context(method: &str, pairs: &Pairs, now: Instant) -> (ResponseContext, Vec<Action>) {
-    let msg = request(method);
+    context_for(request(method), pairs, now)
+}
+
+/// A context for `msg` from a phone (UDP), after `decide`, with all its actions so far.
+fn context_for(msg: Message, pairs: &Pairs, now: Instant) -> (ResponseContext, Vec<Action>) {
     let decision = decide(
         Received {
             msg: &msg,
@@ -146,7 +150,7 @@ fn on_branch(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::ToBranch(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Action::ToBranch { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
             _ => None,
         })
         .collect()
@@ -254,13 +258,114 @@ fn no_answer_before_the_failover_timer_retries_on_the_other_member() {
         member: Member::Primary,
         evidence: Evidence::Unanswered { sent_at: t0 }
     }));
-    assert!(actions.contains(&Action::BranchGone(ClientKey::new(&b))));
+    // The silent primary may still answer: its branch stays ours (no BranchGone).
+    assert!(!actions.contains(&Action::BranchGone(ClientKey::new(&b))));
     let b2 = start(&mut ctx, &actions, t);
-    // A late answer on the branch given up is not this context's business any more.
-    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
-    assert!(drain(&mut ctx).is_empty());
     ctx.handle_response(&response(200, &b2, "INVITE"), &pairs, t);
     assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
+}
+
+/// A context whose INVITE went to the primary, which stayed silent past the failover
+/// timer: the request now goes to the backup. Returns the given-up branch.
+fn failed_over(pairs: &Pairs, t0: Instant) -> (ResponseContext, String, Instant) {
+    let (mut ctx, actions) = context("INVITE", pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    let t = t0 + FAILOVER;
+    ctx.handle_timeout(pairs, t);
+    let actions = drain(&mut ctx);
+    start(&mut ctx, &actions, t);
+    (ctx, b, t)
+}
+
+#[test]
+fn a_late_provisional_on_a_given_up_branch_is_cancelled() {
+    let pairs = Pairs::both_up();
+    let (mut ctx, b, t) = failed_over(&pairs, Instant::now());
+    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, t);
+    let actions = drain(&mut ctx);
+    assert!(
+        to_client(&actions).is_empty(),
+        "the caller hears nothing of it"
+    );
+    assert!(actions.contains(&Action::Ghost(GhostOutcome::Cancelled)));
+    let sent: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToBranch { key, bytes } if key.branch() == b => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].starts_with("CANCEL sip:bob@example.com"),
+        "{sent:?}"
+    );
+    assert!(sent[0].contains(&format!("branch={b}")));
+    // Its 487 gets the hop-by-hop ACK; a second provisional no second CANCEL.
+    ctx.handle_response(&response(183, &b, "INVITE"), &pairs, t);
+    ctx.handle_response(&response(200, &b, "CANCEL"), &pairs, t);
+    ctx.handle_response(&response(487, &b, "INVITE"), &pairs, t);
+    let sent = on_branch(&drain(&mut ctx));
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].starts_with("ACK sip:bob@example.com"), "{sent:?}");
+}
+
+#[test]
+fn a_late_2xx_on_a_given_up_branch_is_acked_and_ended() {
+    let pairs = Pairs::both_up();
+    let (mut ctx, b, t) = failed_over(&pairs, Instant::now());
+    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    let actions = drain(&mut ctx);
+    assert!(
+        to_client(&actions).is_empty(),
+        "the caller's call is on the backup"
+    );
+    assert!(actions.contains(&Action::Ghost(GhostOutcome::Ended)));
+    let bye_key = ClientKey::new(&format!("{b}b"));
+    assert!(actions.contains(&Action::Track(bye_key.clone())));
+    let sent = on_branch(&actions);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    // The ACK and the BYE go to the 2xx's Contact, in its dialog, on branches of their own.
+    assert!(
+        sent[0].starts_with("ACK sip:bob@192.0.2.11 SIP/2.0"),
+        "{}",
+        sent[0]
+    );
+    assert!(sent[0].contains("CSeq: 1 ACK\r\n") && sent[0].contains(";tag=b1"));
+    assert!(
+        sent[1].starts_with("BYE sip:bob@192.0.2.11 SIP/2.0"),
+        "{}",
+        sent[1]
+    );
+    assert!(sent[1].contains("CSeq: 2 BYE\r\n"));
+    assert!(sent[1].contains(&format!("branch={b}b")));
+    // A retransmitted 2xx is ACKed again, without a second BYE; the BYE's 200 ends it.
+    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    let again = on_branch(&drain(&mut ctx));
+    assert_eq!(again.len(), 1);
+    assert!(again[0].starts_with("ACK "));
+    let mut bye_ok = response(200, &format!("{b}b"), "BYE");
+    bye_ok = parse(&String::from_utf8_lossy(bye_ok.bytes()).replace("CSeq: 1 BYE", "CSeq: 2 BYE"));
+    ctx.handle_response(&bye_ok, &pairs, t);
+    assert!(drain(&mut ctx).is_empty());
+    // Once Timer B of the given-up INVITE has run, its keys are forgotten.
+    let mut gone = Vec::new();
+    while let Some(next) = ctx.poll_timeout() {
+        if next > t + Duration::from_secs(40) {
+            break;
+        }
+        ctx.handle_timeout(&pairs, next);
+        gone.extend(drain(&mut ctx).into_iter().filter_map(|a| match a {
+            Action::BranchGone(k) => Some(k),
+            _ => None,
+        }));
+    }
+    assert!(
+        gone.contains(&ClientKey::new(&b)) && gone.contains(&bye_key),
+        "{gone:?}"
+    );
 }
 
 #[test]
@@ -451,4 +556,27 @@ fn a_refused_flow_token_is_403_and_a_gone_flow_430() {
         ctx.handle_flow_refused(forged, Instant::now());
         assert_eq!(to_client(&drain(&mut ctx)), [(code, Origin::Local)]);
     }
+}
+
+#[test]
+fn options_to_the_instance_say_whether_it_can_serve() {
+    let pairs = Pairs::both_up();
+    let ask = |pairs: &Pairs| {
+        let msg = parse(
+            "OPTIONS sip:192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKo1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:sbc@example.com>;tag=o\r\nTo: <sip:192.0.2.10>\r\n\
+             Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        );
+        context_for(msg, pairs, Instant::now()).1
+    };
+    let actions = ask(&pairs);
+    assert_eq!(to_client(&actions), [(200, Origin::Local)]);
+    pairs.up[0].set(false);
+    pairs.up[1].set(false);
+    let actions = ask(&pairs);
+    assert_eq!(to_client(&actions), [(503, Origin::Local)]);
+    let Some(Action::ToClient { bytes, .. }) = actions.first() else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(bytes).contains("Retry-After: 5\r\n"));
 }
