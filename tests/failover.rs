@@ -291,6 +291,47 @@ async fn a_primary_that_answers_late_has_its_dialog_ended() {
 }
 
 #[tokio::test]
+async fn a_primary_whose_port_is_closed_is_left_within_milliseconds() {
+    // Nothing listens on the primary's port: the kernel answers the INVITE with ICMP port
+    // unreachable. The failover timer (5 s) and probing (30 s) are far too slow to matter.
+    let closed = std::net::UdpSocket::bind((loopback(UPSTREAM), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "[[pair]]\nname = \"p\"\nprimary = \"{closed};transport=udp\"\nbackup = \"{}\"\n\
+         [health]\noos_check = 30\nfailover_timeout_ms = 5000\n",
+        backup.uri()
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    let start = Instant::now();
+    let r = invite(&mut phone).await;
+    let took = start.elapsed();
+    assert_eq!(r.status(), Some(200), "{}", r.text());
+    assert!(
+        took < Duration::from_millis(1000),
+        "answered after {took:?}"
+    );
+    backup.recv_method("INVITE").await;
+    // The probe counted it too: the pair runs on the backup now.
+    until("switch to the backup", Duration::from_secs(2), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    let metrics = p.core().metrics.encode();
+    assert!(
+        sample(
+            &metrics,
+            "sippool_destinations_unreachable_total{reason=\"port_unreachable\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn invite_answered_503_is_retried_on_the_backup() {
     let primary = Upstream::udp(Behaviour::Reply(503)).await;
     let backup = Upstream::udp(Behaviour::Answer).await;

@@ -85,7 +85,7 @@ impl Core {
             locator,
             identity: super::host::complete_identity(settings.identity()),
             router: settings.router(),
-            upstreams: Arc::new(Upstreams::new(&settings.pairs)),
+            upstreams: Arc::new(Upstreams::new(&settings.pairs, settings.failover_bounds)),
             started: std::time::SystemTime::now(),
             transports: Transports::default(),
             metrics: Arc::new(Metrics::new()),
@@ -126,6 +126,16 @@ impl Core {
         if let Some(sink) = self.inbound.get() {
             sink(inbound);
         }
+    }
+
+    /// The network refused a datagram sent to `dest` (ICMP port or host unreachable): the
+    /// transactions sent there fail over at once, and when `dest` is a pair member its
+    /// probe counts it as a missed probe.
+    pub fn unreachable(&self, dest: SocketAddr, reason: &'static str) {
+        tracing::info!(event = "destination_unreachable", %dest, reason);
+        crate::metrics::Metrics::count(&self.metrics.unreachable, reason);
+        self.upstreams.report_unreachable(dest, reason);
+        self.txns.unreachable(dest);
     }
 
     /// The supervisor of connection actors.

@@ -18,6 +18,7 @@ pub(crate) mod dispatcher;
 #[cfg(feature = "fault-injection")]
 pub(crate) mod fault;
 pub(crate) mod host;
+pub(crate) mod icmp;
 mod probe_net;
 pub(crate) mod stateless;
 pub(crate) mod status;
@@ -274,6 +275,11 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     // Room for bursts: a proxy under load should queue, not drop.
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
+    // ICMP errors toward servers (port or host unreachable) queued on the socket: the
+    // transactions sent there fail over at once instead of waiting for their timer.
+    if let Err(e) = icmp::enable(&s, addr.is_ipv6()) {
+        tracing::warn!(event = "icmp_errors_unavailable", %addr, error = %e);
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())

@@ -115,6 +115,7 @@ fn status_json(core: &Core) -> Value {
                         "reason": st.as_ref().map(|s| s.reason.clone()),
                         "last_probe": st.as_ref().and_then(|s| s.last_probe).map(unix),
                         "last_rtt_ms": st.as_ref().and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
+                        "srtt_ms": core.upstreams.srtt(i, m).map(|d| d.as_secs_f64() * 1000.0),
                     })
                 })
                 .collect();

@@ -37,6 +37,9 @@ pub enum TxMsg {
     Timer,
     /// This stream connection closed; the transaction checks whether its branch used it.
     ConnectionLost(u64),
+    /// The network refused a datagram sent to this address (ICMP unreachable); the
+    /// transaction checks whether its branch went there.
+    Unreachable(SocketAddr),
 }
 
 /// What is kept of a transaction after its actor ended (see [`Transactions::lingering`]).
@@ -88,6 +91,16 @@ impl Transactions {
         for e in self.client.iter() {
             if told.insert(e.value().get_id()) {
                 let _ = e.value().send_message(TxMsg::ConnectionLost(conn));
+            }
+        }
+    }
+
+    /// A destination is unreachable: each transaction with a client branch hears of it.
+    pub fn unreachable(&self, dest: SocketAddr) {
+        let mut told = HashSet::new();
+        for e in self.client.iter() {
+            if told.insert(e.value().get_id()) {
+                let _ = e.value().send_message(TxMsg::Unreachable(dest));
             }
         }
     }

@@ -116,6 +116,7 @@ impl Actor for TransactionActor {
                 }
             }
             TxMsg::ConnectionLost(conn) => state.on_connection_lost(conn, now).await,
+            TxMsg::Unreachable(dest) => state.on_unreachable(dest, now),
         }
         state.drive(&myself, relayed_from, now).await;
         let Some(ctx) = &state.ctx else {
@@ -248,6 +249,21 @@ impl TxState {
         ctx.handle_transport_error(!lost.outbound, self.core.upstreams.as_ref(), now);
     }
 
+    /// The network refused a datagram to `dest`: when the current branch went there by
+    /// UDP and still waits, it failed as any transport error does (the other member, at
+    /// once).
+    fn on_unreachable(&mut self, dest: SocketAddr, now: Instant) {
+        let Some(ctx) = &mut self.ctx else { return };
+        let current = self.links.iter().find(|l| {
+            Some(&l.key) == ctx.branch_key()
+                && l.target.addr == dest
+                && l.target.transport == crate::sip::transport::Transport::Udp
+        });
+        if current.is_some() {
+            ctx.handle_transport_error(false, self.core.upstreams.as_ref(), now);
+        }
+    }
+
     /// Performs the context's actions until it has none left. `relayed_from`: when the
     /// response being relayed arrived (latency).
     async fn drive(
@@ -349,6 +365,7 @@ impl TxState {
                         core.upstreams.report_unanswered(pair, member, sent_at)
                     }
                     Evidence::Suspect => core.upstreams.suspect(pair, member),
+                    Evidence::Responded { rtt } => core.upstreams.observe_rtt(pair, member, rtt),
                 },
                 Action::Retried(hp) => {
                     core.metrics.retries.inc();
@@ -373,8 +390,12 @@ impl TxState {
         let Some(ctx) = &mut self.ctx else {
             return false;
         };
-        let Some((key, bytes)) = ctx.start_branch(target.transport, &self.core.identity, now)
-        else {
+        let Some((key, bytes)) = ctx.start_branch(
+            target.transport,
+            &self.core.identity,
+            self.core.upstreams.as_ref(),
+            now,
+        ) else {
             // Answered meanwhile: nothing to send, nothing failed.
             return true;
         };

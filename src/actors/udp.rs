@@ -64,7 +64,11 @@ async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
         let (n, source) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
-                // ICMP errors surface here on some systems; they concern one peer only.
+                // An ICMP error for a datagram we sent (IP_RECVERR): the queue says which
+                // destination refused it. It concerns that peer only.
+                for u in super::icmp::drain(sock.as_ref(), 64) {
+                    core.unreachable(u.dest, u.reason());
+                }
                 tracing::debug!(event = "udp_recv_error", error = %e);
                 continue;
             }

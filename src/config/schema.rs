@@ -250,8 +250,12 @@ pub struct HealthConfig {
     /// Answered probes before an out-of-service server is back.
     pub up_after: u32,
     /// A request sent to a pair member that gets no response at all within this time (ms)
-    /// is sent to the other member instead.
+    /// is sent to the other member instead: the upper bound of the failover timer, which
+    /// follows the member's measured response time (SRTT + 4 RTTVAR), and its value before
+    /// any measurement.
     pub failover_timeout_ms: u64,
+    /// The lower bound of the failover timer (ms).
+    pub failover_min_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -263,6 +267,7 @@ impl Default for HealthConfig {
             down_after: 1,
             up_after: 1,
             failover_timeout_ms: 1000,
+            failover_min_ms: 200,
         }
     }
 }

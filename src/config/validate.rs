@@ -115,6 +115,8 @@ pub struct Settings {
     pub probe: crate::health::probe::ProbeConfig,
     /// No-response time after which a request is retried on the other pair member.
     pub failover_timeout: Duration,
+    /// Bounds of the failover timer that follows each member's response time.
+    pub failover_bounds: crate::health::rtt::FailoverBounds,
     /// TCP keep-alive, when on.
     pub keepalive: Option<Keepalive>,
 }
@@ -304,6 +306,12 @@ impl Config {
         if h.failover_timeout_ms < 10 {
             return Err(err("health.failover_timeout_ms", "must be at least 10 ms"));
         }
+        if h.failover_min_ms < 10 || h.failover_min_ms > h.failover_timeout_ms {
+            return Err(err(
+                "health.failover_min_ms",
+                "must be at least 10 ms and at most health.failover_timeout_ms",
+            ));
+        }
         let mut dns_servers = Vec::with_capacity(self.dns.servers.len());
         for (i, d) in self.dns.servers.iter().enumerate() {
             dns_servers.push(SocketAddr::from_str(d.trim()).map_err(|e| {
@@ -445,6 +453,10 @@ impl Config {
                 up_after: h.up_after,
             },
             failover_timeout: Duration::from_millis(h.failover_timeout_ms),
+            failover_bounds: crate::health::rtt::FailoverBounds {
+                min: Duration::from_millis(h.failover_min_ms),
+                max: Duration::from_millis(h.failover_timeout_ms),
+            },
             worker_threads: self.runtime.worker_threads,
             drain_timeout: Duration::from_secs(self.runtime.drain_timeout_s),
             name: self.instance.name.clone(),

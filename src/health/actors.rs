@@ -130,6 +130,10 @@ impl Actor for ProbeActor {
                 if code >= 200 && seq > 0 {
                     if let Some(rtt) = st.probe.rtt_of(seq, now) {
                         st.spec.env.metrics.probe_rtt.observe(rtt.as_secs_f64());
+                        st.spec
+                            .env
+                            .upstreams
+                            .observe_rtt(st.spec.pair, st.spec.member, rtt);
                     }
                 }
                 if let Some(c) = st.probe.on_response(now, seq, code, retry_after) {
@@ -137,6 +141,13 @@ impl Actor for ProbeActor {
                 }
             }
             ProbeMsg::Suspect => st.probe.probe_soon(now),
+            ProbeMsg::Unreachable { reason } => {
+                let what = format!("ICMP {}", reason.replace('_', " "));
+                if let Some(c) = st.probe.missed(now, &what) {
+                    st.forget_branch();
+                    st.report(c);
+                }
+            }
             ProbeMsg::Unanswered { sent_at } => {
                 let upstreams = &st.spec.env.upstreams;
                 if upstreams.heard_since(st.spec.pair, st.spec.member, sent_at) {

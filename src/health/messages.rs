@@ -24,6 +24,12 @@ pub enum ProbeMsg {
     },
     /// A transaction toward this server failed: probe now.
     Suspect,
+    /// The network refused a datagram sent to this server (ICMP port or host
+    /// unreachable): as good as a missed probe, and known at once.
+    Unreachable {
+        /// Which ICMP error.
+        reason: &'static str,
+    },
     /// An INVITE sent to this server at `sent_at` got no answer at all.
     Unanswered {
         /// When it was sent.

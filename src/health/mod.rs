@@ -8,6 +8,7 @@ pub mod actors;
 pub mod messages;
 pub mod pair;
 pub mod probe;
+pub mod rtt;
 pub mod upstreams;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

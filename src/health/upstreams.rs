@@ -18,6 +18,7 @@ use crate::sip::proxy::response_context::PairView;
 use crate::sip::proxy::Pair;
 
 use super::messages::{PairMsg, ProbeMsg};
+use super::rtt::{FailoverBounds, Rtt};
 use super::{HealthStatus, Member, PairStates};
 
 /// The upstream servers and their health (see the module documentation).
@@ -37,6 +38,9 @@ pub struct Upstreams {
     /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
     /// when both members share an IP).
     backup_sources: Vec<(usize, SocketAddr, bool)>,
+    /// Response time of every member, and the failover timer's bounds.
+    rtt: Vec<[Rtt; 2]>,
+    bounds: FailoverBounds,
     /// Outstanding OPTIONS probes by branch: the probe actor and its probe number.
     probes: DashMap<String, (ActorRef<ProbeMsg>, u64)>,
     probe_actors: DashMap<(usize, Member), ActorRef<ProbeMsg>>,
@@ -53,7 +57,7 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     /// The upstreams of these pairs, every primary active.
-    pub fn new(pairs: &[Pair]) -> Upstreams {
+    pub fn new(pairs: &[Pair], bounds: FailoverBounds) -> Upstreams {
         let mut upstream_ips = HashSet::new();
         let member_addrs = DashMap::new();
         for (i, p) in pairs.iter().enumerate() {
@@ -85,6 +89,8 @@ impl Upstreams {
                 .collect(),
             epoch: Instant::now(),
             backup_sources,
+            rtt: (0..pairs.len()).map(|_| Default::default()).collect(),
+            bounds,
             probes: DashMap::new(),
             probe_actors: DashMap::new(),
             pair_actors: OnceLock::new(),
@@ -131,6 +137,19 @@ impl Upstreams {
             Member::Primary => &p.primary,
             Member::Backup => &p.backup,
         })
+    }
+
+    /// A response time of a member: a probe's round trip, or the time to the first
+    /// response of a request sent to it.
+    pub fn observe_rtt(&self, pair: usize, member: Member, rtt: Duration) {
+        if let Some(r) = self.rtt.get(pair).and_then(|v| v.get(member as usize)) {
+            r.observe(rtt);
+        }
+    }
+
+    /// A member's smoothed response time, when measured.
+    pub fn srtt(&self, pair: usize, member: Member) -> Option<Duration> {
+        self.rtt.get(pair)?.get(member as usize)?.srtt()
     }
 
     /// Whether anything at all was heard from a pair member after `since`.
@@ -226,6 +245,16 @@ impl Upstreams {
         }
     }
 
+    /// The network refused a datagram to `dest` (ICMP unreachable): when that is a pair
+    /// member, its probe actor counts it as a missed probe at once.
+    pub fn report_unreachable(&self, dest: SocketAddr, reason: &'static str) {
+        if let Some((pair, member)) = self.member_at(dest) {
+            if let Some(a) = self.probe_actors.get(&(pair, member)) {
+                let _ = a.send_message(ProbeMsg::Unreachable { reason });
+            }
+        }
+    }
+
     /// An outstanding probe: responses with this branch go to `actor` as probe `seq`.
     pub fn probe_sent(&self, branch: String, actor: ActorRef<ProbeMsg>, seq: u64) {
         self.probes.insert(branch, (actor, seq));
@@ -263,5 +292,10 @@ impl PairView for Upstreams {
 
     fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)> {
         Upstreams::member_at(self, addr)
+    }
+
+    fn failover_timeout(&self, pair: usize, member: Member) -> Option<Duration> {
+        let r = self.rtt.get(pair)?.get(member as usize)?;
+        Some(r.failover_timeout(self.bounds))
     }
 }

@@ -167,6 +167,8 @@ pub struct Metrics {
     /// Branches given up for the other pair member that answered late, by what was done
     /// (`cancelled`: CANCEL after a provisional; `ended`: ACK and BYE after a 2xx).
     pub ghost_branches: Family<OutcomeLabels, Counter>,
+    /// Datagrams the network refused (ICMP port/host/net unreachable), by reason.
+    pub unreachable: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -205,6 +207,7 @@ impl Metrics {
             tls_reloads: Family::default(),
             stun_requests: Family::default(),
             ghost_branches: Family::default(),
+            unreachable: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -313,6 +316,11 @@ impl Metrics {
             "ghost_branches",
             "Branches given up for the other pair member that answered late, by what was done",
             m.ghost_branches.clone(),
+        );
+        registry.register(
+            "destinations_unreachable",
+            "Datagrams the network refused (ICMP unreachable), by reason",
+            m.unreachable.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

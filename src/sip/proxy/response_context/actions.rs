@@ -23,6 +23,11 @@ pub trait PairView {
     fn server(&self, pair: usize, member: Member) -> Option<HostPort>;
     /// The pair member at this address, if one is.
     fn member_at(&self, addr: SocketAddr) -> Option<(usize, Member)>;
+    /// How long to wait for any response from a member before trying the other one (its
+    /// measured response time within bounds); `None`: the context's default.
+    fn failover_timeout(&self, _pair: usize, _member: Member) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Who wrote a response sent to the client.
@@ -52,6 +57,11 @@ pub enum Evidence {
         /// When the request was sent.
         sent_at: Instant,
     },
+    /// The member answered a request this long after it was sent (its first response).
+    Responded {
+        /// Time to the first response.
+        rtt: std::time::Duration,
+    },
     /// The member failed a transaction some other way (503, transport error, timeout of a
     /// non-INVITE): worth probing now.
     Suspect,
@@ -71,13 +81,13 @@ pub enum Action {
     },
     /// Send the last response to the client again (a retransmission; not counted again).
     ResendToClient(Bytes),
-    /// Locate this server (RFC 3263) and then call [`ResponseContext::start_branch`] with
-    /// the transport found, or [`ResponseContext::handle_branch_failed`] when it cannot be
+    /// Locate this server (RFC 3263) and then call [`ResponseContext::start_branch`](super::ResponseContext::start_branch) with
+    /// the transport found, or [`ResponseContext::handle_branch_failed`](super::ResponseContext::handle_branch_failed) when it cannot be
     /// found or reached.
     Locate(HostPort),
     /// Find the flow this token names (RFC 5626), then call
-    /// [`ResponseContext::start_branch`] with its transport, or
-    /// [`ResponseContext::handle_flow_refused`] when the token or the flow is no good.
+    /// [`ResponseContext::start_branch`](super::ResponseContext::start_branch) with its transport, or
+    /// [`ResponseContext::handle_flow_refused`](super::ResponseContext::handle_flow_refused) when the token or the flow is no good.
     Flow(String),
     /// Send these bytes on the branch with this key (its connection, or by UDP): the
     /// current branch, or one given up for the other member.

@@ -16,7 +16,7 @@ use crate::sip::builder;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{ClientKey, ClientNonInvite, Timers};
 
-use super::{Action, Plan};
+use super::{Action, Branch, Plan};
 
 /// What became of a given-up branch that answered late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,9 @@ impl GhostOutcome {
 
 /// A given-up INVITE branch (see the module documentation).
 pub(super) struct Ghost {
+    /// The branch as it was when given up (its client transaction no longer driven), to
+    /// take it back when the other member fails too and it is still silent.
+    branch: Branch,
     pub(super) key: ClientKey,
     /// Our Via on it (its CANCEL and non-2xx ACK carry it).
     via: String,
@@ -55,20 +58,14 @@ pub(super) struct Ghost {
 }
 
 impl Ghost {
-    pub(super) fn new(
-        key: ClientKey,
-        via: String,
-        reliable: bool,
-        rr_sent: usize,
-        sent_at: Instant,
-        timers: Timers,
-    ) -> Ghost {
+    pub(super) fn new(branch: Branch, timers: Timers) -> Ghost {
         Ghost {
-            key,
-            via,
-            reliable,
-            rr_sent,
-            until: sent_at + timers.t1x64(),
+            key: branch.key.clone(),
+            via: branch.via.clone(),
+            reliable: branch.reliable,
+            rr_sent: branch.rr_sent,
+            until: branch.sent_at + timers.t1x64(),
+            branch,
             cancel: None,
             bye: None,
             bye_key: None,
@@ -88,6 +85,7 @@ impl Ghost {
         actions: &mut VecDeque<Action>,
     ) {
         let Some(code) = msg.status() else { return };
+        self.branch.answered = true;
         match msg.cseq() {
             Some((_, Method::Cancel)) => {
                 if let Some(c) = &mut self.cancel {
@@ -168,6 +166,16 @@ impl Ghost {
                 }
             }
         }
+    }
+
+    /// Whether nothing at all came back on it yet (it may still answer).
+    pub(super) fn is_silent(&self) -> bool {
+        !self.branch.answered && self.cancel.is_none() && self.bye.is_none() && !self.final_seen
+    }
+
+    /// The branch, taken back as the one the transaction waits for.
+    pub(super) fn into_branch(self) -> Branch {
+        self.branch
     }
 
     /// Whether a response with this key is for this branch (its INVITE, CANCEL or BYE).

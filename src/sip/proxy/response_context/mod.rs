@@ -113,6 +113,8 @@ pub struct ResponseContext {
     failover_at: Option<Instant>,
     /// INVITE branches given up for the other member, still ours until they end.
     ghosts: Vec<Ghost>,
+    /// The best failure of the members tried so far (a local code: 408 or 500).
+    failure: Option<u16>,
     /// The branch [`Self::failover_target`] gave up last, until it is known whether it
     /// may still answer.
     given_up: Option<Branch>,
@@ -147,6 +149,7 @@ impl ResponseContext {
             retried: false,
             failover_at: None,
             ghosts: Vec::new(),
+            failure: None,
             given_up: None,
             actions: VecDeque::new(),
         }
@@ -246,6 +249,7 @@ impl ResponseContext {
         &mut self,
         transport: Transport,
         identity: &LocalIdentity,
+        pairs: &impl PairView,
         now: Instant,
     ) -> Option<(ClientKey, Bytes)> {
         if self.final_sent || self.cancelled {
@@ -283,8 +287,11 @@ impl ResponseContext {
             sent_at: now,
             rr_sent,
         });
-        if self.member.is_some() {
-            self.failover_at = Some(now + self.failover_timeout);
+        if let Some((pair, member)) = self.member {
+            let wait = pairs
+                .failover_timeout(pair, member)
+                .unwrap_or(self.failover_timeout);
+            self.failover_at = Some(now + wait);
         }
         Some((key, bytes))
     }
@@ -296,9 +303,10 @@ impl ResponseContext {
         if let Some(b) = &mut self.branch {
             b.client.terminate();
         }
+        self.note_failure(500);
         match self.failover_target(false, pairs, now) {
             Some(hp) => self.actions.push_back(Action::Locate(hp)),
-            None => self.respond(now, &Reject::new(500, "Server Internal Error")),
+            None => self.respond_failure(now),
         }
     }
 
@@ -407,6 +415,17 @@ impl ResponseContext {
         if key.as_ref() != Some(&b.key) {
             return;
         }
+        if !b.answered {
+            if let Some((pair, member)) = self.member {
+                self.actions.push_back(Action::Evidence {
+                    pair,
+                    member,
+                    evidence: Evidence::Responded {
+                        rtt: now.saturating_duration_since(b.sent_at),
+                    },
+                });
+            }
+        }
         b.answered = true;
         self.failover_at = None;
         if matches!(msg.cseq(), Some((_, Method::Cancel))) {
@@ -448,12 +467,13 @@ impl ResponseContext {
         self.timer_c = None;
         if code == 503 {
             // The member is unavailable: the other one gets the request, if it may.
+            // Section 16.7 step 6: never relay a 503 (it counts as a 500).
+            self.note_failure(500);
             if let Some(hp) = self.failover_target(false, pairs, now) {
                 self.actions.push_back(Action::Locate(hp));
                 return;
             }
-            // Section 16.7 step 6: never relay a 503.
-            self.respond(now, &Reject::new(500, "Server Internal Error"));
+            self.respond_failure(now);
             return;
         }
         self.send_to_client(now, code, builder::forward_response(msg), Origin::Relayed);
@@ -540,11 +560,12 @@ impl ResponseContext {
         }
         if timed_out {
             self.actions.push_back(Action::UpstreamTimeout);
+            self.note_failure(408);
             if let Some(hp) = self.failover_target(true, pairs, now) {
                 self.actions.push_back(Action::Locate(hp));
                 return;
             }
-            self.respond(now, &Reject::new(408, "Request Timeout"));
+            self.respond_failure(now);
         }
         if self.timer_c.is_some_and(|t| t <= now) {
             self.on_timer_c(now);
@@ -583,14 +604,7 @@ impl ResponseContext {
         // Its key stays mapped to this transaction: take back the BranchGone just issued.
         self.actions
             .retain(|a| !matches!(a, Action::BranchGone(k) if *k == b.key));
-        self.ghosts.push(Ghost::new(
-            b.key,
-            b.via,
-            b.reliable,
-            b.rr_sent,
-            b.sent_at,
-            self.timers,
-        ));
+        self.ghosts.push(Ghost::new(b, self.timers));
     }
 
     /// The other member of the pair, when the request went to a pair member, has not been
@@ -633,6 +647,36 @@ impl ResponseContext {
             self.given_up = Some(b);
         }
         Some(hp)
+    }
+
+    /// Keeps the best failure seen across the members tried (section 16.7 step 6: the
+    /// lowest class wins; among equals, the first).
+    fn note_failure(&mut self, code: u16) {
+        self.failure = Some(match self.failure {
+            Some(f) if f / 100 <= code / 100 => f,
+            _ => code,
+        });
+    }
+
+    /// Every member tried has failed: when the one given up for being slow is still
+    /// silent, the transaction waits for it again (it may yet answer; its own Timer B ends
+    /// the wait); else the best failure is answered (408 when one timed out, else 500).
+    fn respond_failure(&mut self, now: Instant) {
+        if let Some(i) = self.ghosts.iter().position(Ghost::is_silent) {
+            let revived = self.ghosts.remove(i).into_branch();
+            if let Some(failed) = self.branch.replace(revived) {
+                self.actions.push_back(Action::BranchGone(failed.key));
+            }
+            if let Some((pair, member)) = self.member {
+                self.member = Some((pair, member.other()));
+            }
+            return;
+        }
+        let r = match self.failure {
+            Some(408) => Reject::new(408, "Request Timeout"),
+            _ => Reject::new(500, "Server Internal Error"),
+        };
+        self.respond(now, &r);
     }
 
     /// Answers the client with a response generated here.

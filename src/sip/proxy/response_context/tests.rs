@@ -162,7 +162,9 @@ fn start(ctx: &mut ResponseContext, actions: &[Action], now: Instant) -> String 
         actions.iter().any(|a| matches!(a, Action::Locate(_))),
         "{actions:?}"
     );
-    let (key, bytes) = ctx.start_branch(Transport::Udp, &identity(), now).unwrap();
+    let (key, bytes) = ctx
+        .start_branch(Transport::Udp, &identity(), &Pairs::both_up(), now)
+        .unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains(key.branch()));
     key.branch().to_string()
@@ -229,6 +231,43 @@ fn a_503_is_never_relayed_the_other_member_gets_the_request() {
     let actions = drain(&mut ctx);
     assert_eq!(to_client(&actions), [(500, Origin::Local)]);
     assert!(located(&actions).is_none());
+}
+
+#[test]
+fn the_best_failure_of_the_members_tried_is_answered() {
+    // The primary times out (408), the backup refuses (a transport error, a 503): the
+    // client gets 408, the lower class (16.7 step 6).
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("OPTIONS", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    ctx.handle_response(&response(100, &b, "OPTIONS"), &pairs, t0);
+    let mut actions = Vec::new();
+    while let Some(next) = ctx.poll_timeout() {
+        ctx.handle_timeout(&pairs, next);
+        actions.extend(drain(&mut ctx));
+        if located(&actions).is_some() {
+            break;
+        }
+    }
+    assert_eq!(located(&actions).as_deref(), Some(BACKUP));
+    start(&mut ctx, &actions, t0);
+    ctx.handle_branch_failed(&pairs, t0);
+    assert_eq!(to_client(&drain(&mut ctx)), [(408, Origin::Local)]);
+}
+
+#[test]
+fn when_the_other_member_refuses_the_slow_one_is_waited_for_again() {
+    let pairs = Pairs::both_up();
+    let (mut ctx, b, t) = failed_over(&pairs, Instant::now());
+    // The backup's port is closed: nothing is answered yet, the primary may still answer.
+    ctx.handle_branch_failed(&pairs, t);
+    let actions = drain(&mut ctx);
+    assert!(to_client(&actions).is_empty(), "{actions:?}");
+    assert_eq!(ctx.branch_key(), Some(&ClientKey::new(&b)));
+    // It does: its answer is the call's, relayed as any.
+    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
 }
 
 #[test]
@@ -452,7 +491,9 @@ fn cancel_before_any_branch_is_487() {
     ctx.handle_cancel(now);
     assert_eq!(to_client(&drain(&mut ctx)), [(487, Origin::Local)]);
     // A located target arriving after that sends nothing.
-    assert!(ctx.start_branch(Transport::Udp, &identity(), now).is_none());
+    assert!(ctx
+        .start_branch(Transport::Udp, &identity(), &Pairs::both_up(), now)
+        .is_none());
 }
 
 #[test]
@@ -492,10 +533,12 @@ fn retransmissions_after_the_final_answer_get_it_again_then_linger() {
     let b = start(&mut ctx, &actions, now);
     ctx.handle_response(&response(200, &b, "OPTIONS"), &pairs, now);
     let actions = drain(&mut ctx);
-    let Some(Action::ToClient { bytes, .. }) = actions.first() else {
+    let Some(ok) = actions.iter().find_map(|a| match a {
+        Action::ToClient { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    }) else {
         panic!("{actions:?}")
     };
-    let ok = bytes.clone();
     assert!(!ctx.handle_retransmission(&request("OPTIONS"), now));
     assert_eq!(drain(&mut ctx), [Action::ResendToClient(ok.clone())]);
     let linger = ctx
