@@ -332,6 +332,40 @@ async fn a_primary_whose_port_is_closed_is_left_within_milliseconds() {
 }
 
 #[tokio::test]
+async fn a_member_that_answers_probes_but_fails_calls_is_taken_out_then_probed_back() {
+    // The primary answers everything with 500: alive for OPTIONS, useless for calls.
+    let primary = Upstream::udp(Behaviour::Reply(500)).await;
+    let mut backup = Upstream::udp(Behaviour::Answer).await;
+    let p = proxy(
+        &["udp"],
+        &probed_pair(&primary, &backup, "").replace(
+            "[health]\n",
+            "[health]\nbreaker_failures = 3\nbreaker_probation_s = 1\n",
+        ),
+    )
+    .await;
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    for _ in 0..3 {
+        assert_eq!(invite(&mut phone).await.status(), Some(500));
+    }
+    // Three failed calls in a row: the breaker opens although OPTIONS are answered.
+    until("breaker opens", Duration::from_secs(2), || {
+        active(&p) == Some(Member::Backup)
+    })
+    .await;
+    assert!(!p.core().upstreams.states.is_up(0, Member::Primary));
+    assert_eq!(invite(&mut phone).await.status(), Some(200));
+    backup.recv_method("INVITE").await;
+    // After the probation its probes bring it back (the pair stays where it is).
+    until("probation over", Duration::from_secs(4), || {
+        p.core().upstreams.states.is_up(0, Member::Primary)
+    })
+    .await;
+    assert_eq!(active(&p), Some(Member::Backup));
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn invite_answered_503_is_retried_on_the_backup() {
     let primary = Upstream::udp(Behaviour::Reply(503)).await;
     let backup = Upstream::udp(Behaviour::Answer).await;

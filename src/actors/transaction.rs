@@ -366,6 +366,8 @@ impl TxState {
                     }
                     Evidence::Suspect => core.upstreams.suspect(pair, member),
                     Evidence::Responded { rtt } => core.upstreams.observe_rtt(pair, member, rtt),
+                    Evidence::Served => core.upstreams.transaction_outcome(pair, member, true),
+                    Evidence::Failed => core.upstreams.transaction_outcome(pair, member, false),
                 },
                 Action::Retried(hp) => {
                     core.metrics.retries.inc();

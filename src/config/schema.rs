@@ -256,6 +256,12 @@ pub struct HealthConfig {
     pub failover_timeout_ms: u64,
     /// The lower bound of the failover timer (ms).
     pub failover_min_ms: u64,
+    /// Transactions failed in a row (timed out, 5xx) that take a member out of service
+    /// even though it answers OPTIONS (circuit breaker); 0 turns it off.
+    pub breaker_failures: u32,
+    /// How long (s) a member the breaker took out stays out before its probes may bring it
+    /// back; it is never failed over to meanwhile.
+    pub breaker_probation_s: u64,
 }
 
 impl Default for HealthConfig {
@@ -268,6 +274,8 @@ impl Default for HealthConfig {
             up_after: 1,
             failover_timeout_ms: 1000,
             failover_min_ms: 200,
+            breaker_failures: 5,
+            breaker_probation_s: 30,
         }
     }
 }

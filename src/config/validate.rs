@@ -451,6 +451,8 @@ impl Config {
                 timeout: Duration::from_millis(h.probe_timeout_ms),
                 down_after: h.down_after,
                 up_after: h.up_after,
+                breaker_failures: h.breaker_failures,
+                breaker_probation: Duration::from_secs(h.breaker_probation_s),
             },
             failover_timeout: Duration::from_millis(h.failover_timeout_ms),
             failover_bounds: crate::health::rtt::FailoverBounds {

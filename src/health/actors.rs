@@ -141,6 +141,12 @@ impl Actor for ProbeActor {
                 }
             }
             ProbeMsg::Suspect => st.probe.probe_soon(now),
+            ProbeMsg::Outcome { served } => {
+                if let Some(c) = st.probe.transaction_outcome(now, served) {
+                    st.forget_branch();
+                    st.report(c);
+                }
+            }
             ProbeMsg::Unreachable { reason } => {
                 let what = format!("ICMP {}", reason.replace('_', " "));
                 if let Some(c) = st.probe.missed(now, &what) {

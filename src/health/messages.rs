@@ -30,6 +30,12 @@ pub enum ProbeMsg {
         /// Which ICMP error.
         reason: &'static str,
     },
+    /// What became of a transaction sent to this server: a final answer below 500
+    /// (`served`), or a timeout or 5xx (the circuit breaker counts those).
+    Outcome {
+        /// Whether it was served.
+        served: bool,
+    },
     /// An INVITE sent to this server at `sent_at` got no answer at all.
     Unanswered {
         /// When it was sent.

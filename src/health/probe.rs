@@ -22,6 +22,12 @@ pub struct ProbeConfig {
     pub down_after: u32,
     /// Answered probes before a down server is up again.
     pub up_after: u32,
+    /// Transactions failed in a row (timed out, 5xx) that take a server answering its
+    /// probes out of service anyway (the circuit breaker); 0: off.
+    pub breaker_failures: u32,
+    /// How long a server the breaker took out stays out (on probation) even when it
+    /// answers its probes; after that the probes bring it back as usual.
+    pub breaker_probation: Duration,
 }
 
 impl Default for ProbeConfig {
@@ -32,6 +38,8 @@ impl Default for ProbeConfig {
             timeout: Duration::from_secs(1),
             down_after: 1,
             up_after: 1,
+            breaker_failures: 5,
+            breaker_probation: Duration::from_secs(30),
         }
     }
 }
@@ -56,8 +64,10 @@ pub struct ProbeState {
     outstanding: Option<(u64, Instant)>,
     next_seq: u64,
     next_probe: Instant,
-    /// A 503 keeps the server down at least until then.
+    /// A 503, or the circuit breaker, keeps the server down at least until then.
     held_down_until: Option<Instant>,
+    /// Transactions sent to it that failed in a row (the circuit breaker's count).
+    failed_in_a_row: u32,
     /// Round-trip time of the last answered probe.
     pub last_rtt: Option<Duration>,
     /// When the last probe was answered or timed out.
@@ -80,6 +90,7 @@ impl ProbeState {
             next_seq: 1,
             next_probe: now,
             held_down_until: None,
+            failed_in_a_row: 0,
             last_rtt: None,
             last_probe: None,
             last_reason: "initial".into(),
@@ -225,6 +236,35 @@ impl ProbeState {
         change
     }
 
+    /// What became of a transaction sent to the server: `served` when it gave a final
+    /// answer below 500, not when it timed out or answered 5xx. After
+    /// `breaker_failures` failures in a row the circuit breaker opens: the server is taken
+    /// out of service even though it answers its probes, and kept out for
+    /// `breaker_probation` (a member still on probation is never failed over to); then its
+    /// probes bring it back as usual.
+    pub fn transaction_outcome(&mut self, now: Instant, served: bool) -> Option<Change> {
+        if served || !self.up {
+            // Only a member that is up counts: a silent one is the probe's business (and
+            // needs no probation once it answers again).
+            self.failed_in_a_row = 0;
+            return None;
+        }
+        self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
+        if self.cfg.breaker_failures == 0 || self.failed_in_a_row < self.cfg.breaker_failures {
+            return None;
+        }
+        self.failed_in_a_row = 0;
+        self.held_down_until = Some(now + self.cfg.breaker_probation);
+        self.ok_in_a_row = 0;
+        self.go_down(
+            now,
+            format!(
+                "circuit breaker: {} transactions failed in a row",
+                self.cfg.breaker_failures
+            ),
+        )
+    }
+
     /// The server cannot be reached at all (its name does not resolve, or no transport).
     pub fn unreachable(&mut self, now: Instant, why: &str) -> Option<Change> {
         self.outstanding = None;
@@ -236,6 +276,7 @@ impl ProbeState {
     }
 
     fn go_down(&mut self, now: Instant, reason: String) -> Option<Change> {
+        self.failed_in_a_row = 0;
         if !self.up {
             return None;
         }
@@ -257,6 +298,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             down_after: 1,
             up_after: 1,
+            breaker_failures: 3,
+            breaker_probation: Duration::from_secs(20),
         }
     }
 
@@ -388,5 +431,81 @@ mod tests {
         );
         assert_eq!(p.poll_timeout(), None);
         assert_eq!(p.poll_probe(t0), None);
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+
+    fn cfg() -> ProbeConfig {
+        ProbeConfig {
+            oos_check: Some(Duration::from_secs(5)),
+            oos_force: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            down_after: 1,
+            up_after: 1,
+            breaker_failures: 3,
+            breaker_probation: Duration::from_secs(20),
+        }
+    }
+
+    /// Answers the probe due at `now`.
+    fn answer(p: &mut ProbeState, now: Instant) -> Option<Change> {
+        let seq = p.poll_probe(now)?;
+        p.on_response(now, seq, 200, None)
+    }
+
+    #[test]
+    fn failed_transactions_open_the_breaker_though_probes_answer() {
+        let t0 = Instant::now();
+        let mut p = ProbeState::new(cfg(), t0);
+        assert_eq!(answer(&mut p, t0), None);
+        assert_eq!(p.transaction_outcome(t0, false), None);
+        assert_eq!(p.transaction_outcome(t0, false), None);
+        // A success in between starts the count again.
+        assert_eq!(p.transaction_outcome(t0, true), None);
+        assert_eq!(p.transaction_outcome(t0, false), None);
+        assert_eq!(p.transaction_outcome(t0, false), None);
+        let c = p.transaction_outcome(t0, false);
+        assert!(
+            matches!(&c, Some(Change::Down(r)) if r.contains("circuit breaker")),
+            "{c:?}"
+        );
+        assert!(!p.is_up());
+        // On probation: probes answer, it stays out until the probation is over.
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(19) {
+            t = p.poll_timeout().unwrap();
+            assert_eq!(
+                answer(&mut p, t),
+                None,
+                "still on probation at {:?}",
+                t - t0
+            );
+        }
+        let mut back = None;
+        while back.is_none() && t < t0 + Duration::from_secs(30) {
+            t = p.poll_timeout().unwrap();
+            back = answer(&mut p, t);
+        }
+        assert!(matches!(back, Some(Change::Up(_))));
+        assert!(t >= t0 + Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_breaker_set_to_zero_never_opens() {
+        let t0 = Instant::now();
+        let mut p = ProbeState::new(
+            ProbeConfig {
+                breaker_failures: 0,
+                ..cfg()
+            },
+            t0,
+        );
+        for _ in 0..100 {
+            assert_eq!(p.transaction_outcome(t0, false), None);
+        }
+        assert!(p.is_up());
     }
 }

@@ -255,6 +255,13 @@ impl Upstreams {
         }
     }
 
+    /// What became of a transaction sent to a member (for its circuit breaker).
+    pub fn transaction_outcome(&self, pair: usize, member: Member, served: bool) {
+        if let Some(a) = self.probe_actors.get(&(pair, member)) {
+            let _ = a.send_message(ProbeMsg::Outcome { served });
+        }
+    }
+
     /// An outstanding probe: responses with this branch go to `actor` as probe `seq`.
     pub fn probe_sent(&self, branch: String, actor: ActorRef<ProbeMsg>, seq: u64) {
         self.probes.insert(branch, (actor, seq));

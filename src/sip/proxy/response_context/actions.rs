@@ -62,6 +62,12 @@ pub enum Evidence {
         /// Time to the first response.
         rtt: std::time::Duration,
     },
+    /// The member gave a transaction a final answer below 500 (the circuit breaker's
+    /// count starts again).
+    Served,
+    /// A transaction sent to the member failed: no answer in time, or a 5xx (the circuit
+    /// breaker counts it).
+    Failed,
     /// The member failed a transaction some other way (503, transport error, timeout of a
     /// non-INVITE): worth probing now.
     Suspect,

@@ -465,6 +465,18 @@ impl ResponseContext {
             return;
         }
         self.timer_c = None;
+        if let Some((pair, member)) = self.member {
+            let evidence = if code >= 500 {
+                Evidence::Failed
+            } else {
+                Evidence::Served
+            };
+            self.actions.push_back(Action::Evidence {
+                pair,
+                member,
+                evidence,
+            });
+        }
         if code == 503 {
             // The member is unavailable: the other one gets the request, if it may.
             // Section 16.7 step 6: never relay a 503 (it counts as a 500).
@@ -517,6 +529,7 @@ impl ResponseContext {
         if self.failover_at.is_some_and(|t| t <= now) {
             self.failover_at = None;
             if self.branch.as_ref().is_some_and(|b| !b.answered) {
+                self.evidence(Evidence::Failed);
                 if let Some(hp) = self.failover_target(true, pairs, now) {
                     // The member may still answer: what it sends is dealt with as a ghost.
                     self.haunt_last_given_up();
@@ -561,6 +574,7 @@ impl ResponseContext {
         if timed_out {
             self.actions.push_back(Action::UpstreamTimeout);
             self.note_failure(408);
+            self.evidence(Evidence::Failed);
             if let Some(hp) = self.failover_target(true, pairs, now) {
                 self.actions.push_back(Action::Locate(hp));
                 return;
@@ -647,6 +661,17 @@ impl ResponseContext {
             self.given_up = Some(b);
         }
         Some(hp)
+    }
+
+    /// Evidence about the member the current branch went to, if it went to one.
+    fn evidence(&mut self, evidence: Evidence) {
+        if let Some((pair, member)) = self.member {
+            self.actions.push_back(Action::Evidence {
+                pair,
+                member,
+                evidence,
+            });
+        }
     }
 
     /// Keeps the best failure seen across the members tried (section 16.7 step 6: the
