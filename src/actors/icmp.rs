@@ -130,4 +130,30 @@ mod tests {
         assert_eq!(errors[0].reason(), "port_unreachable");
         assert!(drain(&sock, 8).is_empty());
     }
+
+    #[tokio::test]
+    async fn a_pending_icmp_error_does_not_fail_the_next_send_elsewhere() {
+        let sock = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        enable(sock.as_ref(), false).unwrap();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let open = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(b"probe", closed).await.unwrap();
+        // Let the ICMP error arrive (it is generated synchronously on loopback).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let to = open.local_addr().unwrap();
+        super::super::transport::send_udp(&sock, to, bytes::Bytes::from_static(b"BYE"))
+            .expect("the send to a live peer goes out");
+        let mut buf = [0u8; 8];
+        let (n, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), open.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(&buf[..n], b"BYE");
+        // What the error was is still on the queue for the receive loop.
+        assert_eq!(drain(sock.as_ref(), 8).len(), 1);
+    }
 }

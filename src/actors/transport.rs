@@ -213,7 +213,15 @@ pub fn send_reply(path: &ReplyPath, dest: SocketAddr, bytes: Bytes) -> Result<()
 /// Sends one datagram without waiting; falls back to an awaited send when the socket
 /// buffer is full.
 pub fn send_udp(sock: &Arc<UdpSocket>, dest: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
-    match sock.try_send_to(&bytes, dest) {
+    let mut sent = sock.try_send_to(&bytes, dest);
+    if sent.as_ref().is_err_and(is_pending_icmp_error) {
+        // With IP_RECVERR, an ICMP error that came back for an earlier datagram (to any
+        // destination) is reported by the next call on the socket, this send included, and
+        // then cleared: it says nothing about `dest`. The receive loop reads what it was
+        // from the error queue; this datagram is sent again.
+        sent = sock.try_send_to(&bytes, dest);
+    }
+    match sent {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             let sock = sock.clone();
@@ -224,6 +232,17 @@ pub fn send_udp(sock: &Arc<UdpSocket>, dest: SocketAddr, bytes: Bytes) -> Result
         }
         Err(e) => Err(SendError::Io(e.to_string())),
     }
+}
+
+/// Whether a socket call failed with an asynchronous ICMP error (port, host or net
+/// unreachable) rather than for its own sake.
+fn is_pending_icmp_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+    )
 }
 
 /// Where responses to a request go (RFC 3261 section 18.2.2, RFC 3581): on streams the
