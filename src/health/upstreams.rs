@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ pub struct Upstreams {
     /// Per pair, how to recognise a request from its backup (IP alone, or IP and port
     /// when both members share an IP).
     backup_sources: Vec<(usize, SocketAddr, bool)>,
+    /// Per member: a transaction failed since the last one it served (the circuit breaker
+    /// only needs to hear of a success after a failure).
+    failing: Vec<[AtomicBool; 2]>,
     /// Response time of every member, and the failover timer's bounds.
     rtt: Vec<[Rtt; 2]>,
     bounds: FailoverBounds,
@@ -90,6 +93,7 @@ impl Upstreams {
             epoch: Instant::now(),
             backup_sources,
             rtt: (0..pairs.len()).map(|_| Default::default()).collect(),
+            failing: (0..pairs.len()).map(|_| Default::default()).collect(),
             bounds,
             probes: DashMap::new(),
             probe_actors: DashMap::new(),
@@ -257,6 +261,17 @@ impl Upstreams {
 
     /// What became of a transaction sent to a member (for its circuit breaker).
     pub fn transaction_outcome(&self, pair: usize, member: Member, served: bool) {
+        // The hot path: a success while nothing failed since the last one sends nothing.
+        let Some(failing) = self.failing.get(pair).and_then(|v| v.get(member as usize)) else {
+            return;
+        };
+        if served {
+            if !failing.swap(false, Ordering::Relaxed) {
+                return;
+            }
+        } else {
+            failing.store(true, Ordering::Relaxed);
+        }
         if let Some(a) = self.probe_actors.get(&(pair, member)) {
             let _ = a.send_message(ProbeMsg::Outcome { served });
         }

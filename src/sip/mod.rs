@@ -7,18 +7,26 @@
 
 // No unwrap/expect/indexing/panic here: denied crate-wide in `lib.rs`.
 
-pub mod addr;
+// The public surface: the modules a shell drives (framing, message, transaction, proxy,
+// builder, stun) and the types they hand out; the helpers they are built from stay inside.
 pub mod builder;
-pub mod dispatch;
-pub mod flow;
 pub mod framing;
 pub mod message;
-pub mod method;
-pub mod name_addr;
 pub mod proxy;
 pub mod stun;
-pub mod syntax;
 pub mod transaction;
 pub mod transport;
 pub mod uri;
-pub mod via;
+
+pub(crate) mod addr;
+pub(crate) mod dispatch;
+pub(crate) mod flow;
+pub(crate) mod method;
+pub(crate) mod name_addr;
+pub(crate) mod syntax;
+pub(crate) mod via;
+
+pub use addr::{HostPort, Listener, Target};
+pub use dispatch::{dispatch, Dispatch, TransactionTables};
+pub use flow::{Flow, FlowError, FlowKeys};
+pub use via::{Via, ViaError, ViaIndex};
