@@ -291,7 +291,7 @@ impl ProbeState {
 mod tests {
     use super::*;
 
-    fn cfg() -> ProbeConfig {
+    pub(super) fn cfg() -> ProbeConfig {
         ProbeConfig {
             oos_check: Some(Duration::from_secs(5)),
             oos_force: Duration::from_secs(2),
@@ -436,19 +436,8 @@ mod tests {
 
 #[cfg(test)]
 mod breaker_tests {
+    use super::tests::cfg;
     use super::*;
-
-    fn cfg() -> ProbeConfig {
-        ProbeConfig {
-            oos_check: Some(Duration::from_secs(5)),
-            oos_force: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            down_after: 1,
-            up_after: 1,
-            breaker_failures: 3,
-            breaker_probation: Duration::from_secs(20),
-        }
-    }
 
     /// Answers the probe due at `now`.
     fn answer(p: &mut ProbeState, now: Instant) -> Option<Change> {

@@ -341,15 +341,9 @@ impl std::fmt::Write for Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Framing, Limits};
 
     fn parse(s: &str) -> Message {
-        Message::parse(
-            Bytes::from(s.to_string()),
-            Framing::Datagram,
-            &Limits::default(),
-        )
-        .unwrap()
+        crate::sip::message::parse_for_test(s)
     }
 
     const REQ: &str = "INVITE sip:bob@b.example SIP/2.0\r\n\

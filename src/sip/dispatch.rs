@@ -116,8 +116,6 @@ fn request(msg: &Message, tables: &impl TransactionTables, now: Instant) -> Disp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Framing, Limits};
-    use bytes::Bytes;
     use std::collections::HashSet;
     use std::time::Duration;
 
@@ -147,12 +145,7 @@ mod tests {
     }
 
     fn parse(s: &str) -> Message {
-        Message::parse(
-            Bytes::from(s.to_string()),
-            Framing::Datagram,
-            &Limits::default(),
-        )
-        .unwrap()
+        crate::sip::message::parse_for_test(s)
     }
 
     fn req(method: &str, branch: &str) -> Message {

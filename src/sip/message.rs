@@ -18,6 +18,18 @@ use crate::sip::via::{Via, ViaError, ViaIndex};
 pub use crate::sip::method::Method;
 pub use crate::sip::name_addr::{angle_span, header_param, header_param_range, name_addr_uri};
 
+/// A datagram's text parsed with the default caps, for tests (panics on a bad message).
+#[cfg(test)]
+pub(crate) fn parse_for_test(s: &str) -> Message {
+    #[allow(clippy::unwrap_used)]
+    Message::parse(
+        Bytes::from(s.to_string()),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
 /// Caps applied before parsing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

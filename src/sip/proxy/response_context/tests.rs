@@ -4,11 +4,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::*;
 use crate::sip::addr::Listener;
-use crate::sip::message::{Framing, Limits, Message};
+use crate::sip::message::Message;
 use crate::sip::proxy::{decide, Pair, Received, Router};
 
 const PRIMARY: &str = "192.0.2.11:5060";
@@ -81,12 +79,7 @@ fn router() -> Router {
 }
 
 fn parse(s: &str) -> Message {
-    Message::parse(
-        Bytes::from(s.to_string()),
-        Framing::Datagram,
-        &Limits::default(),
-    )
-    .unwrap()
+    crate::sip::message::parse_for_test(s)
 }
 
 fn request(method: &str) -> Message {
