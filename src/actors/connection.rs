@@ -3,7 +3,7 @@
 //!
 //! A connection actor owns its socket's write half, its framing buffer and its lifetime; a
 //! small reader task owned by it feeds it the bytes read. Messages it frames are handed to
-//! [`Core::dispatch`] with a [`ReplyPath::Stream`] naming this connection, so responses go
+//! [`Core::deliver`](super::core::Core::deliver) (the dispatcher) with a [`ReplyPath::Stream`] naming this connection, so responses go
 //! back on exactly this connection. A panic while handling one connection's bytes stops
 //! that actor only; the supervisor counts it and cleans its table entry.
 

@@ -1,4 +1,4 @@
-//! The shell of the sans-IO dispatcher ([`crate::sip::dispatch`]): every message a
+//! The shell of the sans-IO dispatcher ([`crate::sip::dispatch()`]): every message a
 //! listener or connection receives comes here. The dispatcher says where it belongs; this
 //! module does it: hands it to a running transaction, answers a retransmission from a
 //! lingering one, forwards what is stateless, applies admission control (drain,

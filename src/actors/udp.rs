@@ -3,7 +3,7 @@
 //! The actor owns the socket and its receive loop. A STUN Binding request (the RFC 5626
 //! keep-alive, told from SIP by its first byte) is answered at once; every other datagram is parsed
 //! (`Framing::Datagram`: octets after Content-Length are ignored) and handed to
-//! [`Core::dispatch`]. A panic while dispatching one datagram is caught, logged and counted,
+//! [`Core::deliver`](super::core::Core::deliver) (the dispatcher). A panic while dispatching one datagram is caught, logged and counted,
 //! so one bad datagram never stops the listener.
 
 use std::net::SocketAddr;
