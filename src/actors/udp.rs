@@ -22,7 +22,7 @@ use crate::sip::transport::Transport;
 
 use super::connection::parse_reason;
 use super::core::Core;
-use super::transport::{Inbound, ReplyPath};
+use super::transport::{send_udp, Inbound, ReplyPath};
 
 /// The UDP listener actor.
 pub struct UdpListener;
@@ -80,7 +80,7 @@ async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
 
 /// Answers a STUN Binding request (the UDP keep-alive of RFC 5626 section 4.4.2) from
 /// `source`; anything else that looks like STUN is dropped and counted.
-fn answer_stun(core: &Core, sock: &UdpSocket, data: &[u8], source: SocketAddr) {
+fn answer_stun(core: &Core, sock: &Arc<UdpSocket>, data: &[u8], source: SocketAddr) {
     let count = |outcome| {
         core.metrics
             .stun_requests
@@ -94,8 +94,8 @@ fn answer_stun(core: &Core, sock: &UdpSocket, data: &[u8], source: SocketAddr) {
             } else {
                 "answered"
             });
-            if let Err(e) = sock.try_send_to(&answer, source) {
-                tracing::debug!(event = "stun_answer_not_sent", %source, error = %e);
+            if let Err(e) = send_udp(sock, source, Bytes::from(answer)) {
+                tracing::debug!(event = "stun_answer_not_sent", %source, error = ?e);
             }
         }
         Err(e) => {
