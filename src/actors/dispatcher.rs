@@ -51,9 +51,9 @@ fn route(core: &Arc<Core>, inbound: Inbound) {
                 return forward_stray_response(core, &inbound.msg);
             };
             if let Err(ractor::MessagingErr::SendErr(TxMsg::Response(back))) =
-                tx.send_message(TxMsg::Response(Box::new(inbound)))
+                tx.send_message(TxMsg::Response(Box::new((key, inbound))))
             {
-                forward_stray_response(core, &back.msg);
+                forward_stray_response(core, &back.1.msg);
             }
         }
         Dispatch::StrayResponse => forward_stray_response(core, &inbound.msg),

@@ -31,8 +31,9 @@ pub enum TxMsg {
     Request(Box<Inbound>),
     /// A CANCEL for this (INVITE) transaction.
     Cancel(Box<Inbound>),
-    /// A response to our client transaction (or to its CANCEL).
-    Response(Box<Inbound>),
+    /// A response to our client transaction (or to its CANCEL), with the client key the
+    /// dispatcher matched it by.
+    Response(Box<(ClientKey, Inbound)>),
     /// A timer may be due.
     Timer,
     /// This stream connection closed; the transaction checks whether its branch used it.
@@ -87,20 +88,20 @@ impl Transactions {
     /// A connection that transactions may be using closed: each transaction with a client
     /// branch hears of it and checks whether the branch used that connection.
     pub fn connection_lost(&self, conn: u64) {
-        let mut told = HashSet::new();
-        for e in self.client.iter() {
-            if told.insert(e.value().get_id()) {
-                let _ = e.value().send_message(TxMsg::ConnectionLost(conn));
-            }
-        }
+        self.tell_branches(|| TxMsg::ConnectionLost(conn));
     }
 
     /// A destination is unreachable: each transaction with a client branch hears of it.
     pub fn unreachable(&self, dest: SocketAddr) {
+        self.tell_branches(|| TxMsg::Unreachable(dest));
+    }
+
+    /// Sends a message, once each, to every transaction with a client branch.
+    fn tell_branches(&self, msg: impl Fn() -> TxMsg) {
         let mut told = HashSet::new();
         for e in self.client.iter() {
             if told.insert(e.value().get_id()) {
-                let _ = e.value().send_message(TxMsg::Unreachable(dest));
+                let _ = e.value().send_message(msg());
             }
         }
     }

@@ -103,10 +103,11 @@ impl Actor for TransactionActor {
                 }
             }
             TxMsg::Cancel(inbound) => state.on_cancel(&inbound, now),
-            TxMsg::Response(inbound) => {
+            TxMsg::Response(matched) => {
+                let (key, inbound) = *matched;
                 relayed_from = Some(inbound.received);
                 if let Some(c) = &mut state.ctx {
-                    c.handle_response(&inbound.msg, state.core.upstreams.as_ref(), now);
+                    c.handle_response(&key, &inbound.msg, state.core.upstreams.as_ref(), now);
                 }
             }
             TxMsg::Timer => {

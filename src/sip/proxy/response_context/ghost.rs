@@ -41,16 +41,10 @@ impl GhostOutcome {
 pub(super) struct Ghost {
     /// The branch as it was when given up (its client transaction no longer driven), to
     /// take it back when the other member fails too and it is still silent.
+    /// Its key, Via, Record-Route count and the CANCEL sent on it are the branch's.
     branch: Branch,
-    pub(super) key: ClientKey,
-    /// Our Via on it (its CANCEL and non-2xx ACK carry it).
-    via: String,
-    reliable: bool,
-    /// Record-Route entries the INVITE carried as sent.
-    rr_sent: usize,
     /// Until when late answers are expected (Timer B of the INVITE).
     until: Instant,
-    cancel: Option<ClientNonInvite>,
     bye: Option<ClientNonInvite>,
     /// The BYE's own client key (a transaction of its own, so a branch of its own).
     bye_key: Option<ClientKey>,
@@ -60,13 +54,8 @@ pub(super) struct Ghost {
 impl Ghost {
     pub(super) fn new(branch: Branch, timers: Timers) -> Ghost {
         Ghost {
-            key: branch.key.clone(),
-            via: branch.via.clone(),
-            reliable: branch.reliable,
-            rr_sent: branch.rr_sent,
             until: branch.sent_at + timers.t1x64(),
             branch,
-            cancel: None,
             bye: None,
             bye_key: None,
             final_seen: false,
@@ -88,7 +77,7 @@ impl Ghost {
         self.branch.answered = true;
         match msg.cseq() {
             Some((_, Method::Cancel)) => {
-                if let Some(c) = &mut self.cancel {
+                if let Some(c) = &mut self.branch.cancel {
                     c.on_response(now, code);
                 }
                 return;
@@ -102,16 +91,16 @@ impl Ghost {
             _ => {}
         }
         let to_branch = |bytes| Action::ToBranch {
-            key: self.key.clone(),
+            key: self.branch.key.clone(),
             bytes,
         };
         match code {
-            100..=199 if self.cancel.is_none() && !self.final_seen => {
+            100..=199 if self.branch.cancel.is_none() && !self.final_seen => {
                 let Some(plan) = plan else { return };
-                let bytes = plan.cancel(request, &self.via);
-                self.cancel = Some(ClientNonInvite::new(
+                let bytes = plan.cancel(request, &self.branch.via);
+                self.branch.cancel = Some(ClientNonInvite::new(
                     now,
-                    self.reliable,
+                    self.branch.reliable,
                     timers,
                     bytes.clone(),
                 ));
@@ -125,8 +114,10 @@ impl Ghost {
                 // A fresh branch for each: the ACK of a 2xx and the BYE are transactions of
                 // their own (section 17.1.1.3).
                 let via = |tag: &str| {
-                    self.via
-                        .replace(self.key.branch(), &format!("{}{tag}", self.key.branch()))
+                    self.branch.via.replace(
+                        self.branch.key.branch(),
+                        &format!("{}{tag}", self.branch.key.branch()),
+                    )
                 };
                 let ack = builder::in_dialog_after_2xx(
                     request,
@@ -134,11 +125,11 @@ impl Ghost {
                     &via("a"),
                     "ACK",
                     cseq,
-                    self.rr_sent,
+                    self.branch.rr_sent,
                 );
                 actions.push_back(to_branch(ack));
                 if self.bye.is_none() {
-                    let bye_key = ClientKey::new(&format!("{}b", self.key.branch()));
+                    let bye_key = ClientKey::new(&format!("{}b", self.branch.key.branch()));
                     actions.push_back(Action::Track(bye_key.clone()));
                     self.bye_key = Some(bye_key);
                     let bye = builder::in_dialog_after_2xx(
@@ -147,11 +138,11 @@ impl Ghost {
                         &via("b"),
                         "BYE",
                         cseq.saturating_add(1),
-                        self.rr_sent,
+                        self.branch.rr_sent,
                     );
                     self.bye = Some(ClientNonInvite::new(
                         now,
-                        self.reliable,
+                        self.branch.reliable,
                         timers,
                         bye.clone(),
                     ));
@@ -162,7 +153,7 @@ impl Ghost {
             _ => {
                 self.final_seen = true;
                 if let Some(plan) = plan {
-                    actions.push_back(to_branch(plan.ack(request, &self.via, msg)));
+                    actions.push_back(to_branch(plan.ack(request, &self.branch.via, msg)));
                 }
             }
         }
@@ -170,7 +161,10 @@ impl Ghost {
 
     /// Whether nothing at all came back on it yet (it may still answer).
     pub(super) fn is_silent(&self) -> bool {
-        !self.branch.answered && self.cancel.is_none() && self.bye.is_none() && !self.final_seen
+        !self.branch.answered
+            && self.branch.cancel.is_none()
+            && self.bye.is_none()
+            && !self.final_seen
     }
 
     /// The branch, taken back as the one the transaction waits for.
@@ -180,21 +174,24 @@ impl Ghost {
 
     /// Whether a response with this key is for this branch (its INVITE, CANCEL or BYE).
     pub(super) fn owns(&self, key: &ClientKey) -> bool {
-        self.key == *key || self.bye_key.as_ref() == Some(key)
+        self.branch.key == *key || self.bye_key.as_ref() == Some(key)
     }
 
     /// Its client keys, to forget when it is over.
     pub(super) fn keys(&self) -> impl Iterator<Item = ClientKey> + '_ {
-        std::iter::once(self.key.clone()).chain(self.bye_key.clone())
+        std::iter::once(self.branch.key.clone()).chain(self.bye_key.clone())
     }
 
     /// Retransmits its CANCEL or BYE when due.
     pub(super) fn handle_timeout(&mut self, now: Instant, actions: &mut VecDeque<Action>) {
-        for t in [&mut self.cancel, &mut self.bye].into_iter().flatten() {
+        for t in [&mut self.branch.cancel, &mut self.bye]
+            .into_iter()
+            .flatten()
+        {
             if let crate::sip::transaction::ClientTimeout::Retransmit(bytes) = t.handle_timeout(now)
             {
                 actions.push_back(Action::ToBranch {
-                    key: self.key.clone(),
+                    key: self.branch.key.clone(),
                     bytes,
                 });
             }
@@ -203,7 +200,7 @@ impl Ghost {
 
     /// When it next needs [`Self::handle_timeout`] (or to be dropped).
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        [&self.cancel, &self.bye]
+        [&self.branch.cancel, &self.bye]
             .into_iter()
             .flatten()
             .filter_map(ClientNonInvite::poll_timeout)
@@ -214,7 +211,7 @@ impl Ghost {
     /// Whether nothing more is expected on it at `now`.
     pub(super) fn is_over(&self, now: Instant) -> bool {
         now >= self.until
-            && [&self.cancel, &self.bye]
+            && [&self.branch.cancel, &self.bye]
                 .into_iter()
                 .flatten()
                 .all(ClientNonInvite::is_terminated)

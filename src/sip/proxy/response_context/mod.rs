@@ -77,6 +77,17 @@ impl Client {
     }
 }
 
+/// Why a branch is given up for the other member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// Nothing came back before the failover timer: it may still answer.
+    Silent,
+    /// Its client transaction timed out (Timer B or F): nothing more will come.
+    TimedOut,
+    /// It refused (503) or could not be reached: nothing more will come.
+    Failed,
+}
+
 /// The request as forwarded on one branch.
 struct Branch {
     key: ClientKey,
@@ -115,9 +126,6 @@ pub struct ResponseContext {
     ghosts: Vec<Ghost>,
     /// The best failure of the members tried so far (a local code: 408 or 500).
     failure: Option<u16>,
-    /// The branch [`Self::failover_target`] gave up last, until it is known whether it
-    /// may still answer.
-    given_up: Option<Branch>,
     actions: VecDeque<Action>,
 }
 
@@ -150,7 +158,6 @@ impl ResponseContext {
             failover_at: None,
             ghosts: Vec::new(),
             failure: None,
-            given_up: None,
             actions: VecDeque::new(),
         }
     }
@@ -304,7 +311,7 @@ impl ResponseContext {
             b.client.terminate();
         }
         self.note_failure(500);
-        match self.failover_target(false, pairs, now) {
+        match self.failover_target(GiveUp::Failed, pairs, now) {
             Some(hp) => self.actions.push_back(Action::Locate(hp)),
             None => self.respond_failure(now),
         }
@@ -387,16 +394,18 @@ impl ResponseContext {
     }
 
     /// A response on one of this context's client transactions (matched by its key).
-    pub fn handle_response(&mut self, msg: &Message, pairs: &impl PairView, now: Instant) {
+    /// `key` is the client key the response was matched by ([`ClientKey::of_response`]).
+    pub fn handle_response(
+        &mut self,
+        key: &ClientKey,
+        msg: &Message,
+        pairs: &impl PairView,
+        now: Instant,
+    ) {
         let Some(code) = msg.status() else {
             return;
         };
-        let key = ClientKey::of_response(msg);
-        if let Some(g) = self
-            .ghosts
-            .iter_mut()
-            .find(|g| key.as_ref().is_some_and(|k| g.owns(k)))
-        {
+        if let Some(g) = self.ghosts.iter_mut().find(|g| g.owns(key)) {
             // A late answer on a branch given up for the other member: still ours.
             let plan = self.plan.as_ref();
             g.handle_response(
@@ -412,7 +421,7 @@ impl ResponseContext {
         let Some(b) = &mut self.branch else {
             return;
         };
-        if key.as_ref() != Some(&b.key) {
+        if *key != b.key {
             return;
         }
         if !b.answered {
@@ -481,7 +490,7 @@ impl ResponseContext {
             // The member is unavailable: the other one gets the request, if it may.
             // Section 16.7 step 6: never relay a 503 (it counts as a 500).
             self.note_failure(500);
-            if let Some(hp) = self.failover_target(false, pairs, now) {
+            if let Some(hp) = self.failover_target(GiveUp::Failed, pairs, now) {
                 self.actions.push_back(Action::Locate(hp));
                 return;
             }
@@ -530,9 +539,7 @@ impl ResponseContext {
             self.failover_at = None;
             if self.branch.as_ref().is_some_and(|b| !b.answered) {
                 self.evidence(Evidence::Failed);
-                if let Some(hp) = self.failover_target(true, pairs, now) {
-                    // The member may still answer: what it sends is dealt with as a ghost.
-                    self.haunt_last_given_up();
+                if let Some(hp) = self.failover_target(GiveUp::Silent, pairs, now) {
                     self.actions.push_back(Action::Locate(hp));
                     return;
                 }
@@ -575,7 +582,7 @@ impl ResponseContext {
             self.actions.push_back(Action::UpstreamTimeout);
             self.note_failure(408);
             self.evidence(Evidence::Failed);
-            if let Some(hp) = self.failover_target(true, pairs, now) {
+            if let Some(hp) = self.failover_target(GiveUp::TimedOut, pairs, now) {
                 self.actions.push_back(Action::Locate(hp));
                 return;
             }
@@ -606,31 +613,19 @@ impl ResponseContext {
         self.respond(now, &Reject::new(408, "Request Timeout"));
     }
 
-    /// The INVITE branch just given up for the other member may still answer (it was
-    /// silent, not refused): keep it as a ghost instead of forgetting it.
-    fn haunt_last_given_up(&mut self) {
-        let Some(b) = self.given_up.take() else {
-            return;
-        };
-        if !matches!(b.client, Client::Invite(_)) {
-            return;
-        }
-        // Its key stays mapped to this transaction: take back the BranchGone just issued.
-        self.actions
-            .retain(|a| !matches!(a, Action::BranchGone(k) if *k == b.key));
-        self.ghosts.push(Ghost::new(b, self.timers));
-    }
-
     /// The other member of the pair, when the request went to a pair member, has not been
     /// retried yet, no final answer went to the client, and the other member is up.
-    /// Reports the evidence against the member either way, and gives the branch up.
+    /// Reports the evidence against the member either way, and gives the branch up: an
+    /// INVITE branch that was only silent may still answer and is kept as a ghost; any
+    /// other is forgotten.
     fn failover_target(
         &mut self,
-        unanswered: bool,
+        why: GiveUp,
         pairs: &impl PairView,
         now: Instant,
     ) -> Option<HostPort> {
         let (pair, member) = self.member?;
+        let unanswered = matches!(why, GiveUp::Silent | GiveUp::TimedOut);
         let evidence = if unanswered && self.is_invite() {
             // Only INVITE: one stray request a server ignores must not take it out.
             Evidence::Unanswered {
@@ -657,8 +652,12 @@ impl ResponseContext {
         self.failover_at = None;
         self.actions.push_back(Action::Retried(hp.clone()));
         if let Some(b) = self.branch.take() {
-            self.actions.push_back(Action::BranchGone(b.key.clone()));
-            self.given_up = Some(b);
+            if why == GiveUp::Silent && matches!(b.client, Client::Invite(_)) {
+                // Its key stays mapped to this transaction: what it sends late is ours.
+                self.ghosts.push(Ghost::new(b, self.timers));
+            } else {
+                self.actions.push_back(Action::BranchGone(b.key));
+            }
         }
         Some(hp)
     }

@@ -124,6 +124,12 @@ fn context_for(msg: Message, pairs: &Pairs, now: Instant) -> (ResponseContext, V
     (ctx, actions)
 }
 
+/// Feeds a response to the context by the client key it names, as the dispatcher does.
+fn respond_on(ctx: &mut ResponseContext, msg: &Message, pairs: &Pairs, now: Instant) {
+    let key = ClientKey::of_response(msg).unwrap();
+    ctx.handle_response(&key, msg, pairs, now);
+}
+
 fn drain(ctx: &mut ResponseContext) -> Vec<Action> {
     std::iter::from_fn(|| ctx.poll_action()).collect()
 }
@@ -185,8 +191,8 @@ fn provisional_and_final_are_relayed_and_a_non_2xx_is_acked() {
     let now = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, now);
     let b = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, now);
-    ctx.handle_response(&response(486, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(180, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(486, &b, "INVITE"), &pairs, now);
     let actions = drain(&mut ctx);
     assert_eq!(
         to_client(&actions),
@@ -208,7 +214,7 @@ fn a_503_is_never_relayed_the_other_member_gets_the_request() {
     let now = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, now);
     let b = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(503, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(503, &b, "INVITE"), &pairs, now);
     let actions = drain(&mut ctx);
     assert!(to_client(&actions).is_empty());
     assert_eq!(located(&actions).as_deref(), Some(BACKUP));
@@ -220,7 +226,7 @@ fn a_503_is_never_relayed_the_other_member_gets_the_request() {
     }));
     // The backup answers 503 too: no third try, and 500 goes to the client (16.7 step 6).
     let b2 = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(503, &b2, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(503, &b2, "INVITE"), &pairs, now);
     let actions = drain(&mut ctx);
     assert_eq!(to_client(&actions), [(500, Origin::Local)]);
     assert!(located(&actions).is_none());
@@ -234,7 +240,7 @@ fn the_best_failure_of_the_members_tried_is_answered() {
     let t0 = Instant::now();
     let (mut ctx, actions) = context("OPTIONS", &pairs, t0);
     let b = start(&mut ctx, &actions, t0);
-    ctx.handle_response(&response(100, &b, "OPTIONS"), &pairs, t0);
+    respond_on(&mut ctx, &response(100, &b, "OPTIONS"), &pairs, t0);
     let mut actions = Vec::new();
     while let Some(next) = ctx.poll_timeout() {
         ctx.handle_timeout(&pairs, next);
@@ -259,7 +265,7 @@ fn when_the_other_member_refuses_the_slow_one_is_waited_for_again() {
     assert!(to_client(&actions).is_empty(), "{actions:?}");
     assert_eq!(ctx.branch_key(), Some(&ClientKey::new(&b)));
     // It does: its answer is the call's, relayed as any.
-    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(200, &b, "INVITE"), &pairs, t);
     assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
 }
 
@@ -270,7 +276,7 @@ fn a_503_with_the_other_member_down_gives_500() {
     let (mut ctx, actions) = context("OPTIONS", &pairs, now);
     let b = start(&mut ctx, &actions, now);
     pairs.up[1].set(false);
-    ctx.handle_response(&response(503, &b, "OPTIONS"), &pairs, now);
+    respond_on(&mut ctx, &response(503, &b, "OPTIONS"), &pairs, now);
     assert_eq!(to_client(&drain(&mut ctx)), [(500, Origin::Local)]);
 }
 
@@ -293,7 +299,7 @@ fn no_answer_before_the_failover_timer_retries_on_the_other_member() {
     // The silent primary may still answer: its branch stays ours (no BranchGone).
     assert!(!actions.contains(&Action::BranchGone(ClientKey::new(&b))));
     let b2 = start(&mut ctx, &actions, t);
-    ctx.handle_response(&response(200, &b2, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(200, &b2, "INVITE"), &pairs, t);
     assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
 }
 
@@ -313,7 +319,7 @@ fn failed_over(pairs: &Pairs, t0: Instant) -> (ResponseContext, String, Instant)
 fn a_late_provisional_on_a_given_up_branch_is_cancelled() {
     let pairs = Pairs::both_up();
     let (mut ctx, b, t) = failed_over(&pairs, Instant::now());
-    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(180, &b, "INVITE"), &pairs, t);
     let actions = drain(&mut ctx);
     assert!(
         to_client(&actions).is_empty(),
@@ -336,9 +342,9 @@ fn a_late_provisional_on_a_given_up_branch_is_cancelled() {
     );
     assert!(sent[0].contains(&format!("branch={b}")));
     // Its 487 gets the hop-by-hop ACK; a second provisional no second CANCEL.
-    ctx.handle_response(&response(183, &b, "INVITE"), &pairs, t);
-    ctx.handle_response(&response(200, &b, "CANCEL"), &pairs, t);
-    ctx.handle_response(&response(487, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(183, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(200, &b, "CANCEL"), &pairs, t);
+    respond_on(&mut ctx, &response(487, &b, "INVITE"), &pairs, t);
     let sent = on_branch(&drain(&mut ctx));
     assert_eq!(sent.len(), 1);
     assert!(sent[0].starts_with("ACK sip:bob@example.com"), "{sent:?}");
@@ -348,7 +354,7 @@ fn a_late_provisional_on_a_given_up_branch_is_cancelled() {
 fn a_late_2xx_on_a_given_up_branch_is_acked_and_ended() {
     let pairs = Pairs::both_up();
     let (mut ctx, b, t) = failed_over(&pairs, Instant::now());
-    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(200, &b, "INVITE"), &pairs, t);
     let actions = drain(&mut ctx);
     assert!(
         to_client(&actions).is_empty(),
@@ -374,13 +380,13 @@ fn a_late_2xx_on_a_given_up_branch_is_acked_and_ended() {
     assert!(sent[1].contains("CSeq: 2 BYE\r\n"));
     assert!(sent[1].contains(&format!("branch={b}b")));
     // A retransmitted 2xx is ACKed again, without a second BYE; the BYE's 200 ends it.
-    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, t);
+    respond_on(&mut ctx, &response(200, &b, "INVITE"), &pairs, t);
     let again = on_branch(&drain(&mut ctx));
     assert_eq!(again.len(), 1);
     assert!(again[0].starts_with("ACK "));
     let mut bye_ok = response(200, &format!("{b}b"), "BYE");
     bye_ok = parse(&String::from_utf8_lossy(bye_ok.bytes()).replace("CSeq: 1 BYE", "CSeq: 2 BYE"));
-    ctx.handle_response(&bye_ok, &pairs, t);
+    respond_on(&mut ctx, &bye_ok, &pairs, t);
     assert!(drain(&mut ctx).is_empty());
     // Once Timer B of the given-up INVITE has run, its keys are forgotten.
     let mut gone = Vec::new();
@@ -406,7 +412,7 @@ fn a_member_that_answers_something_is_not_failed_over_by_the_timer() {
     let t0 = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, t0);
     let b = start(&mut ctx, &actions, t0);
-    ctx.handle_response(&response(100, &b, "INVITE"), &pairs, t0);
+    respond_on(&mut ctx, &response(100, &b, "INVITE"), &pairs, t0);
     ctx.handle_timeout(&pairs, t0 + FAILOVER);
     let actions = drain(&mut ctx);
     assert!(located(&actions).is_none(), "{actions:?}");
@@ -419,7 +425,7 @@ fn client_transaction_timeout_with_nothing_to_fail_over_to_is_408() {
     let t0 = Instant::now();
     let (mut ctx, actions) = context("OPTIONS", &pairs, t0);
     let b = start(&mut ctx, &actions, t0);
-    ctx.handle_response(&response(100, &b, "OPTIONS"), &pairs, t0);
+    respond_on(&mut ctx, &response(100, &b, "OPTIONS"), &pairs, t0);
     let mut t = t0;
     let mut seen = Vec::new();
     while let Some(next) = ctx.poll_timeout() {
@@ -446,7 +452,7 @@ fn cancel_before_a_provisional_waits_for_it() {
         drain(&mut ctx).is_empty(),
         "no CANCEL before a provisional (9.1)"
     );
-    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(180, &b, "INVITE"), &pairs, now);
     let actions = drain(&mut ctx);
     assert_eq!(to_client(&actions), [(180, Origin::Relayed)]);
     let sent = on_branch(&actions);
@@ -456,8 +462,8 @@ fn cancel_before_a_provisional_waits_for_it() {
     );
     assert!(sent[0].contains(&b));
     // The 487 from the branch is relayed; the CANCEL's own 200 is absorbed.
-    ctx.handle_response(&response(200, &b, "CANCEL"), &pairs, now);
-    ctx.handle_response(&response(487, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(200, &b, "CANCEL"), &pairs, now);
+    respond_on(&mut ctx, &response(487, &b, "INVITE"), &pairs, now);
     assert_eq!(to_client(&drain(&mut ctx)), [(487, Origin::Relayed)]);
 }
 
@@ -467,7 +473,7 @@ fn cancel_after_a_provisional_goes_out_at_once_and_once() {
     let now = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, now);
     let b = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(183, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(183, &b, "INVITE"), &pairs, now);
     drain(&mut ctx);
     ctx.handle_cancel(now);
     ctx.handle_cancel(now);
@@ -495,7 +501,7 @@ fn timer_c_cancels_then_answers_408() {
     let t0 = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, t0);
     let b = start(&mut ctx, &actions, t0);
-    ctx.handle_response(&response(180, &b, "INVITE"), &pairs, t0);
+    respond_on(&mut ctx, &response(180, &b, "INVITE"), &pairs, t0);
     drain(&mut ctx);
     let timers = Timers::default();
     assert_eq!(ctx.poll_timeout(), Some(t0 + timers.timer_c));
@@ -524,7 +530,7 @@ fn retransmissions_after_the_final_answer_get_it_again_then_linger() {
     let now = Instant::now();
     let (mut ctx, actions) = context("OPTIONS", &pairs, now);
     let b = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(200, &b, "OPTIONS"), &pairs, now);
+    respond_on(&mut ctx, &response(200, &b, "OPTIONS"), &pairs, now);
     let actions = drain(&mut ctx);
     let Some(ok) = actions.iter().find_map(|a| match a {
         Action::ToClient { bytes, .. } => Some(bytes.clone()),
@@ -547,7 +553,7 @@ fn an_ack_for_a_2xx_on_the_invite_branch_is_not_absorbed() {
     let now = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, now);
     let b = start(&mut ctx, &actions, now);
-    ctx.handle_response(&response(200, &b, "INVITE"), &pairs, now);
+    respond_on(&mut ctx, &response(200, &b, "INVITE"), &pairs, now);
     drain(&mut ctx);
     assert!(ctx.handle_retransmission(&request("ACK"), now));
     let linger = ctx.poll_linger(now).expect("INVITE answered 2xx lingers");
