@@ -8,59 +8,14 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sippool::config::HostPort;
 use sippool::dns::Locator;
 use support::dnsmasq::Dnsmasq;
 use support::pki::*;
+use support::pool::Instance;
 use support::*;
-
-/// One sippool process (the binary under test), killed when dropped.
-struct Instance {
-    ip: IpAddr,
-    child: Child,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Instance {
-    fn start(dir: &std::path::Path, name: &str, ip: IpAddr, shared: &str) -> Instance {
-        let config = format!(
-            "[instance]\nname = \"{name}\"\nadvertised_host = \"{ip}\"\n\
-             [[listen]]\ntransport = \"udp\"\naddress = \"{ip}:5060\"\n\
-             [[listen]]\ntransport = \"tls\"\naddress = \"{ip}:5061\"\n{shared}"
-        );
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sippool"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .expect("sippool starts");
-        Instance { ip, child }
-    }
-
-    /// Waits until the instance accepts TLS connections (its listeners are all bound).
-    async fn ready(&self) {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect((self.ip, 5061))
-            .await
-            .is_err()
-        {
-            assert!(start.elapsed() < WAIT, "instance {} did not start", self.ip);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// A call placed the RFC 3263 way: the targets in SRV order, the next one tried when a
 /// target gives no response within half a second. Returns the instance that carried it

@@ -22,6 +22,9 @@ use super::admission::Admission;
 use super::tables::Transactions;
 use super::transport::{Inbound, ReplyPath, Transports};
 
+/// How long an instance of the pool that did not take a relayed request is skipped.
+pub const RELAY_DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything the actors share. Read-mostly; the tables are concurrent maps.
 pub struct Core {
     /// Validated settings (listen addresses are the bound ones).
@@ -42,10 +45,12 @@ pub struct Core {
     pub limits: Limits,
     /// DNS (RFC 3263) for upstream and route names.
     pub locator: crate::dns::Locator,
-    /// Flow tokens (Path, Record-Route).
-    pub flows: crate::sip::flow::FlowKeys,
     /// The transaction tables.
     pub txns: Transactions,
+    /// Instances of the pool that did not take a request relayed to them, and until when
+    /// they are skipped (requests for their UDP flows go straight to the phone, for their
+    /// connections 430 at once).
+    relay_down: DashMap<SocketAddr, std::time::Instant>,
     /// Where received messages go (the dispatcher, installed at start-up).
     inbound: OnceLock<Box<dyn Fn(Inbound) + Send + Sync>>,
     tx_supervisor: OnceLock<ActorCell>,
@@ -78,12 +83,29 @@ impl Core {
             .flow_key
             .clone()
             .unwrap_or_else(|| (0..32).map(|_| rand::random::<u8>()).collect());
+        let identity = super::host::complete_identity(settings.identity());
+        // Where the other instances of the pool relay requests for our flows: written into
+        // every token we hand out.
+        let relay = crate::config::relay_address(
+            settings.pool.as_ref().and_then(|p| p.relay_address),
+            &identity.listeners,
+            &identity.advertised_host,
+            identity.addresses(),
+        );
+        if settings.pool.is_some() && relay.is_none() {
+            tracing::warn!(
+                event = "no_relay_address",
+                "no address for the other instances to relay requests for this instance's flows; set pool.relay_address"
+            );
+        }
+        let identity = identity.with_flows(
+            crate::sip::FlowKeys::new(&secret, rand::random::<u32>()).with_instance(relay),
+        );
         Ok(Core {
             tls,
             tls_names: DashMap::new(),
-            flows: crate::sip::flow::FlowKeys::new(&secret, rand::random::<u32>()),
             locator,
-            identity: super::host::complete_identity(settings.identity()),
+            identity,
             router: settings.router(),
             upstreams: Arc::new(Upstreams::new(&settings.pairs, settings.failover_bounds)),
             started: std::time::SystemTime::now(),
@@ -94,6 +116,7 @@ impl Core {
                 max_headers: settings.limits.max_headers,
             },
             txns: Transactions::default(),
+            relay_down: DashMap::new(),
             inbound: OnceLock::new(),
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
@@ -147,10 +170,14 @@ impl Core {
     /// it: its connection, or its UDP source when the sender asked for rport (behind NAT).
     pub fn flow_token_for(&self, inbound: &Inbound) -> Option<String> {
         match &inbound.reply {
-            ReplyPath::Stream(c) => Some(self.flows.token(c.transport, c.id, c.peer)),
+            ReplyPath::Stream(c) => Some(self.identity.flows().token(c.transport, c.id, c.peer)),
             ReplyPath::Udp(_) => {
                 let rport = matches!(inbound.msg.top_via(), Some(Ok(v)) if v.rport().is_some());
-                rport.then(|| self.flows.token(Transport::Udp, 0, inbound.source))
+                rport.then(|| {
+                    self.identity
+                        .flows()
+                        .token(Transport::Udp, 0, inbound.source)
+                })
             }
         }
     }
@@ -170,32 +197,60 @@ impl Core {
         }
     }
 
-    /// Where a flow token leads: the target, and the connection for a stream flow.
-    /// `Err(403)` for a token that is not ours, `Err(430)` for a flow that is gone.
+    /// [`crate::sip::proxy::decide`] for a received request, with what this instance has
+    /// learnt about the other instances of its pool: one that did not take a relayed
+    /// request lately is not relayed to again for [`RELAY_DOWN_FOR`].
+    pub fn decide(&self, rx: crate::sip::proxy::Received<'_>) -> crate::sip::proxy::Decision {
+        let d = crate::sip::proxy::decide(rx, &self.identity, &self.router);
+        let Some(to) = d.relay_target() else { return d };
+        let down = self
+            .relay_down
+            .get(&to.addr)
+            .is_some_and(|until| *until > std::time::Instant::now());
+        let outcome = if down { "skipped" } else { "relayed" };
+        self.count_relay(outcome);
+        if down {
+            d.relay_unreachable()
+        } else {
+            d
+        }
+    }
+
+    /// An instance of the pool did not take a relayed request: skipped for a while.
+    pub fn relay_failed(&self, to: SocketAddr) {
+        tracing::warn!(event = "relay_failed", instance = %to);
+        self.count_relay("failed");
+        self.relay_down
+            .insert(to, std::time::Instant::now() + RELAY_DOWN_FOR);
+    }
+
+    fn count_relay(&self, outcome: &'static str) {
+        self.metrics
+            .relays
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Where a flow of this process leads (the token was checked by
+    /// [`crate::sip::proxy::decide`]): the target, and the connection for a stream flow;
+    /// `None` when that connection is gone.
     pub fn flow_target(
         &self,
-        token: &str,
-    ) -> Result<
-        (
-            super::transport::Target,
-            Option<super::transport::ConnHandle>,
-        ),
-        u16,
-    > {
-        let flow = self.flows.verify(token).map_err(|_| 403u16)?;
-        if flow.epoch != self.flows.epoch() {
-            return Err(430);
-        }
+        flow: &crate::sip::Flow,
+    ) -> Option<(
+        super::transport::Target,
+        Option<super::transport::ConnHandle>,
+    )> {
         let target = super::transport::Target {
             transport: flow.transport,
             addr: flow.peer,
         };
         if flow.transport == Transport::Udp {
-            return Ok((target, None));
+            return Some((target, None));
         }
         match self.transports.conn_by_id(flow.conn) {
-            Some(c) if c.peer == flow.peer => Ok((target, Some(c))),
-            _ => Err(430),
+            Some(c) if c.peer == flow.peer => Some((target, Some(c))),
+            _ => None,
         }
     }
 

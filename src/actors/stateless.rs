@@ -77,7 +77,7 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
         flow_token: token.as_deref(),
     };
-    let plan = match proxy::decide(rx, &core.identity, &core.router) {
+    let plan = match core.decide(rx) {
         Decision::Forward(plan) => plan,
         // An ACK is never answered: what would have been the response is the reason.
         Decision::Respond(r) => {
@@ -104,9 +104,11 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
     let hp = match &plan.destination {
         proxy::Destination::Pair(i) => core.upstreams.active_member(*i).cloned(),
         proxy::Destination::Host(hp) => Some(hp.clone()),
-        proxy::Destination::Flow(token) => {
+        // An ACK for a 2xx toward a phone whose flow another instance holds: to it.
+        proxy::Destination::Relay { instance, .. } => Some(crate::sip::HostPort::from(*instance)),
+        proxy::Destination::Flow { flow, .. } => {
             // An ACK for a 2xx toward a phone: over its flow, if it is still there.
-            if let Ok(target) = core.flow_target(token) {
+            if let Some(target) = core.flow_target(flow) {
                 let bytes = plan.build(msg, &core.identity, target.0.transport, &branch);
                 let _ = match target.1 {
                     Some(conn) => conn.send(bytes),

@@ -185,7 +185,7 @@ impl TxState {
             from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
             flow_token: token.as_deref(),
         };
-        let decision = proxy::decide(rx, &core.identity, &core.router);
+        let decision = core.decide(rx);
         match &decision {
             Decision::Drop(reason) => core.metrics.message_dropped(reason_label(reason)),
             Decision::Forward(plan) if plan.issues_flow_token() => core.flow_issued(&inbound.reply),
@@ -202,7 +202,15 @@ impl TxState {
         self.received = received;
         let settings = &core.settings;
         let mut ctx =
-            ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout);
+            ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout)
+                .with_relay_timeout(
+                    settings
+                        .pool
+                        .as_ref()
+                        .map_or(proxy::response_context::DEFAULT_RELAY_TIMEOUT, |p| {
+                            p.relay_timeout
+                        }),
+                );
         ctx.handle_request(decision, core.upstreams.as_ref(), now);
         self.ctx = Some(ctx);
     }
@@ -315,16 +323,13 @@ impl TxState {
                         }
                     }
                 }
-                Action::Flow(token) => {
-                    let refused = match core.flow_target(&token) {
-                        Ok((target, conn)) => {
-                            (!self.open_branch(myself, target, conn, now).await).then_some(false)
-                        }
-                        Err(403) => Some(true),
-                        Err(_) => Some(false),
+                Action::Flow(flow) => {
+                    let opened = match core.flow_target(&flow) {
+                        Some((target, conn)) => self.open_branch(myself, target, conn, now).await,
+                        None => false,
                     };
-                    if let (Some(forged), Some(c)) = (refused, &mut self.ctx) {
-                        c.handle_flow_refused(forged, now);
+                    if let (false, Some(c)) = (opened, &mut self.ctx) {
+                        c.handle_flow_refused(now);
                     }
                 }
                 Action::ToBranch { key, bytes } => {
@@ -357,6 +362,7 @@ impl TxState {
                     self.links.retain(|l| l.key != key);
                     self.keys.retain(|k| *k != key);
                 }
+                Action::RelayFailed(to) => core.relay_failed(to.addr),
                 Action::Evidence {
                     pair,
                     member,

@@ -17,13 +17,15 @@ use std::path::Path;
 pub use crate::sip::addr::{HostPort, Listener};
 pub use crate::sip::proxy::{Pair, StaticRoute};
 
+mod pool;
 mod schema;
 mod validate;
 
+pub use pool::{relay_address, PoolSettings};
 pub use schema::{
     Config, DnsConfig, FlowConfig, HealthConfig, HttpConfig, InstanceConfig, KeepaliveConfig,
-    LimitsConfig, ListenConfig, OverloadConfig, PairConfig, RoutingConfig, RuntimeConfig,
-    StaticRouteConfig, TimersConfig, TlsConfig,
+    LimitsConfig, ListenConfig, OverloadConfig, PairConfig, PoolConfig, RoutingConfig,
+    RuntimeConfig, StaticRouteConfig, TimersConfig, TlsConfig,
 };
 pub use validate::{ClientAuth, Keepalive, Settings, TlsSettings};
 

@@ -55,6 +55,41 @@ pub struct Config {
     /// Flow tokens.
     #[serde(default)]
     pub flow: Option<FlowConfig>,
+    /// The pool this instance belongs to (absent: Record-Route names this instance).
+    #[serde(default)]
+    pub pool: Option<PoolConfig>,
+}
+
+/// `[pool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The pool's DNS name, the one clients find instances by (SRV/A). Record-Route entries
+    /// name it, so that in-dialog requests reach whichever instance DNS picks and a call
+    /// outlives the instance that set it up. Needs `flow.token_key`.
+    pub name: String,
+    /// Which Record-Route entries name the pool: `both` (entries facing endpoints and
+    /// servers) or `endpoints` (servers reach this instance by its own address).
+    #[serde(default = "default_pool_record_route")]
+    pub record_route: String,
+    /// How long a request relayed to the instance holding a phone's flow waits for that
+    /// instance's first answer before 430 Flow Failed.
+    #[serde(default = "default_relay_timeout_ms")]
+    pub relay_timeout_ms: u64,
+    /// Where the other instances relay requests for this instance's flows, written into
+    /// its flow tokens: `ip:port;transport=udp|tcp`. Defaults to a UDP (else TCP)
+    /// listener's address, or for a wildcard listener the advertised host or an interface
+    /// address with that listener's port.
+    #[serde(default)]
+    pub relay_address: Option<String>,
+}
+
+fn default_pool_record_route() -> String {
+    "both".into()
+}
+
+fn default_relay_timeout_ms() -> u64 {
+    2000
 }
 
 /// `[flow]`

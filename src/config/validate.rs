@@ -58,8 +58,12 @@ impl Settings {
     /// This instance's identity: its advertised host, listeners and configured names (the
     /// shell adds what it learns from the host: its name and interface addresses).
     pub fn identity(&self) -> LocalIdentity {
-        LocalIdentity::new(self.advertised_host.clone(), self.listeners.clone())
-            .with_names(&self.names)
+        let identity = LocalIdentity::new(self.advertised_host.clone(), self.listeners.clone())
+            .with_names(&self.names);
+        match &self.pool {
+            Some(p) => identity.with_pool(&p.name, p.sides),
+            None => identity,
+        }
     }
 
     /// The routing table: pairs, static routes and the serving pair.
@@ -107,6 +111,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Flow-token key (`None`: a random key per process).
     pub flow_key: Option<Vec<u8>>,
+    /// The pool this instance belongs to, if configured.
+    pub pool: Option<super::pool::PoolSettings>,
     /// DNS servers to ask (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// DNS query timeout.
@@ -194,23 +200,7 @@ impl Config {
         };
         let mut names = Vec::with_capacity(self.instance.names.len());
         for (i, n) in self.instance.names.iter().enumerate() {
-            let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
-            let valid = !n.is_empty()
-                && n.len() <= 253
-                && n.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !valid {
-                return Err(err(
-                    format!("instance.names[{i}]"),
-                    format!("'{n}' is not a DNS name (letters, digits, '-' and '.', no port)"),
-                ));
-            }
-            names.push(n);
+            names.push(super::pool::dns_name(&format!("instance.names[{i}]"), n)?);
         }
         if self.pair.is_empty() {
             return Err(err("pair", "at least one [[pair]] is required"));
@@ -437,7 +427,12 @@ impl Config {
                 count: k.count,
             })
         };
+        let pool = match &self.pool {
+            Some(p) => Some(super::pool::validate(p, flow_key.is_some())?),
+            None => None,
+        };
         Ok(Settings {
+            pool,
             keepalive,
             flow_key,
             tls,

@@ -169,6 +169,9 @@ pub struct Metrics {
     pub ghost_branches: Family<OutcomeLabels, Counter>,
     /// Datagrams the network refused (ICMP port/host/net unreachable), by reason.
     pub unreachable: Family<ReasonLabels, Counter>,
+    /// Requests for a flow another instance of the pool holds, by outcome (`relayed`: sent
+    /// to it; `failed`: it did not take one; `skipped`: it was known not to).
+    pub relays: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -208,6 +211,7 @@ impl Metrics {
             stun_requests: Family::default(),
             ghost_branches: Family::default(),
             unreachable: Family::default(),
+            relays: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -321,6 +325,11 @@ impl Metrics {
             "destinations_unreachable",
             "Datagrams the network refused (ICMP unreachable), by reason",
             m.unreachable.clone(),
+        );
+        registry.register(
+            "pool_relays",
+            "Requests for a flow another instance of the pool holds, by outcome",
+            m.relays.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -31,6 +31,18 @@ impl HostPort {
     }
 }
 
+impl From<Target> for HostPort {
+    /// The next hop at a resolved address (its port written: no SRV lookup).
+    fn from(t: Target) -> Self {
+        HostPort {
+            host: t.addr.ip().to_string(),
+            port: t.addr.port(),
+            transport: t.transport,
+            explicit_port: true,
+        }
+    }
+}
+
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {

@@ -24,6 +24,9 @@ pub struct RequestEdits {
     pub top_via: Option<String>,
     /// The Max-Forwards value to write (decremented, or 70 when absent).
     pub max_forwards: u8,
+    /// A Route value to insert above the ones kept: the next hop's, when the request is
+    /// relayed to the instance of the pool that holds a flow.
+    pub route: Option<String>,
     /// Route values to drop from the top (ours).
     pub drop_top_routes: usize,
     /// Route value to drop from the bottom (strict-router compatibility).
@@ -54,6 +57,9 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
     }
     if let Some(p) = &edits.path {
         put_header(&mut out, "Path", p);
+    }
+    if let Some(r) = &edits.route {
+        put_header(&mut out, "Route", r);
     }
     let mut via_done = false;
     let mut routes_seen = 0usize;
@@ -229,6 +235,9 @@ fn hop_request(
     }
     out.put_slice(b" SIP/2.0\r\n");
     put_header(&mut out, "Via", via);
+    if let Some(r) = &edits.route {
+        put_header(&mut out, "Route", r);
+    }
     let total_routes = invite.list_values(HeaderName::Route).len();
     let mut routes_seen = 0usize;
     for h in invite.headers() {

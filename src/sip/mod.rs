@@ -28,5 +28,5 @@ pub(crate) mod via;
 
 pub use addr::{HostPort, Listener, Target};
 pub use dispatch::{dispatch, Dispatch, TransactionTables};
-pub use flow::{Flow, FlowError, FlowKeys};
+pub use flow::{Flow, FlowError, FlowKeys, Place};
 pub use via::{Via, ViaError, ViaIndex};

@@ -5,6 +5,7 @@
 
 pub mod dnsmasq;
 pub mod pki;
+pub mod pool;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -2,14 +2,45 @@
 //! Route entry that names it), and how it writes itself into Via, Record-Route and Path.
 //!
 //! Owns the instance's own names; the names come from configuration and start-up (the host
-//! name, the interfaces' addresses) and never change while a request is handled.
+//! name, the interfaces' addresses) and never change while a request is handled. Owns too
+//! the pool this instance belongs to: its name, which Record-Route entries carry so that a
+//! dialog outlives the instance that set it up, and the flow-token keys every instance of
+//! the pool shares.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::sip::addr::Listener;
+use crate::sip::addr::{Listener, Target};
+use crate::sip::flow::FlowKeys;
 use crate::sip::transport::Transport;
 use crate::sip::uri::SipUri;
+
+/// The side of the proxy a Record-Route entry faces: who reads it and sends requests to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Endpoints (phones, gateways), which find the pool by DNS.
+    Endpoints,
+    /// The upstream servers.
+    Servers,
+}
+
+/// Which Record-Route entries name the pool rather than this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolSides {
+    /// Entries facing endpoints and servers: both find the pool by DNS.
+    Both,
+    /// Only entries facing endpoints; servers reach this instance by its own address.
+    Endpoints,
+}
+
+/// The pool this instance belongs to (RFC 3263: the name clients find it by SRV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// The pool's DNS name, lower-case, no trailing dot.
+    pub name: String,
+    /// Which Record-Route entries name it.
+    pub sides: PoolSides,
+}
 
 /// Who this instance is on the wire: the host and ports it advertises, and every name and
 /// address it is known by.
@@ -25,6 +56,10 @@ pub struct LocalIdentity {
     names: Vec<String>,
     /// The host's own interface addresses, for listeners bound to `0.0.0.0` or `::`.
     addresses: Vec<IpAddr>,
+    /// The pool, when Record-Route entries name it.
+    pool: Option<Pool>,
+    /// Flow-token keys (the pool's shared key, this process's epoch and relay address).
+    flows: FlowKeys,
 }
 
 impl LocalIdentity {
@@ -36,7 +71,37 @@ impl LocalIdentity {
             listeners,
             names: Vec::new(),
             addresses: Vec::new(),
+            pool: None,
+            flows: FlowKeys::random(),
         }
+    }
+
+    /// Adds the pool: its name is this instance's too, and Record-Route entries facing
+    /// `sides` name it instead of this instance.
+    pub fn with_pool(mut self, name: &str, sides: PoolSides) -> Self {
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            return self;
+        }
+        self = self.with_names([&name]);
+        self.pool = Some(Pool { name, sides });
+        self
+    }
+
+    /// Uses these flow-token keys (by default, random ones only this process can read).
+    pub fn with_flows(mut self, flows: FlowKeys) -> Self {
+        self.flows = flows;
+        self
+    }
+
+    /// The flow-token keys.
+    pub fn flows(&self) -> &FlowKeys {
+        &self.flows
+    }
+
+    /// The pool, if one is configured.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.as_ref()
     }
 
     /// Adds names this instance is known by (empty ones are skipped).
@@ -63,6 +128,11 @@ impl LocalIdentity {
             }
         }
         self
+    }
+
+    /// The host's interface addresses it was given.
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
     }
 
     /// The names this instance is known by besides its advertised host.
@@ -99,34 +169,46 @@ impl LocalIdentity {
         )
     }
 
-    /// Our Record-Route (or Path) value carrying a flow token in its user part.
-    pub fn flow_uri(&self, t: Transport, token: &str, ob: bool) -> String {
+    /// Our Path value carrying a flow token in its user part (RFC 3327). It names this
+    /// instance, not the pool: the registrar must reach the instance holding the flow.
+    pub fn path(&self, t: Transport, token: &str, ob: bool) -> String {
         let ob = if ob { ";ob" } else { "" };
-        match t {
-            Transport::Udp => format!(
-                "<sip:{token}@{}:{};lr{ob}>",
-                self.host_text(),
-                self.port_for(t)
-            ),
-            _ => format!(
-                "<sip:{token}@{}:{};transport={};lr{ob}>",
+        format!(
+            "<sip:{token}@{}:{}{};lr{ob}>",
+            self.host_text(),
+            self.port_for(t),
+            transport_param(t)
+        )
+    }
+
+    /// Our Record-Route value for the side of the proxy facing `side` over transport `t`,
+    /// with a flow token in its user part when the side is a phone's flow. It names the
+    /// pool, without a port (the side finds an instance by SRV, RFC 3263), when the pool
+    /// is configured for that side; else this instance.
+    pub fn record_route(&self, t: Transport, side: Side, token: Option<&str>) -> String {
+        let user = token.map_or(String::new(), |t| format!("{t}@"));
+        match self.pool_for(side) {
+            Some(pool) => format!("<sip:{user}{pool}{};lr>", transport_param(t)),
+            None => format!(
+                "<sip:{user}{}:{}{};lr>",
                 self.host_text(),
                 self.port_for(t),
-                t.uri_param()
+                transport_param(t)
             ),
         }
     }
 
-    /// Our Record-Route value for the side of the proxy that faces transport `t`.
-    pub fn record_route(&self, t: Transport) -> String {
-        match t {
-            Transport::Udp => format!("<sip:{}:{};lr>", self.host_text(), self.port_for(t)),
-            _ => format!(
-                "<sip:{}:{};transport={};lr>",
-                self.host_text(),
-                self.port_for(t),
-                t.uri_param()
-            ),
+    /// Whether the entries facing the two sides name different hosts (one the pool, the
+    /// other this instance): then each side needs its own entry.
+    pub fn sides_differ(&self) -> bool {
+        self.pool_for(Side::Endpoints) != self.pool_for(Side::Servers)
+    }
+
+    fn pool_for(&self, side: Side) -> Option<&str> {
+        let pool = self.pool.as_ref()?;
+        match (pool.sides, side) {
+            (PoolSides::Both, _) | (PoolSides::Endpoints, Side::Endpoints) => Some(&pool.name),
+            (PoolSides::Endpoints, Side::Servers) => None,
         }
     }
 
@@ -163,6 +245,28 @@ impl LocalIdentity {
     pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
         let t = uri.transport().unwrap_or(Transport::Udp);
         self.is_local(uri.host, uri.port, t)
+    }
+}
+
+/// The Route value that sends a request to another instance of the pool at `to`, on top of
+/// the entry naming the flow that instance holds.
+pub fn relay_route(to: Target) -> String {
+    let host = match to.addr.ip() {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!(
+        "<sip:{host}:{}{};lr>",
+        to.addr.port(),
+        transport_param(to.transport)
+    )
+}
+
+fn transport_param(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
     }
 }
 

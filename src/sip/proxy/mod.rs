@@ -16,7 +16,7 @@ mod router;
 mod validate;
 
 pub use branch::{fnv1a, loop_hash, new_branch, stateless_branch, Hop, BRANCH_PREFIX};
-pub use identity::LocalIdentity;
+pub use identity::{relay_route, LocalIdentity, Pool, PoolSides, Side};
 pub use router::{Destination, Member, Pair, Router, StaticRoute};
 
 use std::borrow::Cow;
@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::sip::builder::{self, RequestEdits};
+use crate::sip::flow::{looks_like_token, Place};
 use crate::sip::message::{name_addr_uri, HeaderName, Message, Method};
 use crate::sip::transport::Transport;
 use crate::sip::uri::{scheme_of, Scheme, SipUri};
@@ -59,6 +60,9 @@ impl Reject {
 }
 
 /// What to do with a request.
+// A decision lives for one request and is moved once, into its response context: boxing
+// the plan would cost an allocation per request to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Decision {
     /// Answer it locally with this response.
@@ -76,6 +80,36 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// The instance of the pool this decision relays to (it holds the flow the request is
+    /// for), if it does.
+    pub fn relay_target(&self) -> Option<crate::sip::addr::Target> {
+        match self {
+            Decision::Forward(Plan {
+                destination: Destination::Relay { instance, .. },
+                ..
+            }) => Some(*instance),
+            _ => None,
+        }
+    }
+
+    /// The instance this decision relays to is known not to take requests: a UDP flow is
+    /// sent to from here instead ([`Plan::relay_failed`]), a connection is answered 430
+    /// Flow Failed at once.
+    pub fn relay_unreachable(self) -> Decision {
+        match self {
+            Decision::Forward(mut plan) if plan.relay.is_some() => {
+                if plan.relay_failed().is_some() {
+                    Decision::Forward(plan)
+                } else {
+                    Decision::Respond(Reject::new(430, "Flow Failed"))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// A request on its way out: where, and how to write it once the outbound transport and
 /// branch are known.
 #[derive(Debug, Clone)]
@@ -88,6 +122,17 @@ pub struct Plan {
     pub record_route: bool,
     /// Transport the request arrived on.
     pub inbound: Transport,
+    /// For a request relayed to the instance holding a flow: how many Route entries are
+    /// ours in all, and the flow's token (to go straight to a UDP flow when that instance
+    /// is gone).
+    relay: Option<(usize, String)>,
+    /// Who the side it arrived on is (the Record-Route entry facing it names the pool or
+    /// this instance accordingly).
+    inbound_side: Side,
+    /// Who the side it leaves by is.
+    outbound_side: Side,
+    /// The two sides' Record-Route entries name different hosts (the pool, this instance).
+    sides_differ: bool,
     /// The inbound flow's token, for the Record-Route entry facing the sender (a phone;
     /// never an upstream server, which is reached by its address).
     pub flow_token: Option<String>,
@@ -111,6 +156,25 @@ impl Plan {
         self.flow_token.is_some() && (self.record_route || self.path)
     }
 
+    /// The instance this request was relayed to is gone or silent. A UDP flow (a NAT
+    /// binding) may still be reached from here: the plan then goes straight to it, with all
+    /// our Route entries consumed, and the flow is returned. `None` for a connection: only
+    /// its instance could reach it (430 Flow Failed).
+    pub fn relay_failed(&mut self) -> Option<crate::sip::flow::Flow> {
+        let Destination::Relay { flow, .. } = self.destination else {
+            return None;
+        };
+        if flow.transport != Transport::Udp {
+            return None;
+        }
+        let (all_ours, token) = self.relay.take()?;
+        self.edits.route = None;
+        self.edits.drop_top_routes = all_ours;
+        self.outbound_flow = Some(token.clone());
+        self.destination = Destination::Flow { token, flow };
+        Some(flow)
+    }
+
     /// Writes the forwarded request for `outbound` with `branch`.
     pub fn build(
         &self,
@@ -122,20 +186,21 @@ impl Plan {
         let mut edits = self.edits.clone();
         edits.via = identity.via(outbound, branch);
         if let Some(t) = self.flow_token.as_ref().filter(|_| self.path) {
-            edits.path = Some(identity.flow_uri(outbound, t, self.outbound_registration));
+            edits.path = Some(identity.path(outbound, t, self.outbound_registration));
         }
         if self.record_route {
             // The entry facing a phone carries its flow token, so that in-dialog requests
             // from upstream reach the phone over its own connection, whichever side of the
-            // dialog set it up.
-            let side = |t: Transport, token: &Option<String>| match token {
-                Some(token) => identity.flow_uri(t, token, false),
-                None => identity.record_route(t),
-            };
-            let inbound_rr = side(self.inbound, &self.flow_token);
+            // dialog set it up; an entry names the pool where that side finds us by DNS.
+            let inbound_rr =
+                identity.record_route(self.inbound, self.inbound_side, self.flow_token.as_deref());
             if self.double_record_route(outbound) {
                 // RFC 5658: one entry per side when the transport changes.
-                edits.record_route.push(side(outbound, &self.outbound_flow));
+                edits.record_route.push(identity.record_route(
+                    outbound,
+                    self.outbound_side,
+                    self.outbound_flow.as_deref(),
+                ));
                 edits.record_route.push(inbound_rr);
             } else {
                 edits.record_route.push(inbound_rr);
@@ -145,9 +210,13 @@ impl Plan {
     }
 
     /// Whether the request sent over `outbound` gets two Record-Route entries, one per
-    /// side (RFC 5658: the transport changes, or a side is a phone's flow).
+    /// side (RFC 5658: the transport changes, a side is a phone's flow, or one side's entry
+    /// names the pool and the other's this instance).
     fn double_record_route(&self, outbound: Transport) -> bool {
-        outbound != self.inbound || self.flow_token.is_some() || self.outbound_flow.is_some()
+        outbound != self.inbound
+            || self.flow_token.is_some()
+            || self.outbound_flow.is_some()
+            || self.sides_differ
     }
 
     /// How many Record-Route entries this proxy adds to the request sent over `outbound`.
@@ -342,21 +411,32 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
     // A flow token in our Route entries sends the request over that flow, toward the phone:
     // when the entry is not the first of ours (the phone's side of a double Record-Route)
     // or the request comes from an upstream server (a Path). Requests from the phone itself
-    // carry the token in the first of our entries and go the other way.
-    let mut flow: Option<String> = None;
+    // carry the token in the first of our entries and go the other way. An entry naming
+    // another instance of the pool (its Path) is ours too when it carries a token of the
+    // pool's in that place: the request goes to that instance's flow the same way.
+    let mut flow: Option<(usize, String)> = None;
     let first_ours = first_route;
     while first_route < usable_routes {
-        match route_uris.get(first_route) {
-            Some(Some(u)) if identity.is_local_uri(u) => {
-                if let Some(user) = u.user.filter(|u| crate::sip::flow::looks_like_token(u)) {
-                    if first_route > first_ours || rx.from_upstream {
-                        flow = Some(String::from_utf8_lossy(user).into_owned());
-                    }
-                }
-                first_route += 1;
-            }
-            _ => break,
+        let Some(Some(u)) = route_uris.get(first_route) else {
+            break;
+        };
+        let token = u
+            .user
+            .filter(|u| looks_like_token(u))
+            .map(|u| String::from_utf8_lossy(u).into_owned());
+        let toward_flow = first_route > first_ours || rx.from_upstream;
+        let ours = identity.is_local_uri(u)
+            || (toward_flow
+                && token
+                    .as_deref()
+                    .is_some_and(|t| identity.flows().verify(t).is_ok()));
+        if !ours {
+            break;
         }
+        if let Some(t) = token.filter(|_| toward_flow) {
+            flow = Some((first_route, t));
+        }
+        first_route += 1;
     }
     edits.drop_top_routes = first_route;
     if usable_routes > first_route && route_uris.get(first_route).is_some_and(Option::is_none) {
@@ -384,9 +464,27 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         Some(u) => SipUri::parse(u).ok(),
         None => ruri.clone(),
     };
+    let mut relay = None;
     let destination = match (next_route, flow) {
-        // Our own Route entry named a flow and nothing comes after it: over that flow.
-        (None, Some(token)) => Destination::Flow(token),
+        // Our own Route entry named a flow and nothing comes after it: over that flow, or
+        // to the instance of the pool that holds it.
+        (None, Some((at, token))) => match identity.flows().place(&token) {
+            Ok(Place::Here(flow)) => Destination::Flow { token, flow },
+            Ok(Place::Elsewhere { instance, flow }) => {
+                // Our entries above the flow's are done with; the flow's entry stays for
+                // the instance that holds it, under one naming that instance.
+                relay = Some((at, token));
+                edits.route = Some(relay_route(instance));
+                Destination::Relay { instance, flow }
+            }
+            // A UDP peer (a NAT binding) that no process holds any more: sent to from here,
+            // it may still get through. A connection that is gone is gone.
+            Ok(Place::Gone(flow)) if flow.transport == Transport::Udp => {
+                Destination::Flow { token, flow }
+            }
+            Ok(Place::Gone(_)) => return Decision::Respond(Reject::new(430, "Flow Failed")),
+            Err(_) => return Decision::Respond(Reject::new(403, "Invalid Flow Token")),
+        },
         _ => match router.destination(
             identity,
             next_route,
@@ -398,24 +496,51 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
             Err(r) => return Decision::Respond(r),
         },
     };
+    let toward_flow = matches!(
+        destination,
+        Destination::Flow { .. } | Destination::Relay { .. }
+    );
     // RFC 3327: a REGISTER from a phone gets a Path naming its flow, so that requests from
-    // the registrar come back to the phone over its own connection.
+    // the registrar come back to the phone over its own connection. A request on its way to
+    // a phone's flow came from a server or from another instance: no flow of its sender's
+    // is handed out.
     let inbound_flow = rx
         .flow_token
-        .filter(|_| !rx.from_upstream)
+        .filter(|_| !rx.from_upstream && !toward_flow)
         .map(str::to_string);
     let outbound_flow = match &destination {
-        Destination::Flow(t) => Some(t.clone()),
+        Destination::Flow { token, .. } => Some(token.clone()),
         _ => None,
     };
+    let inbound_side = if rx.from_upstream {
+        Side::Servers
+    } else {
+        Side::Endpoints
+    };
+    let outbound_side = match destination {
+        Destination::Flow { .. } => Side::Endpoints,
+        Destination::Pair(_) => Side::Servers,
+        Destination::Host(_) | Destination::Relay { .. } if rx.from_upstream => Side::Endpoints,
+        Destination::Host(_) | Destination::Relay { .. } => Side::Servers,
+    };
     edits.request_uri = request_uri_override;
+    let all_ours = edits.drop_top_routes;
+    if let Some((at, _)) = &relay {
+        edits.drop_top_routes = *at;
+    }
     // received / rport (RFC 3581, RFC 3261 section 18.2.1).
     edits.top_via = via.with_received(rx.source);
     Decision::Forward(Plan {
         destination,
         loop_hash: hash,
-        record_route: wants_record_route(msg),
+        // A relay to the instance holding a flow is one more hop of ours: that instance
+        // Record-Routes the request, this one need not stay on the path.
+        record_route: wants_record_route(msg) && relay.is_none(),
+        relay: relay.map(|(_, token)| (all_ours, token)),
         inbound: rx.transport,
+        inbound_side,
+        outbound_side,
+        sides_differ: identity.sides_differ() && inbound_side != outbound_side,
         path: *method == Method::Register && inbound_flow.is_some(),
         outbound_registration: *method == Method::Register && has_reg_id(msg),
         flow_token: inbound_flow,
@@ -456,5 +581,7 @@ pub fn cancelled_invite_key(cancel: &Message) -> Option<String> {
     key.strip_suffix("CANCEL").map(|k| format!("{k}INVITE"))
 }
 
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;

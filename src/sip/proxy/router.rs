@@ -4,7 +4,8 @@
 //! Owns the routing table as read-only data. The pair's *active member* is not here: the
 //! health layer knows it, and the shell resolves [`Destination::Pair`] against it.
 
-use crate::sip::addr::HostPort;
+use crate::sip::addr::{HostPort, Target};
+use crate::sip::flow::Flow;
 use crate::sip::transport::Transport;
 use crate::sip::uri::SipUri;
 
@@ -60,8 +61,22 @@ pub enum Destination {
     Pair(usize),
     /// A fixed next hop (static route or upstream from config).
     Host(HostPort),
-    /// The flow this token names (a phone's own connection), from our Route entry.
-    Flow(String),
+    /// A flow of this instance (a phone's own connection), named by the token in our Route
+    /// entry.
+    Flow {
+        /// The token, as written in the Route entry.
+        token: String,
+        /// What it names.
+        flow: Flow,
+    },
+    /// Another instance of the pool, which holds the flow our Route entry names: the
+    /// request is relayed to it (RFC 3261 section 16.4, our own Route entry on top).
+    Relay {
+        /// Where that instance takes relayed requests.
+        instance: Target,
+        /// The flow it holds.
+        flow: Flow,
+    },
 }
 
 /// The routing table: pairs, static routes and the serving pair.

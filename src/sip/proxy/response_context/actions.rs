@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::sip::addr::HostPort;
+use crate::sip::flow::Flow;
 use crate::sip::proxy::Member;
 use crate::sip::transaction::ClientKey;
 
@@ -91,10 +92,13 @@ pub enum Action {
     /// the transport found, or [`ResponseContext::handle_branch_failed`](super::ResponseContext::handle_branch_failed) when it cannot be
     /// found or reached.
     Locate(HostPort),
-    /// Find the flow this token names (RFC 5626), then call
+    /// Find the connection of this flow of ours (RFC 5626), then call
     /// [`ResponseContext::start_branch`](super::ResponseContext::start_branch) with its transport, or
-    /// [`ResponseContext::handle_flow_refused`](super::ResponseContext::handle_flow_refused) when the token or the flow is no good.
-    Flow(String),
+    /// [`ResponseContext::handle_flow_refused`](super::ResponseContext::handle_flow_refused) when it is gone.
+    Flow(Flow),
+    /// The instance of the pool a request was relayed to did not take it (unreachable, or
+    /// silent past the relay timer): the shell may skip it for a while.
+    RelayFailed(crate::sip::addr::Target),
     /// Send these bytes on the branch with this key (its connection, or by UDP): the
     /// current branch, or one given up for the other member.
     ToBranch {

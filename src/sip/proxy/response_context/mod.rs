@@ -7,8 +7,9 @@
 //! section 16 about what happens next: 100 Trying, relaying provisionals, the final
 //! response (503 never relayed: the other pair member is tried, else 500), CANCEL (not
 //! before a provisional, section 9.1), Timer C (section 16.8), the failover timer and the
-//! retry on the other member of a pair, 430 when a phone's flow fails, and what is left to
-//! linger after the final answer (the response bytes and a deadline).
+//! retry on the other member of a pair, 430 when a phone's flow fails (here, or at the
+//! instance of the pool a request is relayed to), and what is left to linger after the
+//! final answer (the response bytes and a deadline).
 //!
 //! It sends nothing and resolves nothing: it asks the shell to [`Action::Locate`] a server
 //! or open a [`Action::Flow`], to send bytes to the client or on the branch, and it reports
@@ -32,6 +33,8 @@ use super::{local_tag, Decision, Destination, LocalIdentity, Member, Plan, Rejec
 
 mod actions;
 mod ghost;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;
 
@@ -126,8 +129,16 @@ pub struct ResponseContext {
     ghosts: Vec<Ghost>,
     /// The best failure of the members tried so far (a local code: 408 or 500).
     failure: Option<u16>,
+    /// The request is relayed to the instance of the pool holding a phone's flow: when
+    /// that instance cannot be reached or is silent, the flow is as good as failed (430).
+    relay: bool,
+    /// How long a relayed request waits for a first answer from that instance.
+    relay_timeout: Duration,
     actions: VecDeque<Action>,
 }
+
+/// How long a relayed request waits for a first answer, unless set otherwise.
+pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ResponseContext {
     /// A context for a received request; `reliable` when it came over a stream.
@@ -158,8 +169,17 @@ impl ResponseContext {
             failover_at: None,
             ghosts: Vec::new(),
             failure: None,
+            relay: false,
+            relay_timeout: DEFAULT_RELAY_TIMEOUT,
             actions: VecDeque::new(),
         }
+    }
+
+    /// How long a request relayed to another instance of the pool waits for its first
+    /// answer before the client gets 430 Flow Failed.
+    pub fn with_relay_timeout(mut self, d: Duration) -> Self {
+        self.relay_timeout = d;
+        self
     }
 
     /// The request this context serves.
@@ -234,11 +254,15 @@ impl ResponseContext {
                 }
                 None => Some(hp.clone()),
             },
-            Destination::Flow(token) => {
-                let token = token.clone();
+            Destination::Flow { flow, .. } => {
+                let flow = *flow;
                 self.plan = Some(plan);
-                self.actions.push_back(Action::Flow(token));
+                self.actions.push_back(Action::Flow(flow));
                 return;
+            }
+            Destination::Relay { instance, .. } => {
+                self.relay = true;
+                Some(HostPort::from(*instance))
             }
         };
         self.plan = Some(plan);
@@ -299,6 +323,8 @@ impl ResponseContext {
                 .failover_timeout(pair, member)
                 .unwrap_or(self.failover_timeout);
             self.failover_at = Some(now + wait);
+        } else if self.relay {
+            self.failover_at = Some(now + self.relay_timeout);
         }
         Some((key, bytes))
     }
@@ -310,6 +336,9 @@ impl ResponseContext {
         if let Some(b) = &mut self.branch {
             b.client.terminate();
         }
+        if self.relay {
+            return self.relay_gone(false, now);
+        }
         self.note_failure(500);
         match self.failover_target(GiveUp::Failed, pairs, now) {
             Some(hp) => self.actions.push_back(Action::Locate(hp)),
@@ -317,19 +346,13 @@ impl ResponseContext {
         }
     }
 
-    /// The flow a Route token named cannot carry the request: `403` for a token that is not
-    /// ours, else 430 Flow Failed (RFC 5626 section 5.3), so the server tries another
-    /// registration.
-    pub fn handle_flow_refused(&mut self, forged: bool, now: Instant) {
+    /// The flow a Route token named is gone (its connection closed): 430 Flow Failed (RFC
+    /// 5626 section 5.3), so the server tries another registration.
+    pub fn handle_flow_refused(&mut self, now: Instant) {
         if let Some(b) = &mut self.branch {
             b.client.terminate();
         }
-        let r = if forged {
-            Reject::new(403, "Invalid Flow Token")
-        } else {
-            Reject::new(430, "Flow Failed")
-        };
-        self.respond(now, &r);
+        self.respond(now, &Reject::new(430, "Flow Failed"));
     }
 
     /// The request's bytes on the current branch, while its client transaction still
@@ -503,7 +526,8 @@ impl ResponseContext {
     /// The connection the branch used is gone before a final response came back and could
     /// not be reopened: as any transport error (see [`Self::handle_branch_failed`]).
     /// `phone_flow` when it was a phone's own flow, which cannot be reopened from here:
-    /// then 430 Flow Failed (RFC 5626 section 5.3).
+    /// then 430 Flow Failed (RFC 5626 section 5.3), as when the instance a request was
+    /// relayed to cannot be reached.
     pub fn handle_transport_error(
         &mut self,
         phone_flow: bool,
@@ -513,7 +537,9 @@ impl ResponseContext {
         if self.branch_request_in_progress().is_none() {
             return;
         }
-        if phone_flow {
+        if self.relay {
+            self.relay_gone(false, now);
+        } else if phone_flow {
             if let Some(b) = &mut self.branch {
                 b.client.terminate();
             }
@@ -537,7 +563,9 @@ impl ResponseContext {
         }
         if self.failover_at.is_some_and(|t| t <= now) {
             self.failover_at = None;
-            if self.branch.as_ref().is_some_and(|b| !b.answered) {
+            if self.relay && self.branch.as_ref().is_some_and(|b| !b.answered) {
+                self.relay_gone(true, now);
+            } else if self.branch.as_ref().is_some_and(|b| !b.answered) {
                 self.evidence(Evidence::Failed);
                 if let Some(hp) = self.failover_target(GiveUp::Silent, pairs, now) {
                     self.actions.push_back(Action::Locate(hp));
@@ -660,6 +688,34 @@ impl ResponseContext {
             }
         }
         Some(hp)
+    }
+
+    /// The instance a request was relayed to cannot be reached, or (`silent`) gave no
+    /// answer in time. A UDP flow is then sent to from here (see [`Plan::relay_failed`]);
+    /// for a connection the client gets 430 Flow Failed at once. A silent INVITE branch may
+    /// still answer and stays ours as a ghost (late provisional: CANCEL; late 2xx: ACK and
+    /// BYE); any other branch is forgotten.
+    fn relay_gone(&mut self, silent: bool, now: Instant) {
+        self.failover_at = None;
+        if let Some(Destination::Relay { instance, .. }) =
+            self.plan.as_ref().map(|p| &p.destination)
+        {
+            self.actions.push_back(Action::RelayFailed(*instance));
+        }
+        if let Some(mut b) = self.branch.take() {
+            if silent && matches!(b.client, Client::Invite(_)) {
+                self.ghosts.push(Ghost::new(b, self.timers));
+            } else {
+                b.client.terminate();
+                self.actions.push_back(Action::BranchGone(b.key));
+            }
+        }
+        if let Some(flow) = self.plan.as_mut().and_then(Plan::relay_failed) {
+            self.relay = false;
+            self.actions.push_back(Action::Flow(flow));
+            return;
+        }
+        self.respond(now, &Reject::new(430, "Flow Failed"));
     }
 
     /// Evidence about the member the current branch went to, if it went to one.
