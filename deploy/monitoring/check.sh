@@ -2,8 +2,9 @@
 # Checks of deploy/monitoring: the alert rules (promtool check rules), their unit tests
 # (promtool test rules: each alert fired from synthetic series, and silent on healthy
 # ones), the PrometheusRule in deploy/k8s generated from the same rules, the Grafana
-# dashboard's JSON, and every series the rules and the dashboard query against what the
-# release binary really exports (check_series.py). About 10 s.
+# dashboard's JSON and queries (promtool parses them), and every series the rules and the
+# dashboard query against what the release binary really exports (check_series.py).
+# About 5 s.
 #
 #   deploy/monitoring/check.sh        (needs: promtool from the Debian package prometheus;
 #                                      python3 with PyYAML; openssl)
@@ -31,9 +32,10 @@ fi
 echo "PrometheusRule: the same rules as sippool.rules.yml"
 
 # 3. The dashboard: valid JSON, panel ids unique, panels on the grid without overlapping,
-#    every query through the dashboard's data source variable.
-python3 - grafana-dashboard.json <<'PY'
-import json, sys
+#    every query through the dashboard's data source variable, and every query valid
+#    PromQL (Grafana's variables replaced, each query a recording rule for promtool).
+python3 - grafana-dashboard.json "$WORK/dashboard.rules.yml" <<'PY'
+import json, sys, yaml
 d = json.load(open(sys.argv[1]))
 panels = d["panels"]
 ids = [p["id"] for p in panels]
@@ -51,8 +53,19 @@ for p in panels:
         assert t["datasource"]["uid"] == "${datasource}", f"panel {p['title']}: data source"
 assert any(v["type"] == "datasource" and v["name"] == "datasource"
            for v in d["templating"]["list"]), "no datasource variable"
-print(f"dashboard: {len(panels)} panels, JSON and layout valid")
+grafana = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*"}
+records = []
+for p in panels:
+    for t in p["targets"]:
+        expr = t["expr"]
+        for var, value in grafana.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, f"panel {p['title']}: unknown variable in {expr}"
+        records.append({"record": f"dashboard:panel{p['id']}:{t['refId']}", "expr": expr})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}, open(sys.argv[2], "w"))
+print(f"dashboard: {len(panels)} panels, JSON and layout valid; its {len(records)} queries:")
 PY
+promtool check rules "$WORK/dashboard.rules.yml"
 
 # 4. Every series queried is one sippool exports.
 . "$ROOT/tests/e2e/lib.sh"
