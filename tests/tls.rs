@@ -437,6 +437,62 @@ async fn certificates_reload_on_file_change_and_open_connections_keep_going() {
     p.stop().await;
 }
 
+/// The value of `sippool_tls_certificate_expiry_timestamp_seconds` for a listener, read
+/// from the proxy's OpenMetrics text (what /metrics serves).
+fn expiry_metric(p: &Proxy, listener: std::net::SocketAddr) -> Option<i64> {
+    let series =
+        format!("sippool_tls_certificate_expiry_timestamp_seconds{{listener=\"{listener}\"}} ");
+    p.core()
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn certificate_expiry_metric_follows_the_certificate_in_use() {
+    let ca = ca("sippool expiry CA");
+    let ip = loopback(PROXY);
+    let dir = std::env::temp_dir().join(unique("sippool-expiry-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, first) = leaf_until(&ca, &ip.to_string(), (2031, 5, 17));
+    let cert_file = write(&dir, "server.pem", &cert);
+    let key_file = write(&dir, "server.key", &key);
+    let up = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "{}[tls]\ncert = \"{cert_file}\"\nkey = \"{key_file}\"\n",
+        pair(&up.uri(), "127.0.2.254:9")
+    );
+    let p = proxy_at(ip, &["udp", "tls"], &extra).await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    // 2031-05-17T00:00:00Z, as the certificate says, at start.
+    assert_eq!(first, 1_936_742_400);
+    assert_eq!(expiry_metric(&p, tls), Some(first));
+    // The series exist before the first reload, at zero (an alert takes their increase).
+    let reloads =
+        |outcome| sippool::metrics::Metrics::reason_value(&p.core().metrics.tls_reloads, outcome);
+    assert!(p
+        .core()
+        .metrics
+        .encode()
+        .contains("sippool_tls_reloads_total{reason=\"error\"} 0"));
+    // A renewed certificate: the metric moves with it at the reload.
+    let (cert, key, renewed) = leaf_until(&ca, &ip.to_string(), (2032, 1, 2));
+    write(&dir, "server.pem", &cert);
+    write(&dir, "server.key", &key);
+    p.core().reload_tls("SIGHUP");
+    assert_eq!(reloads("ok"), 1);
+    assert_eq!(expiry_metric(&p, tls), Some(renewed));
+    // A renewal that does not load changes nothing: the old certificate is still served.
+    let (cert, _, _) = leaf_until(&ca, &ip.to_string(), (2040, 1, 1));
+    write(&dir, "server.pem", &cert);
+    p.core().reload_tls("SIGHUP");
+    assert_eq!(reloads("error"), 1);
+    assert_eq!(expiry_metric(&p, tls), Some(renewed));
+    p.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn optional_client_auth_serves_anonymous_clients_and_checks_offered_certificates() {
     let (s, p, _up) = tls_proxy(Some("optional"), "").await;

@@ -101,7 +101,7 @@ impl Core {
         let identity = identity.with_flows(
             crate::sip::FlowKeys::new(&secret, rand::random::<u32>()).with_instance(relay),
         );
-        Ok(Core {
+        let core = Core {
             tls,
             tls_names: DashMap::new(),
             locator,
@@ -125,7 +125,54 @@ impl Core {
                 settings.limits.max_tls_handshakes,
             )),
             settings,
-        })
+        };
+        core.metrics.start_time.set(
+            core.started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+        // Series that alerts take the increase or the fall of exist from the start, at zero:
+        // the first event is then a change, not a new series.
+        for reason in crate::metrics::OVERLOAD_REASONS {
+            let _ = Metrics::reason_value(&core.metrics.overload_rejections, reason);
+        }
+        for kind in ["tcp", "tls"] {
+            let _ = core
+                .metrics
+                .flows
+                .get_or_create(&crate::metrics::KindLabels { kind });
+        }
+        if core.tls.is_some() {
+            for outcome in ["ok", "error"] {
+                let _ = Metrics::reason_value(&core.metrics.tls_reloads, outcome);
+            }
+        }
+        core.publish_tls_expiry();
+        Ok(core)
+    }
+
+    /// Sets the certificate expiry gauge of every TLS listener from the chain in use (or
+    /// of `upstream` when the certificate is only offered to servers).
+    fn publish_tls_expiry(&self) {
+        let Some(not_after) = self.tls.as_ref().and_then(|t| t.not_after()) else {
+            return;
+        };
+        let mut listeners: Vec<String> = self
+            .settings
+            .listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Tls)
+            .map(|l| l.address.to_string())
+            .collect();
+        if listeners.is_empty() {
+            listeners.push("upstream".into());
+        }
+        for listener in listeners {
+            self.metrics
+                .tls_certificate_expiry
+                .get_or_create(&crate::metrics::ListenerLabels { listener })
+                .set(not_after);
+        }
     }
 
     /// Sets the supervisors new actors are linked to (once, at start-up).
@@ -280,7 +327,12 @@ impl Core {
         let Some(tls) = &self.tls else { return };
         let outcome = match tls.reload() {
             Ok(()) => {
-                tracing::info!(event = "tls_reloaded", trigger = why);
+                self.publish_tls_expiry();
+                tracing::info!(
+                    event = "tls_reloaded",
+                    trigger = why,
+                    not_after = tls.not_after()
+                );
                 "ok"
             }
             Err(e) => {

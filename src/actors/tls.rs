@@ -61,19 +61,38 @@ fn identity(t: &TlsSettings) -> Result<Option<Identity>, ConfigError> {
     Ok(Some((chain, key)))
 }
 
-/// Both configurations from the PEM files, each file read once; every problem names its
-/// key.
+/// The earliest not-after (Unix seconds) among the certificates of a chain: the moment the
+/// chain stops being valid. `None` when no certificate in it can be parsed.
+pub fn chain_not_after(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    chain
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .min()
+}
+
+/// Both configurations from the PEM files, each file read once, and the expiry of our
+/// certificate chain; every problem names its key.
 fn configs(t: &TlsSettings) -> Result<Configs, ConfigError> {
     let id = identity(t)?;
+    let not_after = id.as_ref().and_then(|(chain, _)| chain_not_after(chain));
     let server = match &id {
         Some((chain, key)) => Some(server_config(t, (chain.clone(), key.clone_key()))?),
         None => None,
     };
-    Ok((server, client_config(t, id)?))
+    Ok((server, client_config(t, id)?, not_after))
 }
 
-/// The listeners' and the connectors' configurations (either may be absent).
-type Configs = (Option<Arc<ServerConfig>>, Option<Arc<ClientConfig>>);
+/// The listeners' and the connectors' configurations (either may be absent), and the
+/// not-after of our certificate chain (Unix seconds) when there is one.
+type Configs = (
+    Option<Arc<ServerConfig>>,
+    Option<Arc<ClientConfig>>,
+    Option<i64>,
+);
 
 /// Builds the listeners' TLS configuration around our certificate (TLS listeners need one;
 /// without it there is TLS only toward servers).
@@ -172,6 +191,7 @@ pub struct TlsContext {
     settings: TlsSettings,
     server: RwLock<Option<Arc<ServerConfig>>>,
     client: RwLock<Option<Arc<ClientConfig>>>,
+    not_after: RwLock<Option<i64>>,
     stamps: Mutex<Stamps>,
 }
 
@@ -179,10 +199,11 @@ impl TlsContext {
     /// Loads every configured file; an error names its config key.
     pub fn load(settings: TlsSettings) -> Result<TlsContext, ConfigError> {
         let stamps = stamps(&settings);
-        let (server, client) = configs(&settings)?;
+        let (server, client, not_after) = configs(&settings)?;
         Ok(TlsContext {
             server: RwLock::new(server),
             client: RwLock::new(client),
+            not_after: RwLock::new(not_after),
             stamps: Mutex::new(stamps),
             settings,
         })
@@ -208,17 +229,26 @@ impl TlsContext {
     /// Re-reads the files. On an error the configurations in use stay as they were.
     pub fn reload(&self) -> Result<(), ConfigError> {
         let stamps = stamps(&self.settings);
-        let (server, client) = configs(&self.settings)?;
+        let (server, client, not_after) = configs(&self.settings)?;
         if let Ok(mut s) = self.server.write() {
             *s = server;
         }
         if let Ok(mut c) = self.client.write() {
             *c = client;
         }
+        if let Ok(mut n) = self.not_after.write() {
+            *n = not_after;
+        }
         if let Ok(mut s) = self.stamps.lock() {
             *s = stamps;
         }
         Ok(())
+    }
+
+    /// When the certificate chain in use (`tls.cert`) stops being valid: the earliest
+    /// not-after of its certificates, Unix seconds. `None` without a certificate.
+    pub fn not_after(&self) -> Option<i64> {
+        self.not_after.read().ok().and_then(|n| *n)
     }
 
     /// Whether a file changed since the last (re)load.

@@ -119,6 +119,26 @@ pub struct ServerLabels {
     pub server: String,
 }
 
+/// The `reason` values of `sippool_overload_rejections_total` (every place that refuses
+/// work for overload counts under one of these): the series exist from the start, at zero.
+pub const OVERLOAD_REASONS: [&str; 7] = [
+    "draining",
+    "transactions",
+    "invite_rate",
+    "slow_message",
+    "connections",
+    "connections_per_ip",
+    "tls_handshakes",
+];
+
+/// `listener` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// A TLS listener's address (`ip:port`), or `upstream` for a certificate only offered
+    /// to upstream servers.
+    pub listener: String,
+}
+
 /// Every metric the proxy keeps.
 pub struct Metrics {
     registry: Registry,
@@ -172,6 +192,11 @@ pub struct Metrics {
     /// Requests for a flow another instance of the pool holds, by outcome (`relayed`: sent
     /// to it; `failed`: it did not take one; `skipped`: it was known not to).
     pub relays: Family<OutcomeLabels, Counter>,
+    /// Not-after of the certificate chain each TLS listener serves (the earliest of the
+    /// chain), Unix seconds; set at start and at every successful reload.
+    pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
+    /// When the process started, Unix seconds (a change means a restart).
+    pub start_time: Gauge,
 }
 
 impl Default for Metrics {
@@ -212,6 +237,8 @@ impl Metrics {
             ghost_branches: Family::default(),
             unreachable: Family::default(),
             relays: Family::default(),
+            tls_certificate_expiry: Family::default(),
+            start_time: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -330,6 +357,18 @@ impl Metrics {
             "pool_relays",
             "Requests for a flow another instance of the pool holds, by outcome",
             m.relays.clone(),
+        );
+        registry.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "Not-after of the certificate chain a TLS listener serves (earliest in the chain)",
+            prometheus_client::registry::Unit::Seconds,
+            m.tls_certificate_expiry.clone(),
+        );
+        registry.register_with_unit(
+            "start_time",
+            "When the process started, Unix time",
+            prometheus_client::registry::Unit::Seconds,
+            m.start_time.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -39,8 +39,26 @@ pub fn leaf(ca: &Ca, san: &str, client: bool) -> (String, String) {
     leaf_for(ca, &[san.to_string()], client)
 }
 
+/// A server leaf certificate and key (PEM) for `san` that is valid until the end of the
+/// day `(year, month, day)` (00:00 UTC); also the not-after as Unix seconds.
+pub fn leaf_until(ca: &Ca, san: &str, (year, month, day): (i32, u8, u8)) -> (String, String, i64) {
+    let not_after = rcgen::date_time_ymd(year, month, day);
+    let (cert, key) = leaf_with(ca, &[san.to_string()], false, |p| p.not_after = not_after);
+    (cert, key, not_after.unix_timestamp())
+}
+
 /// A leaf certificate and key (PEM) naming every one of `sans` (names or IP addresses).
 pub fn leaf_for(ca: &Ca, sans: &[String], client: bool) -> (String, String) {
+    leaf_with(ca, sans, client, |_| {})
+}
+
+/// As [`leaf_for`], with `adjust` applied to the parameters before signing.
+fn leaf_with(
+    ca: &Ca,
+    sans: &[String],
+    client: bool,
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(sans.to_vec()).unwrap();
     p.distinguished_name.push(
@@ -56,6 +74,7 @@ pub fn leaf_for(ca: &Ca, sans: &[String], client: bool) -> (String, String) {
             ExtendedKeyUsagePurpose::ClientAuth,
         ]
     };
+    adjust(&mut p);
     let cert = p.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
