@@ -246,7 +246,7 @@ impl Core {
 
     /// [`crate::sip::proxy::decide`] for a received request, with what this instance has
     /// learnt about the other instances of its pool: one that did not take a relayed
-    /// request lately is not relayed to again for [`RELAY_DOWN_FOR`].
+    /// request lately is not relayed to again for a while (`RELAY_DOWN_FOR`, 10 s).
     pub fn decide(&self, rx: crate::sip::proxy::Received<'_>) -> crate::sip::proxy::Decision {
         let d = crate::sip::proxy::decide(rx, &self.identity, &self.router);
         let Some(to) = d.relay_target() else { return d };
