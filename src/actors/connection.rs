@@ -332,7 +332,25 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
         ),
         _ => None,
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr))
+    let socket = if target.addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()
+    } else {
+        tokio::net::TcpSocket::new_v4()
+    }
+    .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
+    // The DSCP of the listener of that transport, from the SYN on.
+    let dscp = core
+        .identity
+        .listeners
+        .iter()
+        .find(|l| l.transport == target.transport)
+        .and_then(|l| l.dscp);
+    if let Some(d) = dscp {
+        if let Err(e) = super::sockopt::set_dscp(socket2::SockRef::from(&socket), target.addr, d) {
+            tracing::debug!(event = "dscp_not_set", error = %e);
+        }
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target.addr))
         .await
         .map_err(|_| SendError::ConnectFailed("timeout".into()))?
         .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
@@ -415,14 +433,14 @@ pub enum ConnOrUdp {
     Conn(ConnHandle),
 }
 
-/// Accepts TCP connections on a bound listener until the owning actor stops it; with an
-/// acceptor, each connection first completes a TLS handshake (bounded in time and in how
-/// many run at once).
+/// Accepts TCP connections on a bound listener until the owning actor stops it; each is
+/// admitted on a task of its own (see [`admit`]).
 pub fn spawn_accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
-    transport: Transport,
+    opts: crate::config::Listener,
 ) -> JoinHandle<()> {
+    let opts = Arc::new(opts);
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -439,54 +457,54 @@ pub fn spawn_accept_loop(
                 drop(stream);
                 continue;
             }
-            if core.transports.connections_from(peer.ip())
-                >= core.settings.limits.max_connections_per_ip
-            {
-                Metrics::count(&core.metrics.overload_rejections, "connections_per_ip");
-                tracing::debug!(event = "connection_refused", %peer, reason = "max_connections_per_ip");
-                drop(stream);
-                continue;
-            }
-            tune(&stream, core.settings.keepalive);
-            let core2 = core.clone();
-            // The current configuration: a reload applies from the next handshake on.
-            let acceptor = match transport {
-                Transport::Tls => match core.tls.as_ref().and_then(|t| t.acceptor()) {
-                    Some(a) => Some(a),
-                    None => continue,
-                },
-                _ => None,
-            };
-            match acceptor {
-                None => {
-                    tokio::spawn(async move {
-                        let _ =
-                            start_connection(&core2, inbound(Box::new(stream), peer, transport))
-                                .await;
-                    });
-                }
-                Some(acceptor) => {
-                    let Some(permit) = core.tls_handshake_permit() else {
-                        Metrics::count(&core.metrics.overload_rejections, "tls_handshakes");
-                        drop(stream);
-                        continue;
-                    };
-                    tokio::spawn(async move {
-                        let accepted =
-                            tls_handshake(&core2, peer, None, acceptor.accept(stream)).await;
-                        drop(permit);
-                        if let Ok(tls) = accepted {
-                            let _ = start_connection(
-                                &core2,
-                                inbound(Box::new(tls), peer, Transport::Tls),
-                            )
-                            .await;
-                        }
-                    });
-                }
-            }
+            tokio::spawn(admit(core.clone(), stream, peer, opts.clone()));
         }
     })
+}
+
+/// One accepted connection: on a PROXY protocol listener, its header first (the client's
+/// address); then the per-address cap, and for TLS a handshake (bounded in time and in how
+/// many run at once); then its connection actor.
+async fn admit(
+    core: Arc<Core>,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    opts: Arc<crate::config::Listener>,
+) {
+    if opts.proxy_protocol {
+        let deadline = Duration::from_millis(core.settings.limits.message_timeout_ms);
+        match super::proxy_protocol::read_header(&mut stream, peer, deadline).await {
+            Ok(client) => peer = client,
+            Err(why) => {
+                core.metrics.message_dropped("proxy_protocol_header");
+                tracing::info!(event = "connection_refused", %peer, reason = "proxy_protocol", problem = why.as_str());
+                return;
+            }
+        }
+    }
+    if core.transports.connections_from(peer.ip()) >= core.settings.limits.max_connections_per_ip {
+        Metrics::count(&core.metrics.overload_rejections, "connections_per_ip");
+        tracing::debug!(event = "connection_refused", %peer, reason = "max_connections_per_ip");
+        return;
+    }
+    tune(&stream, core.settings.keepalive);
+    if opts.transport != Transport::Tls {
+        let _ = start_connection(&core, inbound(Box::new(stream), peer, opts.transport)).await;
+        return;
+    }
+    // The current configuration: a reload applies from the next handshake on.
+    let Some(acceptor) = core.tls.as_ref().and_then(|t| t.acceptor()) else {
+        return;
+    };
+    let Some(permit) = core.tls_handshake_permit() else {
+        Metrics::count(&core.metrics.overload_rejections, "tls_handshakes");
+        return;
+    };
+    let accepted = tls_handshake(&core, peer, None, acceptor.accept(stream)).await;
+    drop(permit);
+    if let Ok(tls) = accepted {
+        let _ = start_connection(&core, inbound(Box::new(tls), peer, Transport::Tls)).await;
+    }
 }
 
 fn inbound(stream: Box<dyn Stream>, peer: SocketAddr, transport: Transport) -> NewConn {

@@ -20,6 +20,8 @@ pub(crate) mod fault;
 pub(crate) mod host;
 pub(crate) mod icmp;
 mod probe_net;
+pub(crate) mod proxy_protocol;
+pub(crate) mod sockopt;
 pub(crate) mod stateless;
 pub(crate) mod status;
 pub(crate) mod tables;
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::config::Settings;
+use crate::config::{Listener, Settings};
 use crate::sip::transport::Transport;
 
 pub use self::admission::Admission;
@@ -66,8 +68,8 @@ impl std::error::Error for StartError {}
 
 enum Bound {
     Udp(Arc<UdpSocket>),
-    /// A stream listener: TCP, or TLS over TCP.
-    Tcp(TcpListener, Transport),
+    /// A stream listener: TCP, or TLS over TCP, with its options.
+    Tcp(TcpListener, Listener),
 }
 
 impl Proxy {
@@ -84,14 +86,14 @@ impl Proxy {
         let mut sockets = Vec::with_capacity(settings.listeners.len());
         for l in settings.listeners.iter_mut() {
             let bound = match l.transport {
-                Transport::Udp => bind_udp(l.address).map(|s| Bound::Udp(Arc::new(s))),
-                Transport::Tcp => bind_tcp(l.address).map(|s| Bound::Tcp(s, Transport::Tcp)),
+                Transport::Udp => bind_udp(l.address, l.dscp).map(|s| Bound::Udp(Arc::new(s))),
+                Transport::Tcp => bind_tcp(l.address, l.dscp).map(|s| Bound::Tcp(s, l.clone())),
                 Transport::Tls if can_accept_tls => {
-                    bind_tcp(l.address).map(|s| Bound::Tcp(s, Transport::Tls))
+                    bind_tcp(l.address, l.dscp).map(|s| Bound::Tcp(s, l.clone()))
                 }
                 Transport::Tls => Err(std::io::Error::other("no tls.cert and tls.key")),
             };
-            let bound = bound.map_err(|e| {
+            let mut bound = bound.map_err(|e| {
                 tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
                 StartError(format!("SIP listener {} {} cannot start: {e}", l.transport, l.address))
             })?;
@@ -101,6 +103,9 @@ impl Proxy {
             }
             .map_err(|e| StartError(e.to_string()))?;
             l.address = actual;
+            if let Bound::Tcp(_, opts) = &mut bound {
+                opts.address = actual;
+            }
             sockets.push(bound);
         }
         let http_listener = match settings.http {
@@ -266,7 +271,7 @@ fn spawn_tls_watcher(core: std::sync::Weak<Core>, every: std::time::Duration) {
     });
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -280,18 +285,25 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     if let Err(e) = icmp::enable(&s, addr.is_ipv6()) {
         tracing::warn!(event = "icmp_errors_unavailable", %addr, error = %e);
     }
+    if let Some(d) = dscp {
+        sockopt::set_dscp(socket2::SockRef::from(&s), addr, d)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    // Accepted connections inherit it.
+    if let Some(d) = dscp {
+        sockopt::set_dscp(socket2::SockRef::from(&s), addr, d)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
@@ -334,11 +346,11 @@ impl Actor for RootSupervisor {
                     Actor::spawn_linked(None, udp::UdpListener, (core.clone(), sock), cell.clone())
                         .await?;
                 }
-                Bound::Tcp(listener, tls) => {
+                Bound::Tcp(listener, opts) => {
                     Actor::spawn_linked(
                         None,
                         tcp::TcpListenerActor,
-                        (core.clone(), listener, tls),
+                        (core.clone(), listener, opts),
                         cell.clone(),
                     )
                     .await?;

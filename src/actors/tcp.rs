@@ -21,15 +21,15 @@ pub struct TcpListenerState {
 impl Actor for TcpListenerActor {
     type Msg = ();
     type State = TcpListenerState;
-    type Arguments = (Arc<Core>, TcpListener, crate::sip::transport::Transport);
+    type Arguments = (Arc<Core>, TcpListener, crate::config::Listener);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
-        (core, listener, tls): Self::Arguments,
+        (core, listener, opts): Self::Arguments,
     ) -> Result<TcpListenerState, ActorProcessingErr> {
         Ok(TcpListenerState {
-            accept_loop: spawn_accept_loop(core, listener, tls),
+            accept_loop: spawn_accept_loop(core, listener, opts),
         })
     }
 

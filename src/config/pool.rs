@@ -146,10 +146,7 @@ mod tests {
     use super::*;
 
     fn l(t: Transport, a: &str) -> Listener {
-        Listener {
-            transport: t,
-            address: a.parse().unwrap(),
-        }
+        Listener::new(t, a.parse().unwrap())
     }
 
     #[test]

@@ -231,6 +231,21 @@ pub struct ListenConfig {
     pub transport: String,
     /// Socket address, IPv4 (`0.0.0.0:5060`) or IPv6 (`[::]:5060`).
     pub address: String,
+    /// Host written into Via, Record-Route and Path for traffic through this listener (a
+    /// public address per network interface); absent: `instance.advertised_host`.
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+    /// Port written with it; absent: the listener's own port.
+    #[serde(default)]
+    pub advertised_port: Option<u16>,
+    /// DSCP (0-63) of the SIP packets sent through this listener, e.g. 26 (AF31) or 46
+    /// (EF); IPv4 ToS and IPv6 traffic class; absent: the system's.
+    #[serde(default)]
+    pub dscp: Option<u8>,
+    /// tcp/tls only: every connection starts with a PROXY protocol v2 header from an L4
+    /// load balancer; connections without one are refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `[[pair]]`

@@ -175,10 +175,45 @@ impl Config {
                     format!("'{}' is not a socket address: {e}", l.address),
                 )
             })?;
-            let listener = Listener { transport, address };
-            if listeners.contains(&listener) {
+            if listeners
+                .iter()
+                .any(|o: &Listener| o.transport == transport && o.address == address)
+            {
                 return Err(err(format!("listen[{i}]"), "duplicate listen socket"));
             }
+            let mut listener = Listener::new(transport, address);
+            listener.advertised = match (&l.advertised_host, l.advertised_port) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(err(
+                        format!("listen[{i}].advertised_port"),
+                        "needs listen[i].advertised_host",
+                    ))
+                }
+                (Some(h), port) => {
+                    let h = h.trim().trim_matches(['[', ']']);
+                    if h.is_empty() || h.contains(char::is_whitespace) {
+                        return Err(err(
+                            format!("listen[{i}].advertised_host"),
+                            format!("'{h}' is not a host name or IP address"),
+                        ));
+                    }
+                    Some((h.to_string(), port.unwrap_or(address.port())))
+                }
+            };
+            listener.dscp = match l.dscp {
+                Some(d) if d > 63 => {
+                    return Err(err(format!("listen[{i}].dscp"), "must be 0 to 63"));
+                }
+                d => d,
+            };
+            if l.proxy_protocol && transport == Transport::Udp {
+                return Err(err(
+                    format!("listen[{i}].proxy_protocol"),
+                    "only for tcp and tls listeners",
+                ));
+            }
+            listener.proxy_protocol = l.proxy_protocol;
             listeners.push(listener);
         }
         let advertised_host = match &self.instance.advertised_host {

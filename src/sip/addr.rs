@@ -122,6 +122,28 @@ pub struct Listener {
     pub transport: Transport,
     /// Address to bind.
     pub address: SocketAddr,
+    /// Host and port written into Via, Record-Route and Path for traffic through this
+    /// listener (a public address per network interface); `None`: the instance's
+    /// advertised host with this listener's port.
+    pub advertised: Option<(String, u16)>,
+    /// DSCP of the packets sent through this socket (RFC 2474); `None`: the system's.
+    pub dscp: Option<u8>,
+    /// Every connection starts with a PROXY protocol v2 header (a stream listener behind
+    /// an L4 load balancer): the client's address is taken from it.
+    pub proxy_protocol: bool,
+}
+
+impl Listener {
+    /// A listen socket with no per-listener options.
+    pub fn new(transport: Transport, address: SocketAddr) -> Self {
+        Listener {
+            transport,
+            address,
+            advertised: None,
+            dscp: None,
+            proxy_protocol: false,
+        }
+    }
 }
 
 /// A resolved next hop (RFC 3263): the transport and address a request is sent to.

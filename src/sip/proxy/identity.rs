@@ -275,10 +275,7 @@ mod tests {
     use super::*;
 
     fn listener(t: Transport, a: &str) -> Listener {
-        Listener {
-            transport: t,
-            address: a.parse().unwrap(),
-        }
+        Listener::new(t, a.parse().unwrap())
     }
 
     fn identity() -> LocalIdentity {

@@ -18,14 +18,8 @@ fn instance(ip: &str, epoch: u32, sides: PoolSides) -> LocalIdentity {
     LocalIdentity::new(
         ip,
         vec![
-            Listener {
-                transport: Transport::Udp,
-                address: udp,
-            },
-            Listener {
-                transport: Transport::Tls,
-                address: format!("{ip}:5061").parse().unwrap(),
-            },
+            Listener::new(Transport::Udp, udp),
+            Listener::new(Transport::Tls, format!("{ip}:5061").parse().unwrap()),
         ],
     )
     .with_pool(POOL, sides)

@@ -9,14 +9,8 @@ fn identity() -> LocalIdentity {
     LocalIdentity::new(
         "192.0.2.10",
         vec![
-            Listener {
-                transport: Transport::Udp,
-                address: "192.0.2.10:5060".parse().unwrap(),
-            },
-            Listener {
-                transport: Transport::Tcp,
-                address: "192.0.2.10:5060".parse().unwrap(),
-            },
+            Listener::new(Transport::Udp, "192.0.2.10:5060".parse().unwrap()),
+            Listener::new(Transport::Tcp, "192.0.2.10:5060".parse().unwrap()),
         ],
     )
     .with_names(["pool.example.com"])

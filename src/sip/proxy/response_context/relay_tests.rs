@@ -34,18 +34,12 @@ impl PairView for NoPairs {
 
 fn instance(ip: &str, epoch: u32) -> LocalIdentity {
     let udp: SocketAddr = format!("{ip}:5060").parse().unwrap();
-    LocalIdentity::new(
-        ip,
-        vec![Listener {
+    LocalIdentity::new(ip, vec![Listener::new(Transport::Udp, udp)])
+        .with_pool("pool.example.com", PoolSides::Both)
+        .with_flows(FlowKeys::new(KEY, epoch).with_instance(Some(Target {
             transport: Transport::Udp,
-            address: udp,
-        }],
-    )
-    .with_pool("pool.example.com", PoolSides::Both)
-    .with_flows(FlowKeys::new(KEY, epoch).with_instance(Some(Target {
-        transport: Transport::Udp,
-        addr: udp,
-    })))
+            addr: udp,
+        })))
 }
 
 /// `method` from the server toward a phone whose flow instance A (10.0.0.5) holds, as it

@@ -57,10 +57,10 @@ impl PairView for Pairs {
 fn identity() -> LocalIdentity {
     LocalIdentity::new(
         "192.0.2.10",
-        vec![Listener {
-            transport: Transport::Udp,
-            address: "192.0.2.10:5060".parse().unwrap(),
-        }],
+        vec![Listener::new(
+            Transport::Udp,
+            "192.0.2.10:5060".parse().unwrap(),
+        )],
     )
 }
 
