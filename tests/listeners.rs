@@ -13,15 +13,15 @@ use sippool::sip::transport::Transport;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-/// A proxy on a fresh loopback address whose `[[listen]]` sections are `listens` (each
-/// the TOML lines after `address`; `{ip}` stands for the proxy's address).
-async fn proxy_with(listens: &[(&str, &str)], extra: &str) -> (Proxy, IpAddr) {
+/// A proxy on a fresh loopback address whose `[[listen]]` sections are `listens`: the
+/// transport, another address than the proxy's if any, and the TOML lines after `address`.
+async fn proxy_with(listens: &[(&str, Option<IpAddr>, &str)], extra: &str) -> (Proxy, IpAddr) {
     let ip = loopback(PROXY);
     let mut toml = format!("[instance]\nname = \"test\"\nadvertised_host = \"{ip}\"\n");
-    for (transport, lines) in listens {
+    for (transport, other, lines) in listens {
+        let at = other.unwrap_or(ip);
         toml.push_str(&format!(
-            "[[listen]]\ntransport = \"{transport}\"\naddress = \"{ip}:0\"\n{}\n",
-            lines.replace("{ip}", &ip.to_string())
+            "[[listen]]\ntransport = \"{transport}\"\naddress = \"{at}:0\"\n{lines}\n"
         ));
     }
     toml.push_str(extra);
@@ -58,7 +58,7 @@ async fn phone_via_balancer(proxy: SocketAddr, client: SocketAddr) -> Phone {
 async fn behind_a_balancer_the_client_address_comes_from_the_proxy_header() {
     let mut up = Upstream::udp(Behaviour::Answer).await;
     let (p, _) = proxy_with(
-        &[("udp", ""), ("tcp", "proxy_protocol = true")],
+        &[("udp", None, ""), ("tcp", None, "proxy_protocol = true")],
         &format!(
             "{}[limits]\nmax_connections_per_ip = 1\n",
             pair(&up.uri(), "127.0.0.1:9;transport=udp")
@@ -175,4 +175,76 @@ async fn a_config_names_the_listener_key_it_refuses() {
             .unwrap_err();
         assert_eq!(e.key, key, "{e:?}");
     }
+}
+
+#[tokio::test]
+async fn each_listener_writes_its_own_advertised_address() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let ip_b = loopback(PROXY);
+    let (p, _) = proxy_with(
+        &[
+            ("udp", None, "advertised_host = \"sip-a.example.net\""),
+            (
+                "udp",
+                Some(ip_b),
+                "advertised_host = \"203.0.113.9\"\nadvertised_port = 5080",
+            ),
+        ],
+        &pair(&up.uri(), "127.0.0.1:9;transport=udp"),
+    )
+    .await;
+    let addrs: Vec<SocketAddr> = p
+        .local_addrs()
+        .iter()
+        .filter(|(t, _)| *t == Transport::Udp)
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(addrs.len(), 2);
+    // The phone reaches the instance through the second listener (its public address);
+    // the request leaves toward the server through the first.
+    let mut phone = Phone::udp(addrs[1]).await;
+    let call_id = unique("adv");
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "sip:bob@site.example",
+            &call_id,
+            &unique("z9hG4bKa"),
+            "",
+            "",
+        ))
+        .await;
+    let invite = up.recv_method("INVITE").await;
+    let vias = invite.all("via");
+    assert!(
+        vias[0].starts_with(&format!(
+            "SIP/2.0/UDP sip-a.example.net:{};branch=",
+            addrs[0].port()
+        )),
+        "our Via names the listener it left by: {vias:?}"
+    );
+    let rr = invite.all("record-route");
+    assert_eq!(rr.len(), 2, "one entry per side: {rr:?}");
+    assert_eq!(
+        rr[0],
+        format!("<sip:sip-a.example.net:{};lr>", addrs[0].port())
+    );
+    assert!(
+        rr[1].starts_with("<sip:") && rr[1].ends_with("@203.0.113.9:5080;lr>"),
+        "the phone's side names the listener it came in by: {rr:?}"
+    );
+    let (ok, _) = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200));
+    // The phone's in-dialog requests along that route set come back in, and both entries
+    // are taken as this instance's own.
+    phone
+        .send(&phone.in_dialog("ACK", &ok, &call_id, 1, &unique("z9hG4bKk")))
+        .await;
+    up.recv_method("ACK").await;
+    phone
+        .send(&phone.in_dialog("BYE", &ok, &call_id, 2, &unique("z9hG4bKb")))
+        .await;
+    let bye = up.recv_method("BYE").await;
+    assert!(bye.all("route").is_empty(), "{:?}", bye.all("route"));
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
 }

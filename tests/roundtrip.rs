@@ -136,13 +136,14 @@ proptest! {
             transport: Transport::Udp,
             source: "198.51.100.1:5062".parse().unwrap(),
             from_upstream: false,
+            local: None,
             flow_token: None,
         };
         let Decision::Forward(plan) = decide(rx, &identity, &router) else {
             return Err(TestCaseError::fail("not forwarded"));
         };
         for t in [Transport::Udp, Transport::Tcp] {
-            let out = plan.build(&m, &identity, t, "z9hG4bKspprop");
+            let out = plan.build(&m, &identity, t.into(), "z9hG4bKspprop");
             let again = Message::parse(out.clone(), Framing::Stream, &Limits::default()).unwrap();
             prop_assert!(again.defect().is_none());
             prop_assert_eq!(again.call_id(), m.call_id());
@@ -157,9 +158,9 @@ proptest! {
                 prop_assert!(out.windows(line.len()).any(|w| w == line), "lost {:?}", String::from_utf8_lossy(line));
             }
             // Forwarding the forwarded copy changes nothing more: stable.
-            let rx2 = Received { msg: &again, transport: t, source: "192.0.2.99:5060".parse().unwrap(), from_upstream: false, flow_token: None };
+            let rx2 = Received { msg: &again, transport: t, source: "192.0.2.99:5060".parse().unwrap(), from_upstream: false, local: None, flow_token: None };
             if let Decision::Forward(plan2) = decide(rx2, &identity, &router) {
-                let out2 = plan2.build(&again, &identity, t, "z9hG4bKspprop2");
+                let out2 = plan2.build(&again, &identity, t.into(), "z9hG4bKspprop2");
                 let third = Message::parse(out2, Framing::Stream, &Limits::default()).unwrap();
                 prop_assert_eq!(third.call_id(), m.call_id());
                 prop_assert_eq!(third.body(), m.body());

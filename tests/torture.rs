@@ -381,6 +381,7 @@ fn every_torture_message_decided_as_listed() {
                     transport: Transport::Udp,
                     source: "192.0.2.99:5060".parse().unwrap(),
                     from_upstream: false,
+                    local: None,
                     flow_token: None,
                 },
                 &identity,

@@ -52,6 +52,8 @@ pub struct NewConn {
     pub peer: SocketAddr,
     /// TCP or TLS.
     pub transport: Transport,
+    /// The address of the listener that accepted it; `None` for one we opened.
+    pub local: Option<SocketAddr>,
     /// We opened it, toward a server.
     pub outbound: bool,
 }
@@ -68,7 +70,14 @@ impl Actor for ConnectionActor {
     ) -> Result<ConnState, ActorProcessingErr> {
         let (mut read, writer) = tokio::io::split(conn.stream);
         let id = core.transports.next_id();
-        let handle = ConnHandle::new(id, conn.peer, conn.transport, conn.outbound, myself.clone());
+        let handle = ConnHandle::new(
+            id,
+            conn.peer,
+            conn.transport,
+            conn.local,
+            conn.outbound,
+            myself.clone(),
+        );
         core.transports.add_conn(handle.clone());
         core.metrics
             .connections
@@ -370,6 +379,7 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
             stream,
             peer: target.addr,
             transport: target.transport,
+            local: None,
             outbound: true,
         },
     )
@@ -489,7 +499,7 @@ async fn admit(
     }
     tune(&stream, core.settings.keepalive);
     if opts.transport != Transport::Tls {
-        let _ = start_connection(&core, inbound(Box::new(stream), peer, opts.transport)).await;
+        let _ = start_connection(&core, inbound(Box::new(stream), peer, &opts)).await;
         return;
     }
     // The current configuration: a reload applies from the next handshake on.
@@ -503,15 +513,20 @@ async fn admit(
     let accepted = tls_handshake(&core, peer, None, acceptor.accept(stream)).await;
     drop(permit);
     if let Ok(tls) = accepted {
-        let _ = start_connection(&core, inbound(Box::new(tls), peer, Transport::Tls)).await;
+        let _ = start_connection(&core, inbound(Box::new(tls), peer, &opts)).await;
     }
 }
 
-fn inbound(stream: Box<dyn Stream>, peer: SocketAddr, transport: Transport) -> NewConn {
+fn inbound(
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
+    listener: &crate::config::Listener,
+) -> NewConn {
     NewConn {
         stream,
         peer,
-        transport,
+        transport: listener.transport,
+        local: Some(listener.address),
         outbound: false,
     }
 }

@@ -278,6 +278,12 @@ impl Core {
             .inc();
     }
 
+    /// The listener a message to `target` leaves by (see [`Transports::through`]).
+    pub fn through(&self, target: super::transport::Target) -> crate::sip::proxy::Through {
+        self.transports
+            .through(&self.identity.listeners, target.transport, target.addr)
+    }
+
     /// Where a flow of this process leads (the token was checked by
     /// [`crate::sip::proxy::decide`]): the target, and the connection for a stream flow;
     /// `None` when that connection is gone.

@@ -15,6 +15,7 @@ pub(crate) mod admission;
 pub(crate) mod connection;
 pub(crate) mod core;
 pub(crate) mod dispatcher;
+pub(crate) mod egress;
 #[cfg(feature = "fault-injection")]
 pub(crate) mod fault;
 pub(crate) mod host;

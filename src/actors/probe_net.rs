@@ -19,6 +19,10 @@ impl ProbeNet for CoreNet {
         Box::pin(self.0.locate(server))
     }
 
+    fn through(&self, target: Target) -> crate::sip::proxy::Through {
+        self.0.through(target)
+    }
+
     fn send(&self, target: Target, bytes: Bytes) -> NetFuture<'_, Result<(), String>> {
         Box::pin(async move {
             super::connection::send(&self.0, target, bytes)

@@ -13,7 +13,7 @@ use crate::sip::transport::Transport;
 use crate::sip::via::Via;
 
 use super::core::Core;
-use super::transport::{response_destination, send_reply, send_udp, Inbound};
+use super::transport::{response_destination, send_reply, send_udp, Inbound, ReplyPath, Target};
 
 /// Forwards a response that matches no transaction along its Via (RFC 3261 section
 /// 18.2.2), when the top Via is ours. 100 Trying is hop-by-hop and dropped.
@@ -75,6 +75,7 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         transport: inbound.transport,
         source: inbound.source,
         from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
+        local: inbound.reply.through().local,
         flow_token: token.as_deref(),
     };
     let plan = match core.decide(rx) {
@@ -109,7 +110,11 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         proxy::Destination::Flow { flow, .. } => {
             // An ACK for a 2xx toward a phone: over its flow, if it is still there.
             if let Some(target) = core.flow_target(flow) {
-                let bytes = plan.build(msg, &core.identity, target.0.transport, &branch);
+                let through = match &target.1 {
+                    Some(conn) => ReplyPath::Stream(conn.clone()).through(),
+                    None => core.through(target.0),
+                };
+                let bytes = plan.build(msg, &core.identity, through, &branch);
                 let _ = match target.1 {
                     Some(conn) => conn.send(bytes),
                     None => core
@@ -125,7 +130,11 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         return;
     };
     if let (Some(addr), Transport::Udp) = (hp.socket_addr(), hp.transport) {
-        let bytes = plan.build(msg, &core.identity, Transport::Udp, &branch);
+        let through = core.through(Target {
+            transport: Transport::Udp,
+            addr,
+        });
+        let bytes = plan.build(msg, &core.identity, through, &branch);
         match core.transports.udp_for(&addr) {
             Some(sock) => {
                 let _ = send_udp(&sock, addr, bytes);
@@ -137,7 +146,7 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
     let core = core.clone();
     tokio::spawn(async move {
         if let Some(target) = core.locate(&hp).await {
-            let bytes = plan.build(&inbound.msg, &core.identity, target.transport, &branch);
+            let bytes = plan.build(&inbound.msg, &core.identity, core.through(target), &branch);
             let _ = super::connection::send(&core, target, bytes).await;
         }
     });

@@ -183,6 +183,7 @@ impl TxState {
             transport: inbound.transport,
             source: inbound.source,
             from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
+            local: inbound.reply.through().local,
             flow_token: token.as_deref(),
         };
         let decision = core.decide(rx);
@@ -399,8 +400,15 @@ impl TxState {
         let Some(ctx) = &mut self.ctx else {
             return false;
         };
+        // The listener it leaves by: a flow's own, else the one routing picks.
+        let through = match &conn {
+            Some(c) if c.local.is_some() => {
+                super::transport::ReplyPath::Stream(c.clone()).through()
+            }
+            _ => self.core.through(target),
+        };
         let Some((key, bytes)) = ctx.start_branch(
-            target.transport,
+            through,
             &self.core.identity,
             self.core.upstreams.as_ref(),
             now,

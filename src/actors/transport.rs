@@ -49,11 +49,30 @@ pub struct ConnHandle {
     pub peer: SocketAddr,
     /// TCP or TLS.
     pub transport: Transport,
+    /// The address of the listener that accepted it; `None` for one we opened.
+    pub local: Option<SocketAddr>,
     /// We opened it (toward a server); when it dies under a transaction, we reopen it.
     pub outbound: bool,
     /// A flow token was issued for it (RFC 5626): it is not closed for being idle.
     flow: Arc<AtomicBool>,
     actor: ActorRef<ConnMsg>,
+}
+
+impl ReplyPath {
+    /// The listener a message came in on, and a reply or a request over the same way
+    /// goes through.
+    pub fn through(&self) -> Through {
+        match self {
+            ReplyPath::Udp(s) => Through {
+                transport: Transport::Udp,
+                local: s.local_addr().ok(),
+            },
+            ReplyPath::Stream(c) => Through {
+                transport: c.transport,
+                local: c.local,
+            },
+        }
+    }
 }
 
 impl ConnHandle {
@@ -62,6 +81,7 @@ impl ConnHandle {
         id: u64,
         peer: SocketAddr,
         transport: Transport,
+        local: Option<SocketAddr>,
         outbound: bool,
         actor: ActorRef<ConnMsg>,
     ) -> Self {
@@ -69,6 +89,7 @@ impl ConnHandle {
             id,
             peer,
             transport,
+            local,
             outbound,
             flow: Arc::new(AtomicBool::new(false)),
             actor,
@@ -101,7 +122,9 @@ impl ConnHandle {
     }
 }
 
+use crate::sip::addr::Listener;
 pub use crate::sip::addr::Target;
+use crate::sip::proxy::Through;
 
 /// Why a message could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +148,8 @@ pub struct Transports {
     open: AtomicUsize,
     per_ip: DashMap<std::net::IpAddr, usize>,
     by_id: DashMap<u64, ConnHandle>,
+    /// Source addresses toward destinations, when a family has several UDP sockets.
+    sources: super::egress::SourceCache,
 }
 
 impl Transports {
@@ -135,12 +160,56 @@ impl Transports {
         }
     }
 
-    /// A UDP socket of the same address family as `dest`.
+    /// The UDP socket a datagram to `dest` leaves by: of its address family, and when the
+    /// family has several, the one bound to the address the kernel would send from (or a
+    /// wildcard one); else the family's first.
     pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
         let v = self.udp.read().ok()?;
-        v.iter()
-            .find(|(local, _)| local.is_ipv4() == dest.is_ipv4())
-            .map(|(_, s)| s.clone())
+        let family = || {
+            v.iter()
+                .filter(|(local, _)| local.is_ipv4() == dest.is_ipv4())
+        };
+        let chosen = if family().nth(1).is_some() {
+            self.sources
+                .source_for(dest.ip())
+                .and_then(|src| super::egress::pick(family().map(|(l, _)| *l), src))
+        } else {
+            None
+        };
+        match chosen {
+            Some(local) => family().find(|(l, _)| *l == local),
+            None => family().next(),
+        }
+        .map(|(_, s)| s.clone())
+    }
+
+    /// The listener a message to `dest` over `transport` leaves by (see
+    /// [`Self::udp_for`]; for streams, the listener of that transport bound to the source
+    /// address the kernel would use), for the Via, Record-Route and Path written into it.
+    pub fn through(
+        &self,
+        listeners: &[Listener],
+        transport: Transport,
+        dest: SocketAddr,
+    ) -> Through {
+        let local = if transport == Transport::Udp {
+            self.udp_for(&dest).and_then(|s| s.local_addr().ok())
+        } else {
+            let of = || {
+                listeners
+                    .iter()
+                    .filter(|l| l.transport == transport && l.address.is_ipv4() == dest.is_ipv4())
+                    .map(|l| l.address)
+            };
+            if of().nth(1).is_some() {
+                self.sources
+                    .source_for(dest.ip())
+                    .and_then(|src| super::egress::pick(of(), src))
+            } else {
+                of().next()
+            }
+        };
+        Through { transport, local }
     }
 
     /// A new connection number.

@@ -198,7 +198,7 @@ impl Config {
                             format!("'{h}' is not a host name or IP address"),
                         ));
                     }
-                    Some((h.to_string(), port.unwrap_or(address.port())))
+                    Some((h.to_string(), port))
                 }
             };
             listener.dscp = match l.dscp {

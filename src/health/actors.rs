@@ -36,6 +36,10 @@ pub type NetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait ProbeNet: Send + Sync + 'static {
     /// Locates a server; `None` when its name does not resolve.
     fn locate<'a>(&'a self, server: &'a HostPort) -> NetFuture<'a, Option<Target>>;
+    /// The listener a probe to `target` leaves by (for its Via).
+    fn through(&self, target: Target) -> crate::sip::proxy::Through {
+        target.transport.into()
+    }
     /// Sends a probe's bytes to a target.
     fn send(&self, target: Target, bytes: bytes::Bytes) -> NetFuture<'_, Result<(), String>>;
 }
@@ -219,6 +223,7 @@ impl ProbeActorState {
         let branch = format!("{PROBE_BRANCH_PREFIX}{:x}x{seq}", self.id);
         let bytes = options_request(
             &env.identity,
+            env.net.through(target),
             &self.spec.server,
             target,
             &branch,
@@ -288,6 +293,7 @@ impl ProbeActorState {
 /// The OPTIONS probe for `server`.
 fn options_request(
     identity: &LocalIdentity,
+    through: crate::sip::proxy::Through,
     server: &HostPort,
     target: Target,
     branch: &str,
@@ -312,7 +318,7 @@ fn options_request(
          Content-Length: 0\r\n\r\n",
         port = server.port,
         t = target.transport.uri_param(),
-        via = identity.via(target.transport, branch),
+        via = identity.via(through, branch),
     );
     bytes::Bytes::from(text)
 }

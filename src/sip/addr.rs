@@ -123,9 +123,9 @@ pub struct Listener {
     /// Address to bind.
     pub address: SocketAddr,
     /// Host and port written into Via, Record-Route and Path for traffic through this
-    /// listener (a public address per network interface); `None`: the instance's
-    /// advertised host with this listener's port.
-    pub advertised: Option<(String, u16)>,
+    /// listener (a public address per network interface; no port: the listener's own);
+    /// `None`: the instance's advertised host with this listener's port.
+    pub advertised: Option<(String, Option<u16>)>,
     /// DSCP of the packets sent through this socket (RFC 2474); `None`: the system's.
     pub dscp: Option<u8>,
     /// Every connection starts with a PROXY protocol v2 header (a stream listener behind

@@ -8,12 +8,32 @@
 //! the pool shares.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::addr::{Listener, Target};
 use crate::sip::flow::FlowKeys;
 use crate::sip::transport::Transport;
 use crate::sip::uri::SipUri;
+
+/// The listener a message goes through: its transport and, when known, the local address
+/// of the socket (a multi-homed instance advertises one address per listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Through {
+    /// Transport.
+    pub transport: Transport,
+    /// Local address of the socket, if known.
+    pub local: Option<SocketAddr>,
+}
+
+impl From<Transport> for Through {
+    /// The transport's first listener.
+    fn from(transport: Transport) -> Self {
+        Through {
+            transport,
+            local: None,
+        }
+    }
+}
 
 /// The side of the proxy a Record-Route entry faces: who reads it and sends requests to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,58 +170,91 @@ impl LocalIdentity {
             .map_or(t.default_port(), |l| l.address.port())
     }
 
-    fn host_text(&self) -> Cow<'_, str> {
-        if self.advertised_host.contains(':') {
-            Cow::Owned(format!("[{}]", self.advertised_host))
-        } else {
-            Cow::Borrowed(&self.advertised_host)
-        }
+    /// The listener a message goes through: the one bound to `through.local` (or a
+    /// wildcard one on its port), else the first of its transport, else the first.
+    pub fn listener(&self, through: Through) -> Option<&Listener> {
+        let of_transport = || {
+            self.listeners
+                .iter()
+                .filter(|l| l.transport == through.transport)
+        };
+        through
+            .local
+            .and_then(|local| {
+                of_transport().find(|l| l.address == local).or_else(|| {
+                    of_transport().find(|l| {
+                        l.address.ip().is_unspecified()
+                            && l.address.port() == local.port()
+                            && l.address.is_ipv4() == local.is_ipv4()
+                    })
+                })
+            })
+            .or_else(|| of_transport().next())
+            .or_else(|| self.listeners.first())
     }
 
-    /// Our Via value for a request sent over `t`.
-    pub fn via(&self, t: Transport, branch: &str) -> String {
+    /// The host (bracketed when IPv6) and port written for traffic through a listener:
+    /// its own advertised address, else the instance's advertised host with its port.
+    pub fn host_port(&self, through: Through) -> (Cow<'_, str>, u16) {
+        let listener = self.listener(through);
+        let own_port = listener.map_or(through.transport.default_port(), |l| l.address.port());
+        let (host, port) = match listener.and_then(|l| l.advertised.as_ref()) {
+            Some((h, p)) => (h.as_str(), p.unwrap_or(own_port)),
+            None => (self.advertised_host.as_str(), own_port),
+        };
+        let host = if host.contains(':') {
+            Cow::Owned(format!("[{host}]"))
+        } else {
+            Cow::Borrowed(host)
+        };
+        (host, port)
+    }
+
+    /// Our Via value for a request sent through a listener.
+    pub fn via(&self, through: Through, branch: &str) -> String {
+        let (host, port) = self.host_port(through);
         format!(
-            "SIP/2.0/{} {}:{};branch={}",
-            t.via_token(),
-            self.host_text(),
-            self.port_for(t),
-            branch
+            "SIP/2.0/{} {host}:{port};branch={branch}",
+            through.transport.via_token()
         )
     }
 
     /// Our Path value carrying a flow token in its user part (RFC 3327). It names this
     /// instance, not the pool: the registrar must reach the instance holding the flow.
-    pub fn path(&self, t: Transport, token: &str, ob: bool) -> String {
+    pub fn path(&self, through: Through, token: &str, ob: bool) -> String {
         let ob = if ob { ";ob" } else { "" };
+        let (host, port) = self.host_port(through);
         format!(
-            "<sip:{token}@{}:{}{};lr{ob}>",
-            self.host_text(),
-            self.port_for(t),
-            transport_param(t)
+            "<sip:{token}@{host}:{port}{};lr{ob}>",
+            transport_param(through.transport)
         )
     }
 
-    /// Our Record-Route value for the side of the proxy facing `side` over transport `t`,
+    /// Our Record-Route value for the side of the proxy facing `side` through a listener,
     /// with a flow token in its user part when the side is a phone's flow. It names the
     /// pool, without a port (the side finds an instance by SRV, RFC 3263), when the pool
-    /// is configured for that side; else this instance.
-    pub fn record_route(&self, t: Transport, side: Side, token: Option<&str>) -> String {
+    /// is configured for that side; else this instance as that listener advertises it.
+    pub fn record_route(&self, through: Through, side: Side, token: Option<&str>) -> String {
         let user = token.map_or(String::new(), |t| format!("{t}@"));
+        let param = transport_param(through.transport);
         match self.pool_for(side) {
-            Some(pool) => format!("<sip:{user}{pool}{};lr>", transport_param(t)),
-            None => format!(
-                "<sip:{user}{}:{}{};lr>",
-                self.host_text(),
-                self.port_for(t),
-                transport_param(t)
-            ),
+            Some(pool) => format!("<sip:{user}{pool}{param};lr>"),
+            None => {
+                let (host, port) = self.host_port(through);
+                format!("<sip:{user}{host}:{port}{param};lr>")
+            }
         }
     }
 
-    /// Whether the entries facing the two sides name different hosts (one the pool, the
-    /// other this instance): then each side needs its own entry.
-    pub fn sides_differ(&self) -> bool {
-        self.pool_for(Side::Endpoints) != self.pool_for(Side::Servers)
+    /// Whether the Record-Route entries facing two sides, through two listeners, name
+    /// different hosts (the pool and this instance, or two listeners' own addresses): then
+    /// each side needs its own entry (RFC 5658).
+    pub fn entries_differ(&self, a: (Through, Side), b: (Through, Side)) -> bool {
+        match (self.pool_for(a.1), self.pool_for(b.1)) {
+            (Some(_), Some(_)) => false,
+            (None, None) => self.host_port(a.0) != self.host_port(b.0),
+            _ => true,
+        }
     }
 
     fn pool_for(&self, side: Side) -> Option<&str> {
@@ -221,6 +274,19 @@ impl LocalIdentity {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.strip_suffix('.').unwrap_or(host);
         let listens_on = |p: u16| self.listeners.iter().any(|l| l.address.port() == p);
+        // A listener's own advertised address (a public address per interface).
+        let advertised_by_a_listener = self.listeners.iter().any(|l| {
+            l.advertised.as_ref().is_some_and(|(h, p)| {
+                let same_host = match (h.parse::<IpAddr>(), host.parse::<IpAddr>()) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => h.eq_ignore_ascii_case(host),
+                };
+                same_host && port.unwrap_or(t.default_port()) == p.unwrap_or(l.address.port())
+            })
+        });
+        if advertised_by_a_listener {
+            return true;
+        }
         if let Ok(ip) = host.parse::<IpAddr>() {
             let ours = self.advertised_host.parse::<IpAddr>().ok() == Some(ip)
                 || self.listeners.iter().any(|l| {
@@ -324,5 +390,51 @@ mod tests {
             .with_addresses(["2001:db8::6".parse().unwrap()]);
         assert!(v6.is_local("[2001:db8::6]", None, Transport::Udp));
         assert!(v6.is_local("2001:db8::5", None, Transport::Udp));
+    }
+
+    #[test]
+    fn each_listener_advertises_its_own_address_and_takes_it_as_ours() {
+        let mut public = listener(Transport::Udp, "192.0.2.10:5062");
+        public.advertised = Some(("203.0.113.9".into(), Some(5080)));
+        let mut named = listener(Transport::Tls, "192.0.2.10:5061");
+        named.advertised = Some(("sip.example.net".into(), None));
+        let id = LocalIdentity::new(
+            "192.0.2.10",
+            vec![
+                listener(Transport::Udp, "192.0.2.10:5060"),
+                public.clone(),
+                named,
+            ],
+        );
+        let through = |t, a: &str| Through {
+            transport: t,
+            local: Some(a.parse().unwrap()),
+        };
+        assert_eq!(
+            id.via(through(Transport::Udp, "192.0.2.10:5062"), "z9hG4bKx"),
+            "SIP/2.0/UDP 203.0.113.9:5080;branch=z9hG4bKx"
+        );
+        assert_eq!(
+            id.via(through(Transport::Udp, "192.0.2.10:5060"), "z9hG4bKx"),
+            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx"
+        );
+        assert_eq!(
+            id.record_route(Transport::Tls.into(), Side::Endpoints, None),
+            "<sip:sip.example.net:5061;transport=tls;lr>",
+            "no port given: the listener's own"
+        );
+        assert!(id.entries_differ(
+            (through(Transport::Udp, "192.0.2.10:5062"), Side::Endpoints),
+            (through(Transport::Udp, "192.0.2.10:5060"), Side::Servers),
+        ));
+        assert!(id.is_local("203.0.113.9", Some(5080), Transport::Udp));
+        assert!(!id.is_local("203.0.113.9", Some(5060), Transport::Udp));
+        assert!(id.is_local("SIP.example.net", Some(5061), Transport::Tls));
+        // With the pool on both sides, every entry names the pool: one is enough.
+        let pooled = id.clone().with_pool("pool.example.com", PoolSides::Both);
+        assert!(!pooled.entries_differ(
+            (through(Transport::Udp, "192.0.2.10:5062"), Side::Endpoints),
+            (through(Transport::Udp, "192.0.2.10:5060"), Side::Servers),
+        ));
     }
 }

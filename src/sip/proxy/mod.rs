@@ -16,7 +16,7 @@ mod router;
 mod validate;
 
 pub use branch::{fnv1a, loop_hash, new_branch, stateless_branch, Hop, BRANCH_PREFIX};
-pub use identity::{relay_route, LocalIdentity, Pool, PoolSides, Side};
+pub use identity::{relay_route, LocalIdentity, Pool, PoolSides, Side, Through};
 pub use router::{Destination, Member, Pair, Router, StaticRoute};
 
 use std::borrow::Cow;
@@ -131,8 +131,8 @@ pub struct Plan {
     inbound_side: Side,
     /// Who the side it leaves by is.
     outbound_side: Side,
-    /// The two sides' Record-Route entries name different hosts (the pool, this instance).
-    sides_differ: bool,
+    /// The local address of the socket it arrived on (its listener), if known.
+    inbound_local: Option<std::net::SocketAddr>,
     /// The inbound flow's token, for the Record-Route entry facing the sender (a phone;
     /// never an upstream server, which is reached by its address).
     pub flow_token: Option<String>,
@@ -180,7 +180,7 @@ impl Plan {
         &self,
         msg: &Message,
         identity: &LocalIdentity,
-        outbound: Transport,
+        outbound: Through,
         branch: &str,
     ) -> Bytes {
         let mut edits = self.edits.clone();
@@ -192,10 +192,13 @@ impl Plan {
             // The entry facing a phone carries its flow token, so that in-dialog requests
             // from upstream reach the phone over its own connection, whichever side of the
             // dialog set it up; an entry names the pool where that side finds us by DNS.
-            let inbound_rr =
-                identity.record_route(self.inbound, self.inbound_side, self.flow_token.as_deref());
-            if self.double_record_route(outbound) {
-                // RFC 5658: one entry per side when the transport changes.
+            let inbound_rr = identity.record_route(
+                self.inbound_through(),
+                self.inbound_side,
+                self.flow_token.as_deref(),
+            );
+            if self.double_record_route(identity, outbound) {
+                // RFC 5658: one entry per side when the transport or the address changes.
                 edits.record_route.push(identity.record_route(
                     outbound,
                     self.outbound_side,
@@ -209,19 +212,34 @@ impl Plan {
         builder::forward_request(msg, &edits)
     }
 
-    /// Whether the request sent over `outbound` gets two Record-Route entries, one per
-    /// side (RFC 5658: the transport changes, a side is a phone's flow, or one side's entry
-    /// names the pool and the other's this instance).
-    fn double_record_route(&self, outbound: Transport) -> bool {
-        outbound != self.inbound
-            || self.flow_token.is_some()
-            || self.outbound_flow.is_some()
-            || self.sides_differ
+    fn inbound_through(&self) -> Through {
+        Through {
+            transport: self.inbound,
+            local: self.inbound_local,
+        }
     }
 
-    /// How many Record-Route entries this proxy adds to the request sent over `outbound`.
-    pub fn record_route_count(&self, outbound: Transport) -> usize {
-        match (self.record_route, self.double_record_route(outbound)) {
+    /// Whether the request sent through `outbound` gets two Record-Route entries, one per
+    /// side (RFC 5658: the transport changes, a side is a phone's flow, or the two sides'
+    /// entries name different hosts: the pool and this instance, or two listeners' own
+    /// advertised addresses).
+    fn double_record_route(&self, identity: &LocalIdentity, outbound: Through) -> bool {
+        outbound.transport != self.inbound
+            || self.flow_token.is_some()
+            || self.outbound_flow.is_some()
+            || identity.entries_differ(
+                (self.inbound_through(), self.inbound_side),
+                (outbound, self.outbound_side),
+            )
+    }
+
+    /// How many Record-Route entries this proxy adds to the request sent through
+    /// `outbound`.
+    pub fn record_route_count(&self, identity: &LocalIdentity, outbound: Through) -> usize {
+        match (
+            self.record_route,
+            self.double_record_route(identity, outbound),
+        ) {
             (false, _) => 0,
             (true, false) => 1,
             (true, true) => 2,
@@ -274,6 +292,8 @@ pub struct Received<'a> {
     pub source: SocketAddr,
     /// Whether the source is one of the configured upstream servers.
     pub from_upstream: bool,
+    /// The local address of the socket it arrived on (which listener), if known.
+    pub local: Option<SocketAddr>,
     /// The flow token of the flow it arrived on, when that flow can carry requests back to
     /// the sender (a stream, or UDP with rport); put in Path and Record-Route.
     pub flow_token: Option<&'a str>,
@@ -540,7 +560,7 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         inbound: rx.transport,
         inbound_side,
         outbound_side,
-        sides_differ: identity.sides_differ() && inbound_side != outbound_side,
+        inbound_local: rx.local,
         path: *method == Method::Register && inbound_flow.is_some(),
         outbound_registration: *method == Method::Register && has_reg_id(msg),
         flow_token: inbound_flow,

@@ -84,6 +84,7 @@ fn decide_at(
             transport,
             source: source.parse().unwrap(),
             from_upstream,
+            local: None,
             flow_token,
         },
         id,
@@ -110,7 +111,7 @@ fn lines(bytes: &Bytes, name: &str) -> Vec<String> {
 fn call_to_phone_through_a() -> (String, Vec<String>) {
     let a = a();
     let token = a.flows().token(Transport::Tls, 42, PHONE.parse().unwrap());
-    let path = a.path(Transport::Udp, &token, true);
+    let path = a.path(Transport::Udp.into(), &token, true);
     assert_eq!(
         path,
         format!("<sip:{token}@10.0.0.5:5060;lr;ob>"),
@@ -124,7 +125,7 @@ fn call_to_phone_through_a() -> (String, Vec<String>) {
     );
     let plan = forward(decide_at(&a, &invite, Transport::Udp, SERVER, true, None));
     assert!(matches!(plan.destination, Destination::Flow { flow, .. } if flow.conn == 42));
-    let out = plan.build(&invite, &a, Transport::Tls, "z9hG4bKout");
+    let out = plan.build(&invite, &a, Transport::Tls.into(), "z9hG4bKout");
     (token, lines(&out, "Record-Route: "))
 }
 
@@ -150,7 +151,7 @@ fn record_route_names_the_pool_with_the_phones_token_on_its_side() {
         false,
         Some(&mine),
     ));
-    let out = plan.build(&invite, &a, Transport::Udp, "z9hG4bKout");
+    let out = plan.build(&invite, &a, Transport::Udp.into(), "z9hG4bKout");
     assert_eq!(
         lines(&out, "Record-Route: "),
         [
@@ -166,7 +167,7 @@ fn with_the_pool_facing_endpoints_only_servers_get_this_instance() {
     let invite = request("INVITE", "sip:agent@site.example", PHONE, "");
     // Same transport, no flow: still one entry per side, as they name different hosts.
     let plan = forward(decide_at(&a, &invite, Transport::Udp, PHONE, false, None));
-    let out = plan.build(&invite, &a, Transport::Udp, "z9hG4bKout");
+    let out = plan.build(&invite, &a, Transport::Udp.into(), "z9hG4bKout");
     assert_eq!(
         lines(&out, "Record-Route: "),
         [
@@ -202,7 +203,7 @@ fn the_phones_own_request_goes_upstream_from_any_instance() {
         "to the server: {:?}",
         plan.destination
     );
-    let out = plan.build(&bye, &b, Transport::Udp, "z9hG4bKout");
+    let out = plan.build(&bye, &b, Transport::Udp.into(), "z9hG4bKout");
     assert!(
         lines(&out, "Route: ").is_empty(),
         "both our entries consumed"
@@ -232,8 +233,8 @@ fn a_request_toward_the_phone_is_relayed_to_the_instance_holding_its_flow() {
     assert!(
         matches!(plan.destination, Destination::Relay { instance, flow } if instance == a_relay && flow.conn == 42)
     );
-    assert_eq!(plan.record_route_count(Transport::Udp), 0);
-    let relayed = plan.build(&bye, &b, Transport::Udp, "z9hG4bKrelay");
+    assert_eq!(plan.record_route_count(&b, Transport::Udp.into()), 0);
+    let relayed = plan.build(&bye, &b, Transport::Udp.into(), "z9hG4bKrelay");
     assert_eq!(
         lines(&relayed, "Route: "),
         ["<sip:10.0.0.5:5060;lr>".to_string(), rr[0].clone()],
@@ -256,7 +257,7 @@ fn a_request_toward_the_phone_is_relayed_to_the_instance_holding_its_flow() {
         }
         other => panic!("not over the flow: {other:?}"),
     }
-    let out = plan.build(&relayed, &a(), Transport::Tls, "z9hG4bKlast");
+    let out = plan.build(&relayed, &a(), Transport::Tls.into(), "z9hG4bKlast");
     assert!(lines(&out, "Route: ").is_empty());
     assert_eq!(
         lines(&out, "Via: ").len(),
@@ -274,7 +275,7 @@ fn a_path_sent_to_another_instance_is_relayed_the_same_way() {
         "INVITE",
         "sip:phone@198.51.100.7:40000;transport=tls",
         SERVER,
-        &format!("Route: {}\r\n", a.path(Transport::Udp, &token, true)),
+        &format!("Route: {}\r\n", a.path(Transport::Udp.into(), &token, true)),
     );
     let plan = forward(decide_at(&b(), &invite, Transport::Udp, SERVER, true, None));
     assert!(

@@ -49,6 +49,7 @@ fn decide_from(msg: &Message, src: &str, upstream: bool) -> Decision {
             transport: Transport::Udp,
             source: src.parse().unwrap(),
             from_upstream: upstream,
+            local: None,
             flow_token: None,
         },
         &identity(),
@@ -72,7 +73,7 @@ fn endpoint_request_goes_to_serving_pair_with_record_route_and_received() {
         panic!()
     };
     assert_eq!(plan.destination, Destination::Pair(0));
-    let out = plan.build(&m, &identity(), Transport::Tcp, "z9hG4bKsptest");
+    let out = plan.build(&m, &identity(), Transport::Tcp.into(), "z9hG4bKsptest");
     let text = std::str::from_utf8(&out).unwrap();
     assert!(text.contains("Via: SIP/2.0/TCP 192.0.2.10:5060;branch=z9hG4bKsptest\r\n"));
     // Double Record-Route: TCP side on top, UDP side below (RFC 5658).
@@ -116,7 +117,7 @@ fn loose_routing_removes_our_route_entries() {
         plan.destination,
         Destination::Host("203.0.113.9".parse().unwrap())
     );
-    let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKspx");
+    let out = plan.build(&m, &identity(), Transport::Udp.into(), "z9hG4bKspx");
     let text = std::str::from_utf8(&out).unwrap();
     assert!(text.contains("\r\nRoute: <sip:203.0.113.9;lr>\r\n"));
     assert!(!text.contains("192.0.2.10;lr>,"));
@@ -213,7 +214,7 @@ fn a_route_naming_the_pool_is_ours_and_removed() {
         panic!()
     };
     assert_eq!(plan.destination, Destination::Pair(0));
-    let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKsptest");
+    let out = plan.build(&m, &identity(), Transport::Udp.into(), "z9hG4bKsptest");
     assert!(!std::str::from_utf8(&out)
         .unwrap()
         .contains("Route: <sip:pool"));
@@ -248,6 +249,7 @@ fn path_carries_ob_only_for_an_outbound_registration() {
                 transport: Transport::Tls,
                 source: "10.1.1.1:40000".parse().unwrap(),
                 from_upstream: false,
+                local: None,
                 flow_token: Some("tok"),
             },
             &identity(),
@@ -255,7 +257,7 @@ fn path_carries_ob_only_for_an_outbound_registration() {
         ) else {
             panic!()
         };
-        let out = plan.build(&m, &identity(), Transport::Udp, "z9hG4bKspx");
+        let out = plan.build(&m, &identity(), Transport::Udp.into(), "z9hG4bKspx");
         let text = String::from_utf8(out.to_vec()).unwrap();
         let path = text
             .lines()

@@ -27,9 +27,8 @@ use crate::sip::transaction::{
     ClientInvite, ClientKey, ClientNonInvite, ClientState, ClientTimeout, ResponseDisposition,
     ServerInvite, ServerNonInvite, ServerState, Timers,
 };
-use crate::sip::transport::Transport;
 
-use super::{local_tag, Decision, Destination, LocalIdentity, Member, Plan, Reject};
+use super::{local_tag, Decision, Destination, LocalIdentity, Member, Plan, Reject, Through};
 
 mod actions;
 mod ghost;
@@ -273,12 +272,12 @@ impl ResponseContext {
     }
 
     /// The branch's target is known (a located server, or a flow): writes the request for
-    /// `transport` on a new branch and returns the client transaction key and the bytes to
+    /// the listener it goes `through` on a new branch and returns the client transaction key and the bytes to
     /// send. When sending fails, the shell calls [`Self::handle_branch_failed`] (or, for a
     /// flow, [`Self::handle_flow_refused`]). `None` when nothing is to be sent any more.
     pub fn start_branch(
         &mut self,
-        transport: Transport,
+        through: Through,
         identity: &LocalIdentity,
         pairs: &impl PairView,
         now: Instant,
@@ -288,9 +287,9 @@ impl ResponseContext {
         }
         let plan = self.plan.as_ref()?;
         let branch_id = plan.new_branch();
-        let via = identity.via(transport, &branch_id);
-        let bytes = plan.build(&self.request, identity, transport, &branch_id);
-        let reliable = transport.is_reliable();
+        let via = identity.via(through, &branch_id);
+        let bytes = plan.build(&self.request, identity, through, &branch_id);
+        let reliable = through.transport.is_reliable();
         let client = if self.is_invite() {
             Client::Invite(ClientInvite::new(now, reliable, self.timers, bytes.clone()))
         } else {
@@ -306,7 +305,7 @@ impl ResponseContext {
             .request
             .list_values(crate::sip::message::HeaderName::RecordRoute)
             .len()
-            + plan.record_route_count(transport);
+            + plan.record_route_count(identity, through);
         self.branch = Some(Branch {
             key: key.clone(),
             client,

@@ -10,6 +10,7 @@ use super::*;
 use crate::sip::addr::{Listener, Target};
 use crate::sip::flow::FlowKeys;
 use crate::sip::proxy::{decide, PoolSides, Received, Router};
+use crate::sip::transport::Transport;
 
 const KEY: &[u8] = b"the pool's shared flow-token key";
 const RELAY: Duration = Duration::from_millis(300);
@@ -75,6 +76,7 @@ fn at_b_over(
             transport: Transport::Udp,
             source: "192.0.2.11:5060".parse().unwrap(),
             from_upstream: true,
+            local: None,
             flow_token: None,
         },
         &b,
@@ -111,7 +113,9 @@ fn start(ctx: &mut ResponseContext, actions: &[Action], b: &LocalIdentity, now: 
         matches!(a, Action::Locate(hp) if hp.host == "10.0.0.5" && hp.port == 5060 && hp.explicit_port)
     });
     assert!(to_a, "not relayed to A: {actions:?}");
-    let (key, bytes) = ctx.start_branch(Transport::Udp, b, &NoPairs, now).unwrap();
+    let (key, bytes) = ctx
+        .start_branch(Transport::Udp.into(), b, &NoPairs, now)
+        .unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("Route: <sip:10.0.0.5:5060;lr>\r\n"), "{text}");
     key.branch().to_string()
@@ -210,7 +214,9 @@ fn a_udp_phone_is_sent_to_from_here_when_its_instance_is_gone() {
         flow.map(|f| (f.transport, f.peer.to_string())),
         Some((Transport::Udp, "198.51.100.7:40000".to_string()))
     );
-    let (_, bytes) = ctx.start_branch(Transport::Udp, &b, &NoPairs, now).unwrap();
+    let (_, bytes) = ctx
+        .start_branch(Transport::Udp.into(), &b, &NoPairs, now)
+        .unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(
         !text.contains("Route:"),

@@ -8,6 +8,7 @@ use super::*;
 use crate::sip::addr::Listener;
 use crate::sip::message::Message;
 use crate::sip::proxy::{decide, Pair, Received, Router};
+use crate::sip::transport::Transport;
 
 const PRIMARY: &str = "192.0.2.11:5060";
 const BACKUP: &str = "192.0.2.12:5060";
@@ -113,6 +114,7 @@ fn context_for(msg: Message, pairs: &Pairs, now: Instant) -> (ResponseContext, V
             transport: Transport::Udp,
             source: "10.0.0.1:5060".parse().unwrap(),
             from_upstream: false,
+            local: None,
             flow_token: None,
         },
         &identity(),
@@ -162,7 +164,7 @@ fn start(ctx: &mut ResponseContext, actions: &[Action], now: Instant) -> String 
         "{actions:?}"
     );
     let (key, bytes) = ctx
-        .start_branch(Transport::Udp, &identity(), &Pairs::both_up(), now)
+        .start_branch(Transport::Udp.into(), &identity(), &Pairs::both_up(), now)
         .unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains(key.branch()));
@@ -491,7 +493,7 @@ fn cancel_before_any_branch_is_487() {
     assert_eq!(to_client(&drain(&mut ctx)), [(487, Origin::Local)]);
     // A located target arriving after that sends nothing.
     assert!(ctx
-        .start_branch(Transport::Udp, &identity(), &Pairs::both_up(), now)
+        .start_branch(Transport::Udp.into(), &identity(), &Pairs::both_up(), now)
         .is_none());
 }
 
