@@ -7,14 +7,13 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use sippool::config::HostPort;
 use sippool::dns::Locator;
-use support::dnsmasq::Dnsmasq;
 use support::pki::*;
-use support::pool::Instance;
+use support::pool::Pool;
 use support::*;
 
 /// A call placed the RFC 3263 way: the targets in SRV order, the next one tried when a
@@ -117,58 +116,22 @@ async fn reach_phone(server: &tokio::net::UdpSocket, phone: &mut Phone, path: &s
 async fn a_pool_survives_losing_an_instance() {
     let mut up = Upstream::udp(Behaviour::Answer).await;
     let up2 = Upstream::udp(Behaviour::Answer).await;
-    let ips = [loopback(PROXY), loopback(PROXY), loopback(PROXY)];
-    let names = ["a", "b", "c"];
     // UDP: a and b share priority 10 (weights 90/10), c is the last resort. TLS: a, then
     // b, then c, so that the phone registers through a.
-    let hosts: String = ips
-        .iter()
-        .zip(names)
-        .map(|(ip, n)| format!("{ip} {n}.pool.sippool.test\n"))
-        .collect();
-    let mut srv = Vec::new();
-    for (n, prio, weight) in [("a", 10, 90), ("b", 10, 10), ("c", 20, 10)] {
-        srv.push(format!(
-            "_sip._udp.pool.sippool.test,{n}.pool.sippool.test,5060,{prio},{weight}"
-        ));
-    }
-    for (n, prio) in [("a", 10), ("b", 20), ("c", 30)] {
-        srv.push(format!(
-            "_sips._tcp.pool.sippool.test,{n}.pool.sippool.test,5061,{prio},10"
-        ));
-    }
-    let dns = Dnsmasq::start(&hosts, &srv);
-    dns.ready("a.pool.sippool.test:1").await;
-    let locator = Locator::new(&[dns.addr], Duration::from_millis(300)).unwrap();
-
-    // One certificate for the pool, naming every instance; one flow-token key for all.
-    let dir = std::env::temp_dir().join(unique("sippool-pool-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = ca("pool CA");
-    let sans: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-    let (cert, key) = leaf_for(&ca, &sans, false);
-    let cert = write(&dir, "pool.pem", &cert);
-    let key = write(&dir, "pool.key", &key);
-    let shared = format!(
-        "{}[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[flow]\ntoken_key = \"{}\"\n",
-        pair(&up.uri(), &up2.uri()),
-        "5f3c9a7e1b2d4c6f8a0e1d3c5b7a9f2e"
-    );
-    let mut instances: Vec<Option<Instance>> = ips
-        .iter()
-        .zip(names)
-        .map(|(ip, n)| Some(Instance::start(&dir, n, *ip, &shared)))
-        .collect();
-    for i in instances.iter().flatten() {
-        i.ready().await;
-    }
+    let mut pool = Pool::start(
+        [(10, 90), (10, 10), (20, 10)],
+        [(10, 10), (20, 10), (30, 10)],
+        &pair(&up.uri(), &up2.uri()),
+    )
+    .await;
+    let ips = pool.ips;
     let a = SocketAddr::new(ips[0], 5060);
 
     // The TLS phone registers through a and is reached through it.
     let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
         .await
         .unwrap();
-    let (mut phone, path) = register_over_tls(&locator, &ca, &mut up).await;
+    let (mut phone, path) = register_over_tls(&pool.locator, &pool.ca, &mut up).await;
     assert!(
         path.contains(&format!("@{a};")),
         "registered through a: {path}"
@@ -180,12 +143,9 @@ async fn a_pool_survives_losing_an_instance() {
     let mut fell_back = 0;
     for n in 0..30 {
         if n == 10 {
-            if let Some(mut killed) = instances[0].take() {
-                killed.child.kill().unwrap();
-                killed.child.wait().unwrap();
-            }
+            pool.kill(0);
         }
-        let (via, skipped) = call_through_pool(&locator).await;
+        let (via, skipped) = call_through_pool(&pool.locator).await;
         assert!(
             n < 10 || via != a,
             "call {n} went through the killed instance"
@@ -208,14 +168,11 @@ async fn a_pool_survives_losing_an_instance() {
         phone.closed_within(WAIT).await,
         "the phone's connection survived a's death"
     );
-    let (mut phone, path) = register_over_tls(&locator, &ca, &mut up).await;
+    let (mut phone, path) = register_over_tls(&pool.locator, &pool.ca, &mut up).await;
     let b = SocketAddr::new(ips[1], 5060);
     assert!(
         path.contains(&format!("@{b};")),
         "re-registered through b: {path}"
     );
     reach_phone(&server, &mut phone, &path).await;
-
-    drop(instances);
-    let _ = std::fs::remove_dir_all(&dir);
 }

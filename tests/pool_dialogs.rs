@@ -10,20 +10,17 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sippool::config::HostPort;
 use sippool::dns::Locator;
-use support::dnsmasq::Dnsmasq;
 use support::pki::*;
-use support::pool::Instance;
+use support::pool::{Pool, POOL};
 use support::*;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-
-const POOL: &str = "pool.sippool.test";
 
 /// A scripted upstream server (the pair's primary): answers OPTIONS probes itself and
 /// hands every other message to the test, with its source.
@@ -285,47 +282,20 @@ async fn phone_bye(server: &mut Server, client: &mut PoolClient, call: &mut Call
 async fn established_calls_outlive_the_instance_that_set_them_up() {
     let mut server = Server::start().await;
     let backup = Upstream::udp(Behaviour::Answer).await;
-    let ips = [loopback(PROXY), loopback(PROXY), loopback(PROXY)];
-    let names = ["a", "b", "c"];
-    let hosts: String = ips
-        .iter()
-        .zip(names)
-        .map(|(ip, n)| format!("{ip} {n}.{POOL}\n"))
-        .collect();
-    let mut srv = Vec::new();
-    for (n, prio) in [("a", 10), ("b", 20), ("c", 30)] {
-        srv.push(format!("_sip._udp.{POOL},{n}.{POOL},5060,{prio},10"));
-        srv.push(format!("_sips._tcp.{POOL},{n}.{POOL},5061,{prio},10"));
-    }
-    let dns = Dnsmasq::start(&hosts, &srv);
-    dns.ready(&format!("a.{POOL}:1")).await;
+    let mut pool = Pool::start(
+        [(10, 10), (20, 10), (30, 10)],
+        [(10, 10), (20, 10), (30, 10)],
+        &format!(
+            "{}[pool]\nname = \"{POOL}\"\n",
+            pair(&server.addr().to_string(), &backup.uri())
+        ),
+    )
+    .await;
+    let ips = pool.ips;
     let mut client = PoolClient {
-        locator: Locator::new(&[dns.addr], Duration::from_millis(300)).unwrap(),
+        locator: Locator::new(&[pool.dns], Duration::from_millis(300)).unwrap(),
         dead: HashSet::new(),
     };
-
-    let dir = std::env::temp_dir().join(unique("sippool-pool-dialogs-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = ca("pool CA");
-    let sans: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-    let (cert, key) = leaf_for(&ca, &sans, false);
-    let cert = write(&dir, "pool.pem", &cert);
-    let key = write(&dir, "pool.key", &key);
-    let server_uri = format!("{}", server.addr());
-    let shared = format!(
-        "{}[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[flow]\ntoken_key = \"{}\"\n\
-         [pool]\nname = \"{POOL}\"\n",
-        pair(&server_uri, &backup.uri()),
-        "5f3c9a7e1b2d4c6f8a0e1d3c5b7a9f2e"
-    );
-    let mut instances: Vec<Option<Instance>> = ips
-        .iter()
-        .zip(names)
-        .map(|(ip, n)| Some(Instance::start(&dir, n, *ip, &shared)))
-        .collect();
-    for i in instances.iter().flatten() {
-        i.ready().await;
-    }
     let a_udp = SocketAddr::new(ips[0], 5060);
     let b_udp = SocketAddr::new(ips[1], 5060);
 
@@ -334,7 +304,7 @@ async fn established_calls_outlive_the_instance_that_set_them_up() {
     for _ in 0..4 {
         calls.push(set_up(&mut server, Phone::udp(a_udp).await).await);
     }
-    let tls_phone = try_tls_phone(SocketAddr::new(ips[0], 5061), &ca, None)
+    let tls_phone = try_tls_phone(SocketAddr::new(ips[0], 5061), &pool.ca, None)
         .await
         .expect("TLS to a");
     let mut tls_call = set_up(&mut server, tls_phone).await;
@@ -368,9 +338,7 @@ async fn established_calls_outlive_the_instance_that_set_them_up() {
     );
 
     // a dies with every call up.
-    if let Some(a) = instances[0].take() {
-        a.kill();
-    }
+    pool.kill(0);
 
     for (i, call) in calls.iter_mut().enumerate() {
         if i % 2 == 0 {
@@ -405,14 +373,11 @@ async fn established_calls_outlive_the_instance_that_set_them_up() {
     let targets = client.targets("tls").await;
     let mut phone = None;
     for t in targets {
-        if let Ok(p) = try_tls_phone(SocketAddr::new(t.ip(), 5061), &ca, None).await {
+        if let Ok(p) = try_tls_phone(SocketAddr::new(t.ip(), 5061), &pool.ca, None).await {
             phone = Some(p);
             break;
         }
     }
     tls_call.phone = phone.expect("a TLS connection to a surviving instance");
     phone_bye(&mut server, &mut client, &mut tls_call, "tls").await;
-
-    drop(instances);
-    let _ = std::fs::remove_dir_all(&dir);
 }
