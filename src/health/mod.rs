@@ -11,6 +11,7 @@ pub mod probe;
 pub mod rtt;
 pub mod upstreams;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -43,11 +44,22 @@ pub struct SwitchStatus {
     pub why: String,
 }
 
+/// How many recent switches [`HealthStatus`] keeps for [`HealthStatus::switches_after`].
+const SWITCH_LOG: usize = 64;
+
+/// The recent switches of every pair, numbered from 1.
+#[derive(Debug, Default)]
+struct SwitchLog {
+    last_seq: u64,
+    recent: VecDeque<(u64, usize, SwitchStatus)>,
+}
+
 /// Status snapshots for `/status`, written on state changes only.
 #[derive(Debug)]
 pub struct HealthStatus {
     servers: Vec<[Mutex<ServerStatus>; 2]>,
     switches: Vec<Mutex<Option<SwitchStatus>>>,
+    log: Mutex<SwitchLog>,
 }
 
 impl HealthStatus {
@@ -65,6 +77,7 @@ impl HealthStatus {
         HealthStatus {
             servers: (0..n).map(|_| [fresh(), fresh()]).collect(),
             switches: (0..n).map(|_| Mutex::new(None)).collect(),
+            log: Mutex::default(),
         }
     }
 
@@ -83,13 +96,36 @@ impl HealthStatus {
         slot.lock().ok().map(|g| g.clone())
     }
 
-    /// Publishes a pair's last switch.
+    /// Publishes a pair's last switch (and logs it for [`HealthStatus::switches_after`]).
     pub fn set_switch(&self, pair: usize, s: SwitchStatus) {
         if let Some(slot) = self.switches.get(pair) {
+            if let Ok(mut log) = self.log.lock() {
+                log.last_seq += 1;
+                let seq = log.last_seq;
+                if log.recent.len() >= SWITCH_LOG {
+                    log.recent.pop_front();
+                }
+                log.recent.push_back((seq, pair, s.clone()));
+            }
             if let Ok(mut g) = slot.lock() {
                 *g = Some(s);
             }
         }
+    }
+
+    /// The switches of every pair numbered after `seq` (numbered from 1, in the order they
+    /// were published; only the last few dozen are kept), as (number, pair, switch).
+    pub fn switches_after(&self, seq: u64) -> Vec<(u64, usize, SwitchStatus)> {
+        self.log.lock().map_or_else(
+            |_| Vec::new(),
+            |log| {
+                log.recent
+                    .iter()
+                    .filter(|(n, _, _)| *n > seq)
+                    .cloned()
+                    .collect()
+            },
+        )
     }
 
     /// A pair's last switch.
@@ -162,5 +198,37 @@ impl PairStates {
             };
             a.store(v, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_numbered_and_read_after_a_number() {
+        let st = HealthStatus::new(2);
+        assert!(st.switches_after(0).is_empty());
+        let sw = |to| SwitchStatus {
+            at: SystemTime::now(),
+            from: None,
+            to: Some(to),
+            why: "t".into(),
+        };
+        st.set_switch(1, sw(Member::Backup));
+        st.set_switch(0, sw(Member::Primary));
+        st.set_switch(7, sw(Member::Primary)); // no such pair: not logged
+        let all = st.switches_after(0);
+        let seen: Vec<(u64, usize)> = all.iter().map(|(n, p, _)| (*n, *p)).collect();
+        assert_eq!(seen, [(1, 1), (2, 0)]);
+        let newer = st.switches_after(1);
+        assert_eq!(newer.len(), 1);
+        assert_eq!(newer[0].2.to, Some(Member::Primary));
+        for _ in 0..SWITCH_LOG + 3 {
+            st.set_switch(0, sw(Member::Backup));
+        }
+        let kept = st.switches_after(0);
+        assert_eq!(kept.len(), SWITCH_LOG);
+        assert_eq!(kept.last().map(|k| k.0), Some(SWITCH_LOG as u64 + 5));
     }
 }
