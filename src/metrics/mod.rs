@@ -3,6 +3,7 @@
 //! This module owns the registry and the handles the rest of the proxy increments. It does
 //! not serve HTTP; an endpoint encodes [`Metrics::encode`].
 
+pub mod history;
 pub mod http;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -146,6 +147,8 @@ pub struct Metrics {
     pub requests: Family<MethodLabels, Counter>,
     /// Responses sent toward clients, by class and origin.
     pub responses: Family<ResponseLabels, Counter>,
+    /// 503 responses sent toward clients, every reason.
+    pub responses_503: Counter,
     /// Messages that could not be parsed or framed, by reason.
     pub parse_errors: Family<ReasonLabels, Counter>,
     /// Messages dropped without an answer, by reason.
@@ -212,6 +215,7 @@ impl Metrics {
         let m = Metrics {
             requests: Family::default(),
             responses: Family::default(),
+            responses_503: Counter::default(),
             parse_errors: Family::default(),
             dropped: Family::default(),
             transactions: Gauge::default(),
@@ -250,6 +254,11 @@ impl Metrics {
             "responses_sent",
             "SIP responses sent toward clients",
             m.responses.clone(),
+        );
+        registry.register(
+            "responses_503_sent",
+            "SIP 503 responses sent toward clients, every reason",
+            m.responses_503.clone(),
         );
         registry.register(
             "parse_errors",
@@ -408,6 +417,9 @@ impl Metrics {
 
     /// Counts a response sent toward a client.
     pub fn response(&self, code: u16, origin: &'static str) {
+        if code == 503 {
+            self.responses_503.inc();
+        }
         self.responses
             .get_or_create(&ResponseLabels {
                 class: StatusClass::of(code),
