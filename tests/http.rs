@@ -226,3 +226,118 @@ async fn switchover_is_off_without_a_token() {
     assert_eq!(p.core().upstreams.states.active(0), Some(Member::Primary));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn history_carries_rates_round_trips_and_a_manual_switch() {
+    let primary = Upstream::udp(Behaviour::Answer).await;
+    let backup = Upstream::udp(Behaviour::Answer).await;
+    let token = "0123456789abcdef-history";
+    let extra = format!(
+        "{}admin_token = \"{token}\"\n",
+        http_extra(&primary, &backup, "oos_check = 1\noos_force = 1")
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let http = p.http_addr().unwrap();
+    let get = || async {
+        let (code, body) = http_get(http, "/status/history").await;
+        assert_eq!(code, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let h = get().await;
+    assert_eq!(h["period_s"], 5.0);
+    assert_eq!(h["window_s"], 900.0);
+    assert_eq!(h["switches"], serde_json::json!([]));
+    assert_eq!(
+        h["t"],
+        serde_json::json!([]),
+        "no sample before the first period"
+    );
+
+    // Three calls, then one 503 (draining), then a manual switch.
+    let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
+    for _ in 0..3 {
+        phone.call("sip:bob@site.example").await;
+    }
+    p.core().admission.start_drain();
+    assert_eq!(
+        phone.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(503)
+    );
+    let (code, _) = http_post(
+        http,
+        "/pairs/site/switch",
+        Some(token),
+        r#"{"why":"drill"}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // The switch is there at once, not only after the next sample.
+    let h = get().await;
+    let switches = h["switches"].as_array().unwrap();
+    assert_eq!(switches.len(), 1, "{h}");
+    let sw = &switches[0];
+    assert_eq!(
+        (&sw["pair"], &sw["from"], &sw["to"]),
+        (&"site".into(), &"primary".into(), &"backup".into())
+    );
+    assert!(
+        sw["why"].as_str().unwrap().starts_with("manual: drill"),
+        "{sw}"
+    );
+    let at = sw["at"].as_f64().unwrap();
+    assert!((h["now"].as_f64().unwrap() - at).abs() < 5.0, "{sw}");
+
+    // Samples come every period from the start: wait for one taken after the switch, then
+    // the calls and the 503 are in the window.
+    let start = Instant::now();
+    let h = loop {
+        let h = get().await;
+        let last = h["t"].as_array().unwrap().last().and_then(|v| v.as_f64());
+        if last.is_some_and(|t| t >= at) {
+            break h;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no sample: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let column = |name: &str| -> Vec<f64> {
+        h[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let t = column("t");
+    let calls = column("calls_per_s");
+    let rejected = column("rejected_503_per_s");
+    assert_eq!((calls.len(), rejected.len()), (t.len(), t.len()));
+    // Rates over periods of 5 s (and a few ms): 3 INVITEs and one 503 in all.
+    let total = |rates: &[f64]| (rates.iter().sum::<f64>() * 5.0).round();
+    assert_eq!(total(&calls), 3.0, "{h}");
+    assert_eq!(total(&rejected), 1.0, "{h}");
+    let servers = h["servers"].as_array().unwrap();
+    let members: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|s| (s["member"].as_str().unwrap(), s["server"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("primary", primary.uri().as_str()),
+            ("backup", backup.uri().as_str())
+        ]
+    );
+    for s in servers {
+        let rtt = s["rtt_ms"]
+            .as_array()
+            .unwrap()
+            .last()
+            .and_then(|v| v.as_f64());
+        assert!(
+            rtt.is_some_and(|ms| (0.0..1000.0).contains(&ms)),
+            "probed: {s}"
+        );
+    }
+    p.stop().await;
+}

@@ -57,6 +57,8 @@ pub struct Core {
     conn_supervisor: OnceLock<ActorCell>,
     /// Admission control: the INVITE rate, overload episodes, the drain.
     pub admission: Admission,
+    /// The dashboard's history (rates and round trips of the last minutes, switches).
+    pub history: std::sync::Mutex<crate::metrics::history::History>,
     tls_handshakes: Arc<tokio::sync::Semaphore>,
     /// TLS configurations (listeners, connections toward servers), reloadable.
     pub tls: Option<super::tls::TlsContext>,
@@ -121,6 +123,7 @@ impl Core {
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             admission: Admission::new(settings.invite_rate),
+            history: Default::default(),
             tls_handshakes: Arc::new(tokio::sync::Semaphore::new(
                 settings.limits.max_tls_handshakes,
             )),

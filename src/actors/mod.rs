@@ -22,6 +22,7 @@ pub(crate) mod host;
 pub(crate) mod icmp;
 mod probe_net;
 pub(crate) mod proxy_protocol;
+pub(crate) mod sampler;
 pub(crate) mod sockopt;
 pub(crate) mod stateless;
 pub(crate) mod status;
@@ -126,6 +127,7 @@ impl Proxy {
                 .map_err(|e| StartError(format!("DNS resolver cannot start: {}", e.0)))?,
         );
         spawn_sweeper(Arc::downgrade(&core));
+        sampler::spawn(Arc::downgrade(&core));
         if let Some(every) = core.tls.as_ref().and_then(|t| t.settings().watch) {
             spawn_tls_watcher(Arc::downgrade(&core), every);
         }

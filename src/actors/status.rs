@@ -27,6 +27,10 @@ impl StatusView for Core {
         status_json(self)
     }
 
+    fn history(&self) -> Value {
+        super::sampler::history_json(self)
+    }
+
     fn admin_token(&self) -> Option<&str> {
         self.settings.admin_token.as_deref()
     }

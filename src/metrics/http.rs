@@ -1,4 +1,5 @@
-//! The HTTP endpoint (axum): `/metrics` (OpenMetrics text), `/status` (JSON), `/healthz`,
+//! The HTTP endpoint (axum): `/metrics` (OpenMetrics text), `/status` (JSON),
+//! `/status/history` (JSON: the last minutes, see [`crate::metrics::history`]), `/healthz`,
 //! `/readyz` and `/` (a dashboard that refreshes itself from `/status`).
 //!
 //! It reads the running proxy through [`StatusView`], a narrow view the proxy implements,
@@ -31,6 +32,8 @@ pub trait StatusView: Send + Sync + 'static {
     fn refresh_gauges(&self);
     /// The `/status` document.
     fn status(&self) -> Value;
+    /// The `/status/history` document ([`crate::metrics::history::History::to_json`]).
+    fn history(&self) -> Value;
     /// The bearer token that guards the endpoints that change state; `None`: they are off.
     fn admin_token(&self) -> Option<&str>;
     /// Makes `to` (`"primary"`, `"backup"`, or `None`: the member not active now) the
@@ -47,6 +50,7 @@ pub async fn serve<V: StatusView>(view: Arc<V>, listener: TcpListener) {
     let app = Router::new()
         .route("/metrics", get(metrics::<V>))
         .route("/status", get(status::<V>))
+        .route("/status/history", get(history::<V>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<V>))
         .route("/", get(dashboard))
@@ -127,6 +131,10 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 
 async fn status<V: StatusView>(State(view): State<Arc<V>>) -> impl IntoResponse {
     axum::Json(view.status())
+}
+
+async fn history<V: StatusView>(State(view): State<Arc<V>>) -> impl IntoResponse {
+    axum::Json(view.history())
 }
 
 /// What `POST /pairs/{pair}/switch` may carry (JSON, all optional).
