@@ -1,6 +1,7 @@
 //! The HTTP endpoint (axum): `/metrics` (OpenMetrics text), `/status` (JSON),
 //! `/status/history` (JSON: the last minutes, see [`crate::metrics::history`]), `/healthz`,
-//! `/readyz` and `/` (a dashboard that refreshes itself from `/status`).
+//! `/readyz` and `/` (a dashboard that refreshes itself from `/status` and
+//! `/status/history`).
 //!
 //! It reads the running proxy through [`StatusView`], a narrow view the proxy implements,
 //! and never changes it; it imports nothing from the actors or the health layer.
@@ -216,52 +217,29 @@ async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
-const DASHBOARD: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sippool</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#f6f7f9;color:#1d2330}
-h1{font-size:1.4em;margin:0 0 .2em} .sub{color:#667;margin-bottom:1em}
-.pair{background:#fff;border-radius:8px;padding:1em;margin-bottom:1em;box-shadow:0 1px 3px #0002}
-.pair h2{font-size:1.1em;margin:0 0 .5em} table{border-collapse:collapse;width:100%}
-td,th{text-align:left;padding:.35em .6em;border-bottom:1px solid #eee}
-.up{color:#0a7d32;font-weight:600} .down{color:#c0262d;font-weight:600}
-.active{background:#e4f5e9} .badge{display:inline-block;padding:.1em .5em;border-radius:4px;background:#0a7d32;color:#fff;font-size:.85em}
-.oos{background:#c0262d} .kpi{display:inline-block;margin-right:2em} .kpi b{font-size:1.4em;display:block}
-</style></head><body>
-<h1>sippool <span id="instance"></span></h1><div class="sub" id="sub">loading...</div>
-<div id="kpis"></div><div id="pairs"></div>
-<script>
-let last=null;
-function esc(s){return String(s??'').replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]))}
-function ago(t,now){if(!t)return '-';const s=Math.max(0,now-t);return s<90?s.toFixed(0)+' s ago':(s/60).toFixed(1)+' min ago'}
-async function tick(){
- try{
-  const r=await fetch('/status',{cache:'no-store'});const st=await r.json();
-  document.getElementById('instance').textContent=st.instance;
-  document.getElementById('sub').textContent=(st.draining?'DRAINING - ':'')+'v'+st.version+', '+st.transactions+' transactions in flight, '+st.connections+' connections';
-  let cps='-';
-  if(last){const dt=st.now-last.now; if(dt>0) cps=((st.calls.invites_received-last.calls.invites_received)/dt).toFixed(1);}
-  last=st;
-  document.getElementById('kpis').innerHTML=
-   '<div class="kpi">calls/s<b id="cps">'+cps+'</b></div>'+
-   '<div class="kpi">503 (rate)<b>'+st.overload.rejected_invite_rate+'</b></div>'+
-   '<div class="kpi">503 (caps)<b>'+st.overload.rejected_transactions+'</b></div>'+
-   '<div class="kpi">INVITE limit<b>'+(st.overload.invite_rate||'off')+'</b></div>';
-  document.getElementById('pairs').innerHTML=st.pairs.map(p=>{
-   const badge=p.active?'<span class="badge">active: '+esc(p.active)+'</span>':'<span class="badge oos">OUT OF SERVICE</span>';
-   const rows=p.members.map(m=>'<tr class="'+(m.active?'active':'')+'"><td>'+esc(m.role)+(m.active?' (active)':'')+'</td><td>'+esc(m.server)+'</td><td class="'+m.state+'">'+m.state+'</td><td>since '+ago(m.since,st.now)+'</td><td>'+esc(m.reason)+'</td><td>'+(m.last_rtt_ms==null?'-':m.last_rtt_ms.toFixed(1)+' ms')+'</td></tr>').join('');
-   const sw=p.last_switch?'<div>last switch '+ago(p.last_switch.at,st.now)+': '+esc(p.last_switch.from||'none')+' &rarr; '+esc(p.last_switch.to||'none')+' ('+esc(p.last_switch.why)+')</div>':'';
-   return '<div class="pair" data-pair="'+esc(p.name)+'"><h2>'+esc(p.name)+' '+badge+'</h2><table><tr><th>member</th><th>server</th><th>state</th><th></th><th>reason</th><th>probe RTT</th></tr>'+rows+'</table>'+sw+'</div>';
-  }).join('');
- }catch(e){document.getElementById('sub').textContent='status unavailable: '+e}
-}
-tick();setInterval(tick,1000);
-</script></body></html>
-"#;
+/// The page: self-contained (inline style and script, no external asset), it polls
+/// `/status` every second and `/status/history` every few seconds.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_is_one_self_contained_page() {
+        for external in ["http:", "https:", "//", "src=", "<link", "@import", "url("] {
+            let at = DASHBOARD.find(external);
+            // `//` only as a JavaScript comment at the start of a line.
+            let comment = external == "//"
+                && DASHBOARD
+                    .lines()
+                    .filter(|l| l.contains("//"))
+                    .all(|l| l.trim_start().starts_with("//"));
+            assert!(at.is_none() || comment, "{external} at {at:?}");
+        }
+        assert!(DASHBOARD.contains("fetch('/status/history'"));
+        assert!(DASHBOARD.contains("class=\"switch\""));
+    }
 
     #[test]
     fn prometheus_text_names_counter_totals() {
