@@ -1,6 +1,6 @@
-//! Feeds the dashboard's history ([`crate::metrics::history`]): every
-//! [`PERIOD`](crate::metrics::history::PERIOD) a reading of the counters and of every
-//! upstream server's probe round trip, and the pair switches the health layer logged.
+//! Feeds the dashboard's history ([`crate::metrics::history`]): every [`PERIOD`] a
+//! reading of the counters and of every upstream server's probe round trip, and the pair
+//! switches the health layer logged.
 
 use std::sync::Weak;
 use std::time::{SystemTime, UNIX_EPOCH};
