@@ -302,7 +302,9 @@ impl TxState {
                     }
                 }
                 Action::Locate(hp) => {
-                    let sent = match core.locate(&hp).await {
+                    // Boxed: resolving is a large future (DNS), and an unboxed one would
+                    // make every transaction actor's task carry it for its whole life.
+                    let sent = match Box::pin(core.locate(&hp)).await {
                         Some(target) => self.open_branch(myself, target, None, now).await,
                         None => {
                             tracing::warn!(event = "host_not_resolved", host = %hp.host);
@@ -486,5 +488,36 @@ impl Actor for TransactionSupervisor {
             core.txns.forget(cell.get_id());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn returned_size<A, F>(_f: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// ractor keeps the future of `handle` in every transaction's task, twice over (the
+    /// message loop and the call in progress): a large await inside it (DNS, a connection
+    /// with its TLS handshake) must be boxed, or every transaction in flight pays for it.
+    #[test]
+    fn the_message_handler_future_stays_small() {
+        type Args = (
+            &'static TransactionActor,
+            ActorRef<TxMsg>,
+            TxMsg,
+            &'static mut TxState,
+        );
+        let handle = returned_size(|(a, r, m, s): Args| a.handle(r, m, s));
+        type LocateArgs = (&'static Core, &'static crate::sip::addr::HostPort);
+        let locate = returned_size(|(c, h): LocateArgs| c.locate(h));
+        assert!(handle < 1200, "handle's future is {handle} bytes");
+        assert!(
+            locate > handle,
+            "locate ({locate} bytes) is no longer worth boxing: {handle}"
+        );
     }
 }
