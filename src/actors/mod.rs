@@ -233,10 +233,12 @@ pub enum DrainOutcome {
     },
 }
 
-/// Drops lingering transactions once a second, until the core is gone.
+/// Drops lingering transactions once a second, until the core is gone; once a burst of
+/// transactions has drained, gives the memory it took back to the system.
 fn spawn_sweeper(core: std::sync::Weak<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut release = crate::memory::Release::default();
         loop {
             tick.tick().await;
             match core.upgrade() {
@@ -244,6 +246,12 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
                     let now = std::time::Instant::now();
                     c.txns.sweep_lingering(now);
                     c.admission.end_overload_if_quiet(now);
+                    let live = c.txns.live();
+                    if release.observe(live) {
+                        c.txns.shrink();
+                        crate::memory::release_free_memory();
+                        tracing::debug!(event = "memory_released", live, resident = ?crate::memory::resident_bytes());
+                    }
                 }
                 None => return,
             }

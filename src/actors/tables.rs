@@ -85,6 +85,19 @@ impl Transactions {
         self.lingering.retain(|_, l| l.until > now);
     }
 
+    /// Transactions that hold memory: in flight, and lingering.
+    pub fn live(&self) -> usize {
+        self.server.len() + self.lingering.len()
+    }
+
+    /// Gives back the tables' room left over from a burst: a map keeps the capacity of its
+    /// largest size until told otherwise.
+    pub fn shrink(&self) {
+        self.server.shrink_to_fit();
+        self.client.shrink_to_fit();
+        self.lingering.shrink_to_fit();
+    }
+
     /// A connection that transactions may be using closed: each transaction with a client
     /// branch hears of it and checks whether the branch used that connection.
     pub fn connection_lost(&self, conn: u64) {
