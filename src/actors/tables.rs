@@ -64,8 +64,10 @@ pub struct Transactions {
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client: DashMap<ClientKey, ActorRef<TxMsg>, Hasher>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
-    /// absorbed until their Timer L or J runs out.
-    pub lingering: DashMap<ServerKey, Lingering, Hasher>,
+    /// absorbed until their Timer L or J runs out. Boxed: the table has room for up to
+    /// twice its entries, and an empty slot then costs a key and a pointer, not a
+    /// `Lingering` (tens of thousands of them at a few hundred calls per second).
+    pub lingering: DashMap<ServerKey, Box<Lingering>, Hasher>,
 }
 
 impl Transactions {

@@ -132,12 +132,12 @@ impl Actor for TransactionActor {
             if let Some(reply) = state.reply.clone() {
                 state.core.txns.lingering.insert(
                     state.key.clone(),
-                    Lingering {
+                    Box::new(Lingering {
                         response: linger.response,
                         reply,
                         dest: state.dest,
                         until: linger.until,
-                    },
+                    }),
                 );
                 myself.stop(None);
             }
