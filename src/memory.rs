@@ -33,16 +33,45 @@ pub fn release_free_memory() {
     }
 }
 
+/// Bytes the allocator holds free, not given back (glibc: `mallinfo2().fordblks`, pages
+/// already returned by a trim included); `None` with another allocator.
+pub fn free_heap_bytes() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 takes no argument and reads the allocator's statistics under its
+    // locks; it is safe to call from any thread at any time.
+    return Some(unsafe { libc::mallinfo2() }.fordblks);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 /// When to give memory back: the count of live transactions fell to half the peak it
-/// reached since the last release, and by at least [`Release::MIN_DROP`] transactions.
+/// reached since the last release, and by at least [`Release::MIN_DROP`] transactions (a
+/// burst has drained: the tables shrink too); or, under a steady load, the allocator's free
+/// memory grew by [`Release::FREED_STEP`] since the last release (a passing spike).
 #[derive(Debug, Default)]
 pub struct Release {
     peak: usize,
+    free_at_release: usize,
 }
 
 impl Release {
     /// A drop smaller than this is not worth a trim (a few MiB at most).
     pub const MIN_DROP: usize = 1000;
+    /// Free memory that grew by less than this is left to the allocator.
+    pub const FREED_STEP: usize = 8 << 20;
+
+    /// Takes the allocator's free bytes now; true when they grew by [`Self::FREED_STEP`]
+    /// since the last release (then they count from here). Memory reused since lowers the
+    /// mark: what is freed again counts.
+    pub fn heap_freed(&mut self, free: usize) -> bool {
+        if free >= self.free_at_release.saturating_add(Self::FREED_STEP) {
+            self.free_at_release = free;
+            true
+        } else {
+            self.free_at_release = self.free_at_release.min(free);
+            false
+        }
+    }
 
     /// Takes the count of live transactions now; true when memory should be released now.
     pub fn observe(&mut self, live: usize) -> bool {
@@ -83,6 +112,20 @@ mod tests {
         // And the rest, once.
         assert!(r.observe(0));
         assert!(!r.observe(0));
+    }
+
+    #[test]
+    fn a_spike_under_steady_load_is_given_back_once() {
+        let mut r = Release::default();
+        assert!(!r.heap_freed(1 << 20));
+        // A spike came and went: 10 MiB more free than at the last release.
+        assert!(r.heap_freed(11 << 20));
+        // Still as much free (a trim does not change the allocator's count): nothing more.
+        assert!(!r.heap_freed(11 << 20));
+        assert!(!r.heap_freed(18 << 20));
+        // Reused by the next spike, freed again: released again.
+        assert!(!r.heap_freed(2 << 20));
+        assert!(r.heap_freed(10 << 20));
     }
 
     #[test]

@@ -247,10 +247,14 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
                     c.txns.sweep_lingering(now);
                     c.admission.end_overload_if_quiet(now);
                     let live = c.txns.live();
-                    if release.observe(live) {
+                    let drained = release.observe(live);
+                    if drained {
                         c.txns.shrink();
+                    }
+                    let free = crate::memory::free_heap_bytes();
+                    if free.is_some_and(|f| release.heap_freed(f)) || drained {
                         crate::memory::release_free_memory();
-                        tracing::debug!(event = "memory_released", live, resident = ?crate::memory::resident_bytes());
+                        tracing::debug!(event = "memory_released", live, ?free, resident = ?crate::memory::resident_bytes());
                     }
                 }
                 None => return,
