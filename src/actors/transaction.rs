@@ -152,6 +152,8 @@ impl Actor for TransactionActor {
         myself: ActorRef<TxMsg>,
         state: &mut TxState,
     ) -> Result<(), ActorProcessingErr> {
+        // At once: the state itself goes to the supervisor before it is dropped.
+        state.wakeup.cancel();
         let id = myself.get_id();
         state
             .core
