@@ -7,13 +7,14 @@
       that a burst does not overflow the proxy's socket buffer: that would measure drops, not
       memory). Unanswered requests are retransmitted (500 ms, doubling, 6 times, as Timer E).
       INVITE: a provisional from the server (not the proxy's 100) makes it "in flight"; a
-      final non-2xx is ACKed. Prints
+      final response is ACKed (a 2xx in a new transaction). Prints
       'BURST_END <unix time> <requests answered>' when the last request was answered (first
       response), then 'DONE <finals by code>' when the finals are in (or S seconds, default 15,
       of silence).
-  burst.py uas LOCAL_IP PORT HOLD_S
+  burst.py uas LOCAL_IP PORT HOLD_S [FINAL]
       An upstream server that answers OPTIONS with 200 at once, and INVITE with 180 at once
-      and 486 Busy Here HOLD_S seconds later (transactions in flight at the proxy meanwhile).
+      and FINAL (486 Busy Here, or 200 OK) HOLD_S seconds later (transactions in flight at
+      the proxy meanwhile).
   burst.py sample PID INTERVAL_S
       Prints '<unix time> <VmRSS KiB>' every INTERVAL_S until PID exits.
 """
@@ -153,6 +154,10 @@ def uac(argv):
                 if code >= 200:
                     if code >= 300:
                         sock.sendto(ack(i, header(lines, "to", "t") or "").encode(), dest)
+                    elif method == "INVITE" and i not in final_seen:
+                        # A 2xx is ACKed end to end, in a transaction of its own.
+                        a = ack(i, header(lines, "to", "t") or "")
+                        sock.sendto(a.replace("-%d;rport" % i, "-%d-ack;rport" % i, 1).encode(), dest)
                     if i not in final_seen:
                         final_seen.add(i)
                         finals[code] = finals.get(code, 0) + 1
@@ -178,6 +183,8 @@ def uac(argv):
 
 def uas(argv):
     ip, port, hold = argv[0], int(argv[1]), float(argv[2])
+    final = int(argv[3]) if len(argv) > 3 else 486
+    reason = {200: "OK", 486: "Busy Here"}.get(final, "Final")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -220,7 +227,7 @@ def uas(argv):
                 sock.sendto(ring, src)
                 seq += 1
                 heapq.heappush(later, (time.monotonic() + hold, seq,
-                                       response(lines, 486, "Busy Here"), src, top))
+                                       response(lines, final, reason), src, top))
             # ACK and anything else: nothing to say
         now = time.monotonic()
         while later and later[0][0] <= now:

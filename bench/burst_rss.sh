@@ -10,7 +10,7 @@
 #                                        Servers: SIPp with ../shared/bench/scenarios/uas.xml
 #                                        when it is there, else bench/burst.py uas.
 #   bench/burst_rss.sh invite [N]        INVITEs to servers that ring at once and answer 486
-#                                        HOLD_S (20) s later: transactions in flight.
+#                                        (FINAL=200: 200) HOLD_S (20) s later: in flight.
 #   bench/burst_rss.sh soak [RATE] [SECS] calls (INVITE/180/200/ACK/BYE, SIPp uac.xml and
 #                                        uas.xml of ../shared/bench) at RATE (500) cps for SECS
 #                                        (600) s, RSS every 10 s; drift after the first minute.
@@ -49,7 +49,7 @@ start_servers() { # kind: sipp | slow
       (cd "$WORK" && exec sipp -sf "$SHARED/scenarios/uas.xml" -i $ip -p 5060 -t u1 -nostdin \
         -buff_size 4194304 > "$WORK/uas-$ip.log" 2>&1) &
     else
-      python3 "$ROOT/bench/burst.py" uas $ip 5060 "$HOLD_S" > "$WORK/uas-$ip.log" 2>&1 &
+      python3 "$ROOT/bench/burst.py" uas $ip 5060 "$HOLD_S" "${FINAL:-486}" > "$WORK/uas-$ip.log" 2>&1 &
     fi
     pids+=($!)
     wait_udp $ip 5060
