@@ -5,7 +5,8 @@
 //! style of quinn-proto); [`actors`] is its shell: sockets, lifetimes and supervision, with
 //! [`Proxy`] as the entry point; [`health`] holds upstream state and its probes; [`metrics`]
 //! counts and serves HTTP; [`config`] loads and validates the configuration; [`dns`]
-//! locates servers (RFC 3263). The README's module diagram says what each may import.
+//! locates servers (RFC 3263); [`memory`] reads the process's size and gives freed memory
+//! back after a burst. The README's module diagram says what each may import.
 
 #![deny(missing_docs)]
 // Nothing reachable from the network or the config may panic (see also `sip`'s own lints).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod sip;
 pub(crate) mod wakeup;

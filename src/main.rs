@@ -17,7 +17,7 @@ use sippool::config;
     version,
     arg_required_else_help = true,
     after_help = "Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).\n\
-                  Log filter: RUST_LOG (default info)."
+                  Log filter: RUST_LOG (default info,ractor=warn)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -85,7 +85,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // ractor opens an info span per actor: one per transaction, held in the subscriber's
+        // registry for the transaction's life (memory and CPU per transaction, issue 17).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

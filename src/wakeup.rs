@@ -44,3 +44,61 @@ impl<M: Message> Wakeup<M> {
         }
     }
 }
+
+/// An actor's state is dropped when it ends, however it ends: its pending wake-up goes
+/// with it. Left sleeping, the delivery task would hold the actor's reference, and with it
+/// the dead actor's mailboxes (about 5 KiB), until the deadline (Timer C: 3 minutes).
+impl<M: Message> Drop for Wakeup<M> {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr};
+    use tokio::sync::mpsc::UnboundedSender;
+
+    struct Echo;
+
+    impl Actor for Echo {
+        type Msg = u8;
+        type State = UnboundedSender<u8>;
+        type Arguments = UnboundedSender<u8>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<u8>,
+            out: UnboundedSender<u8>,
+        ) -> Result<UnboundedSender<u8>, ActorProcessingErr> {
+            Ok(out)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<u8>,
+            msg: u8,
+            out: &mut UnboundedSender<u8>,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = out.send(msg);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_wakeup_never_arrives() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (actor, _) = Actor::spawn(None, Echo, tx).await.unwrap();
+        let now = Instant::now();
+        let mut dropped = Wakeup::default();
+        dropped.schedule(&actor, now + std::time::Duration::from_secs(5), now, || 1);
+        let mut kept = Wakeup::default();
+        kept.schedule(&actor, now + std::time::Duration::from_secs(10), now, || 2);
+        drop(dropped);
+        // Paused time runs on to the next timer: the first message is the later one.
+        assert_eq!(rx.recv().await, Some(2));
+        kept.fired();
+        actor.stop(None);
+    }
+}

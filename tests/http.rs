@@ -87,6 +87,9 @@ async fn metrics_count_a_call_exactly() {
     assert!(active_primary.ends_with(" 1"), "{active_primary}");
     assert!(after.contains("sippool_build_info{version="), "{after}");
     assert!(after.contains("# TYPE sippool_requests_received_total counter"));
+    // The process's memory, next to the transaction and connection counts.
+    let rss = sample(&after, "sippool_resident_memory_bytes");
+    assert!(rss > f64::from(1 << 20), "{rss}");
     p.stop().await;
 }
 
@@ -108,6 +111,9 @@ async fn status_follows_a_failover() {
     assert_eq!(code, 200);
     let st: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(st["pairs"][0]["active"], "primary");
+    let rss = st["memory"]["resident_bytes"].as_u64().unwrap();
+    assert!(rss > 1 << 20, "{rss}");
+    assert!(st["max_transactions"].as_u64().unwrap() > 0);
     primary.set(Behaviour::Silent);
     let start = Instant::now();
     while p.core().upstreams.states.active(0) != Some(Member::Backup) {

@@ -241,10 +241,12 @@ pub enum DrainOutcome {
     },
 }
 
-/// Drops lingering transactions once a second, until the core is gone.
+/// Drops lingering transactions once a second, until the core is gone; once a burst of
+/// transactions has drained, gives the memory it took back to the system.
 fn spawn_sweeper(core: std::sync::Weak<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut release = crate::memory::Release::default();
         loop {
             tick.tick().await;
             match core.upgrade() {
@@ -252,6 +254,16 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
                     let now = std::time::Instant::now();
                     c.txns.sweep_lingering(now);
                     c.admission.end_overload_if_quiet(now);
+                    let live = c.txns.live();
+                    let drained = release.observe(live);
+                    if drained {
+                        c.txns.shrink();
+                    }
+                    let free = crate::memory::free_heap_bytes();
+                    if free.is_some_and(|f| release.heap_freed(f)) || drained {
+                        crate::memory::release_free_memory();
+                        tracing::debug!(event = "memory_released", live, ?free, resident = ?crate::memory::resident_bytes());
+                    }
                 }
                 None => return,
             }

@@ -73,6 +73,11 @@ impl StatusView for Core {
 
 fn refresh_gauges(core: &Core) {
     core.metrics.lingering.set(core.txns.lingering.len() as i64);
+    if let Some(rss) = crate::memory::resident_bytes() {
+        core.metrics
+            .resident_memory
+            .set(i64::try_from(rss).unwrap_or(i64::MAX));
+    }
     for (i, p) in core.settings.pairs.iter().enumerate() {
         let active = core.upstreams.states.active(i);
         for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
@@ -169,6 +174,10 @@ fn status_json(core: &Core) -> Value {
         "flows": flows,
         "transactions": core.txns.server.len(),
         "transactions_lingering": core.txns.lingering.len(),
+        "max_transactions": core.settings.limits.max_transactions,
+        "memory": {
+            "resident_bytes": crate::memory::resident_bytes(),
+        },
         "overload": {
             "invite_rate": core.admission.invite_rate(),
             "rejected_invite_rate": crate::metrics::Metrics::reason_value(&m.overload_rejections, "invite_rate"),

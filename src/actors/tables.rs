@@ -64,8 +64,10 @@ pub struct Transactions {
     /// Client transactions by our branch, pointing at the owning server transaction.
     pub client: DashMap<ClientKey, ActorRef<TxMsg>, Hasher>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
-    /// absorbed until their Timer L or J runs out.
-    pub lingering: DashMap<ServerKey, Lingering, Hasher>,
+    /// absorbed until their Timer L or J runs out. Boxed: the table has room for up to
+    /// twice its entries, and an empty slot then costs a key and a pointer, not a
+    /// `Lingering` (tens of thousands of them at a few hundred calls per second).
+    pub lingering: DashMap<ServerKey, Box<Lingering>, Hasher>,
 }
 
 impl Transactions {
@@ -83,6 +85,19 @@ impl Transactions {
     /// Drops lingering transactions whose time is up.
     pub fn sweep_lingering(&self, now: Instant) {
         self.lingering.retain(|_, l| l.until > now);
+    }
+
+    /// Transactions that hold memory: in flight, and lingering.
+    pub fn live(&self) -> usize {
+        self.server.len() + self.lingering.len()
+    }
+
+    /// Gives back the tables' room left over from a burst: a map keeps the capacity of its
+    /// largest size until told otherwise.
+    pub fn shrink(&self) {
+        self.server.shrink_to_fit();
+        self.client.shrink_to_fit();
+        self.lingering.shrink_to_fit();
     }
 
     /// A connection that transactions may be using closed: each transaction with a client

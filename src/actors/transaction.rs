@@ -116,7 +116,9 @@ impl Actor for TransactionActor {
                     c.handle_timeout(state.core.upstreams.as_ref(), now);
                 }
             }
-            TxMsg::ConnectionLost(conn) => state.on_connection_lost(conn, now).await,
+            // Boxed, as the awaits below: rare or once per branch, and an unboxed future
+            // would be carried by every transaction's task for its whole life.
+            TxMsg::ConnectionLost(conn) => Box::pin(state.on_connection_lost(conn, now)).await,
             TxMsg::Unreachable(dest) => state.on_unreachable(dest, now),
         }
         state.drive(&myself, relayed_from, now).await;
@@ -130,12 +132,12 @@ impl Actor for TransactionActor {
             if let Some(reply) = state.reply.clone() {
                 state.core.txns.lingering.insert(
                     state.key.clone(),
-                    Lingering {
+                    Box::new(Lingering {
                         response: linger.response,
                         reply,
                         dest: state.dest,
                         until: linger.until,
-                    },
+                    }),
                 );
                 myself.stop(None);
             }
@@ -150,6 +152,8 @@ impl Actor for TransactionActor {
         myself: ActorRef<TxMsg>,
         state: &mut TxState,
     ) -> Result<(), ActorProcessingErr> {
+        // At once: the state itself goes to the supervisor before it is dropped.
+        state.wakeup.cancel();
         let id = myself.get_id();
         state
             .core
@@ -311,8 +315,10 @@ impl TxState {
                     }
                 }
                 Action::Locate(hp) => {
-                    let sent = match core.locate(&hp).await {
-                        Some(target) => self.open_branch(myself, target, None, now).await,
+                    // Boxed: resolving is a large future (DNS), and an unboxed one would
+                    // make every transaction actor's task carry it for its whole life.
+                    let sent = match Box::pin(core.locate(&hp)).await {
+                        Some(target) => Box::pin(self.open_branch(myself, target, None, now)).await,
                         None => {
                             tracing::warn!(event = "host_not_resolved", host = %hp.host);
                             false
@@ -326,7 +332,9 @@ impl TxState {
                 }
                 Action::Flow(flow) => {
                     let opened = match core.flow_target(&flow) {
-                        Some((target, conn)) => self.open_branch(myself, target, conn, now).await,
+                        Some((target, conn)) => {
+                            Box::pin(self.open_branch(myself, target, conn, now)).await
+                        }
                         None => false,
                     };
                     if let (false, Some(c)) = (opened, &mut self.ctx) {
@@ -426,6 +434,10 @@ impl TxState {
                 .latency
                 .observe(self.received.elapsed().as_secs_f64());
         }
+        if self.links.capacity() == 0 {
+            // Most transactions have one branch: no room for four.
+            self.links.reserve_exact(1);
+        }
         self.links.push(link);
         ok
     }
@@ -500,5 +512,36 @@ impl Actor for TransactionSupervisor {
             core.txns.forget(cell.get_id());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn returned_size<A, F>(_f: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// ractor keeps the future of `handle` in every transaction's task, twice over (the
+    /// message loop and the call in progress): a large await inside it (DNS, a connection
+    /// with its TLS handshake) must be boxed, or every transaction in flight pays for it.
+    #[test]
+    fn the_message_handler_future_stays_small() {
+        type Args = (
+            &'static TransactionActor,
+            ActorRef<TxMsg>,
+            TxMsg,
+            &'static mut TxState,
+        );
+        let handle = returned_size(|(a, r, m, s): Args| a.handle(r, m, s));
+        type LocateArgs = (&'static Core, &'static crate::sip::addr::HostPort);
+        let locate = returned_size(|(c, h): LocateArgs| c.locate(h));
+        assert!(handle < 600, "handle's future is {handle} bytes");
+        assert!(
+            locate > handle,
+            "locate ({locate} bytes) is no longer worth boxing: {handle}"
+        );
     }
 }

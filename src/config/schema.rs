@@ -347,7 +347,8 @@ pub struct LimitsConfig {
     pub max_message_size: usize,
     /// Most header lines accepted in one message.
     pub max_headers: usize,
-    /// Server transactions in flight; beyond it new requests get 503.
+    /// Server transactions in flight; beyond it new requests get 503. The default, 50,000,
+    /// bounds their memory to about 750 MiB (at most 15 KiB each, README "Memory").
     pub max_transactions: usize,
     /// TCP connections open at once (inbound and outbound).
     pub max_connections: usize,
@@ -369,7 +370,7 @@ impl Default for LimitsConfig {
         Self {
             max_message_size: 65_535,
             max_headers: 256,
-            max_transactions: 100_000,
+            max_transactions: 50_000,
             max_connections: 100_000,
             idle_timeout_s: 600,
             max_connections_per_ip: 1000,

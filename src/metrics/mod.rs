@@ -157,6 +157,8 @@ pub struct Metrics {
     pub transactions: Gauge,
     /// Open stream connections, by transport.
     pub connections: Family<KindLabels, Gauge>,
+    /// Resident set size of the process, bytes (set at scrape time).
+    pub resident_memory: Gauge,
     /// Actors that failed (panicked), by kind; the rest of the proxy carried on.
     pub actor_failures: Family<KindLabels, Counter>,
     /// Requests refused with 503 because of a cap or the INVITE rate, by reason.
@@ -220,6 +222,7 @@ impl Metrics {
             dropped: Family::default(),
             transactions: Gauge::default(),
             connections: Family::default(),
+            resident_memory: Gauge::default(),
             actor_failures: Family::default(),
             overload_rejections: Family::default(),
             upstream_timeouts: Counter::default(),
@@ -279,6 +282,12 @@ impl Metrics {
             "connections_open",
             "Open stream connections",
             m.connections.clone(),
+        );
+        registry.register_with_unit(
+            "resident_memory",
+            "Resident set size of the process (from /proc/self/statm)",
+            prometheus_client::registry::Unit::Bytes,
+            m.resident_memory.clone(),
         );
         registry.register(
             "actor_failures",

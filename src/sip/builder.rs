@@ -41,7 +41,18 @@ pub struct RequestEdits {
 
 /// Writes the forwarded request.
 pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+    // Room for all it adds (each header with its name, ": " and CRLF): the buffer is kept
+    // for retransmissions, and one that overflows doubles.
+    let added = |v: &str| v.len() + 32;
+    let capacity = msg.bytes().len()
+        + edits.request_uri.as_deref().map_or(0, str::len)
+        + added(&edits.via)
+        + edits.top_via.as_deref().map_or(0, added)
+        + edits.record_route.iter().map(|r| added(r)).sum::<usize>()
+        + edits.path.as_deref().map_or(0, added)
+        + edits.extra.iter().map(|e| added(e)).sum::<usize>()
+        + 32;
+    let mut out = BytesMut::with_capacity(capacity);
     let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
     let uri = match &edits.request_uri {
         Some(u) => u.as_bytes(),

@@ -353,6 +353,11 @@ impl Message {
         self.defect
     }
 
+    /// Gives back the header index's spare room (for a message kept a while, not every one).
+    pub fn shrink_to_fit(&mut self) {
+        self.headers.shrink_to_fit();
+    }
+
     /// The start line.
     pub fn start(&self) -> &StartLine {
         &self.start

@@ -142,11 +142,12 @@ pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 impl ResponseContext {
     /// A context for a received request; `reliable` when it came over a stream.
     pub fn new(
-        request: Message,
+        mut request: Message,
         reliable: bool,
         timers: Timers,
         failover_timeout: Duration,
     ) -> ResponseContext {
+        request.shrink_to_fit(); // kept for the transaction's life
         let server = if request.method() == Some(&Method::Invite) {
             Server::Invite(ServerInvite::new(reliable, timers))
         } else {

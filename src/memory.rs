@@ -1,0 +1,139 @@
+//! The process's memory: its resident size, shown by `/status` and the metrics next to the
+//! transaction and connection counts, and giving freed memory back to the system once a
+//! burst of transactions has ended (issue 17).
+//!
+//! glibc's malloc keeps what the program frees: a burst of transactions grows its heap, and
+//! the few long-lived allocations made meanwhile (table slots, a connection) pin it, so the
+//! heap never shrinks by itself. `malloc_trim` hands every whole free page back
+//! (`madvise(MADV_DONTNEED)`), wherever it lies. [`Release`] decides when that is worth it:
+//! when the live transactions have fallen well below the peak they reached since the last
+//! time. README, "Memory", has the measurements behind this choice.
+
+/// The resident set size of this process in bytes, from `/proc/self/statm`; `None` where
+/// that file cannot be read (not Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    Some(pages.saturating_mul(page))
+}
+
+/// Gives the allocator's free memory back to the system (glibc: `malloc_trim(0)`, every
+/// arena). Costs a walk over the free lists: call it after a burst, not per message.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only reorganises the allocator's own free
+    // lists under its locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes the allocator holds free, not given back (glibc: `mallinfo2().fordblks`, pages
+/// already returned by a trim included); `None` with another allocator.
+pub fn free_heap_bytes() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 takes no argument and reads the allocator's statistics under its
+    // locks; it is safe to call from any thread at any time.
+    return Some(unsafe { libc::mallinfo2() }.fordblks);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// When to give memory back: the count of live transactions fell to half the peak it
+/// reached since the last release, and by at least [`Release::MIN_DROP`] transactions (a
+/// burst has drained: the tables shrink too); or, under a steady load, the allocator's free
+/// memory grew by [`Release::FREED_STEP`] since the last release (a passing spike).
+#[derive(Debug, Default)]
+pub struct Release {
+    peak: usize,
+    free_at_release: usize,
+}
+
+impl Release {
+    /// A drop smaller than this is not worth a trim (a few MiB at most).
+    pub const MIN_DROP: usize = 1000;
+    /// Free memory that grew by less than this is left to the allocator.
+    pub const FREED_STEP: usize = 8 << 20;
+
+    /// Takes the allocator's free bytes now; true when they grew by [`Self::FREED_STEP`]
+    /// since the last release (then they count from here). Memory reused since lowers the
+    /// mark: what is freed again counts.
+    pub fn heap_freed(&mut self, free: usize) -> bool {
+        if free >= self.free_at_release.saturating_add(Self::FREED_STEP) {
+            self.free_at_release = free;
+            true
+        } else {
+            self.free_at_release = self.free_at_release.min(free);
+            false
+        }
+    }
+
+    /// Takes the count of live transactions now; true when memory should be released now.
+    pub fn observe(&mut self, live: usize) -> bool {
+        self.peak = self.peak.max(live);
+        if self.peak - live >= Self::MIN_DROP && live <= self.peak / 2 {
+            self.peak = live;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_size_is_read() {
+        let rss = resident_bytes();
+        assert!(rss.is_some_and(|b| b > 1 << 20), "{rss:?}");
+    }
+
+    #[test]
+    fn releases_once_after_a_burst_has_drained() {
+        let mut r = Release::default();
+        // A burst builds up: nothing to release while it grows.
+        assert!((0..=10_000).step_by(500).all(|n| !r.observe(n)));
+        // Still most of it live.
+        assert!(!r.observe(8000));
+        assert!(!r.observe(5001));
+        // Half gone: release, once.
+        assert!(r.observe(5000));
+        assert!(!r.observe(4000));
+        assert!(!r.observe(3001));
+        // Half of what was left at the release is gone too.
+        assert!(r.observe(2500));
+        // And the rest, once.
+        assert!(r.observe(0));
+        assert!(!r.observe(0));
+    }
+
+    #[test]
+    fn a_spike_under_steady_load_is_given_back_once() {
+        let mut r = Release::default();
+        assert!(!r.heap_freed(1 << 20));
+        // A spike came and went: 10 MiB more free than at the last release.
+        assert!(r.heap_freed(11 << 20));
+        // Still as much free (a trim does not change the allocator's count): nothing more.
+        assert!(!r.heap_freed(11 << 20));
+        assert!(!r.heap_freed(18 << 20));
+        // Reused by the next spike, freed again: released again.
+        assert!(!r.heap_freed(2 << 20));
+        assert!(r.heap_freed(10 << 20));
+    }
+
+    #[test]
+    fn small_swings_release_nothing() {
+        let mut r = Release::default();
+        for _ in 0..100 {
+            assert!(!r.observe(900));
+            assert!(!r.observe(10));
+        }
+    }
+}
