@@ -95,7 +95,8 @@ pub enum Action {
     /// Find the connection of this flow of ours (RFC 5626), then call
     /// [`ResponseContext::start_branch`](super::ResponseContext::start_branch) with its transport, or
     /// [`ResponseContext::handle_flow_refused`](super::ResponseContext::handle_flow_refused) when it is gone.
-    Flow(Flow),
+    /// Boxed: the largest payload of all actions, and the rarest (requests toward phones).
+    Flow(Box<Flow>),
     /// The instance of the pool a request was relayed to did not take it (unreachable, or
     /// silent past the relay timer): the shell may skip it for a while.
     RelayFailed(crate::sip::addr::Target),

@@ -257,7 +257,7 @@ impl ResponseContext {
             Destination::Flow { flow, .. } => {
                 let flow = *flow;
                 self.plan = Some(plan);
-                self.actions.push_back(Action::Flow(flow));
+                self.actions.push_back(Action::Flow(Box::new(flow)));
                 return;
             }
             Destination::Relay { instance, .. } => {
@@ -712,7 +712,7 @@ impl ResponseContext {
         }
         if let Some(flow) = self.plan.as_mut().and_then(Plan::relay_failed) {
             self.relay = false;
-            self.actions.push_back(Action::Flow(flow));
+            self.actions.push_back(Action::Flow(Box::new(flow)));
             return;
         }
         self.respond(now, &Reject::new(430, "Flow Failed"));

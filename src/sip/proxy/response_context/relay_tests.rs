@@ -207,7 +207,7 @@ fn a_udp_phone_is_sent_to_from_here_when_its_instance_is_gone() {
     let actions = drain(&mut ctx);
     assert_eq!(to_client(&actions), Vec::<u16>::new());
     let flow = actions.iter().find_map(|a| match a {
-        Action::Flow(f) => Some(*f),
+        Action::Flow(f) => Some(**f),
         _ => None,
     });
     assert_eq!(
