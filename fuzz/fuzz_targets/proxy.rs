@@ -40,15 +40,16 @@ fuzz_target!(|data: &[u8]| {
         transport: Transport::Udp,
         source: "198.51.100.1:5062".parse().unwrap_or_else(|_| std::process::abort()),
         from_upstream: data.first().is_some_and(|b| b & 1 == 1),
+        local: None,
         flow_token: None,
     };
     if let Decision::Forward(plan) = decide(rx, identity, router) {
         for t in [Transport::Udp, Transport::Tcp] {
             let branch = plan.new_branch();
-            let out = plan.build(&m, identity, t, &branch);
+            let out = plan.build(&m, identity, t.into(), &branch);
             let again = Message::parse(out.clone(), Framing::Stream, &Limits { max_size: usize::MAX, max_headers: usize::MAX });
             assert!(again.is_ok(), "a forwarded request must parse");
-            let cancel = plan.cancel(&m, &identity.via(t, &branch));
+            let cancel = plan.cancel(&m, &identity.via(t.into(), &branch));
             let cancel = Message::parse(cancel, Framing::Stream, &Limits { max_size: usize::MAX, max_headers: usize::MAX });
             assert!(cancel.is_ok(), "its CANCEL must parse");
         }
