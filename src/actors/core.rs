@@ -221,7 +221,7 @@ impl Core {
     pub fn flow_token_for(&self, inbound: &Inbound) -> Option<String> {
         match &inbound.reply {
             ReplyPath::Stream(c) => Some(self.identity.flows().token(c.transport, c.id, c.peer)),
-            ReplyPath::Udp(_) => {
+            ReplyPath::Udp(..) => {
                 let rport = matches!(inbound.msg.top_via(), Some(Ok(v)) if v.rport().is_some());
                 rport.then(|| {
                     self.identity

@@ -34,8 +34,9 @@ pub struct Inbound {
 /// The way back to whoever sent a message.
 #[derive(Debug, Clone)]
 pub enum ReplyPath {
-    /// The UDP socket it arrived on.
-    Udp(Arc<UdpSocket>),
+    /// The UDP socket it arrived on, and that socket's local address (read once when the
+    /// listener starts, not per message).
+    Udp(Arc<UdpSocket>, Option<SocketAddr>),
     /// The connection it arrived on.
     Stream(ConnHandle),
 }
@@ -63,9 +64,9 @@ impl ReplyPath {
     /// goes through.
     pub fn through(&self) -> Through {
         match self {
-            ReplyPath::Udp(s) => Through {
+            ReplyPath::Udp(_, local) => Through {
                 transport: Transport::Udp,
-                local: s.local_addr().ok(),
+                local: *local,
             },
             ReplyPath::Stream(c) => Through {
                 transport: c.transport,
@@ -164,6 +165,11 @@ impl Transports {
     /// family has several, the one bound to the address the kernel would send from (or a
     /// wildcard one); else the family's first.
     pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.udp_entry(dest).map(|(_, s)| s)
+    }
+
+    /// [`Self::udp_for`] with the socket's local address, as it was registered.
+    fn udp_entry(&self, dest: &SocketAddr) -> Option<(SocketAddr, Arc<UdpSocket>)> {
         let v = self.udp.read().ok()?;
         let family = || {
             v.iter()
@@ -180,7 +186,7 @@ impl Transports {
             Some(local) => family().find(|(l, _)| *l == local),
             None => family().next(),
         }
-        .map(|(_, s)| s.clone())
+        .map(|(l, s)| (*l, s.clone()))
     }
 
     /// The listener a message to `dest` over `transport` leaves by (see
@@ -193,7 +199,7 @@ impl Transports {
         dest: SocketAddr,
     ) -> Through {
         let local = if transport == Transport::Udp {
-            self.udp_for(&dest).and_then(|s| s.local_addr().ok())
+            self.udp_entry(&dest).map(|(local, _)| local)
         } else {
             let of = || {
                 listeners
@@ -268,7 +274,7 @@ impl Transports {
 /// Sends on the path a message arrived by (responses).
 pub fn send_reply(path: &ReplyPath, dest: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
     match path {
-        ReplyPath::Udp(sock) => send_udp(sock, dest, bytes),
+        ReplyPath::Udp(sock, _) => send_udp(sock, dest, bytes),
         ReplyPath::Stream(conn) => {
             if conn.send(bytes) {
                 Ok(())

@@ -59,6 +59,7 @@ impl Actor for UdpListener {
 }
 
 async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
+    let local = sock.local_addr().ok();
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, source) = match sock.recv_from(&mut buf).await {
@@ -74,7 +75,7 @@ async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
             }
         };
         let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-        handle_datagram(&core, &sock, data, source);
+        handle_datagram(&core, &sock, local, data, source);
     }
 }
 
@@ -106,7 +107,13 @@ fn answer_stun(core: &Core, sock: &Arc<UdpSocket>, data: &[u8], source: SocketAd
 }
 
 /// Parses and dispatches one datagram, containing any panic to this datagram.
-pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, source: SocketAddr) {
+pub fn handle_datagram(
+    core: &Arc<Core>,
+    sock: &Arc<UdpSocket>,
+    local: Option<SocketAddr>,
+    data: Bytes,
+    source: SocketAddr,
+) {
     if data.iter().all(|&b| b == b'\r' || b == b'\n') {
         // RFC 5626 keep-alives over UDP are STUN; bare CRLFs are ignored.
         return;
@@ -121,7 +128,7 @@ pub fn handle_datagram(core: &Arc<Core>, sock: &Arc<UdpSocket>, data: Bytes, sou
                 msg,
                 transport: Transport::Udp,
                 source,
-                reply: ReplyPath::Udp(sock.clone()),
+                reply: ReplyPath::Udp(sock.clone(), local),
                 received: std::time::Instant::now(),
             }),
             Err(e) => core.metrics.parse_failed(parse_reason(e)),
