@@ -49,7 +49,7 @@ async fn demo_switches_over_and_back_without_a_failed_call() {
     let r = post(d.control, "/primary/kill").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     until("switch to backup", Duration::from_secs(5), || {
-        d.proxy.core().upstreams.states.active(0) == Some(Member::Backup)
+        d.proxy.core().live().upstreams.states.active(0) == Some(Member::Backup)
     })
     .await;
     let at_switch = completed(&d);
@@ -61,7 +61,7 @@ async fn demo_switches_over_and_back_without_a_failed_call() {
 
     post(d.control, "/primary/revive").await;
     until("switch back", Duration::from_secs(5), || {
-        d.proxy.core().upstreams.states.active(0) == Some(Member::Primary)
+        d.proxy.core().live().upstreams.states.active(0) == Some(Member::Primary)
     })
     .await;
     let primary_before = d.primary.invites.load(Ordering::Relaxed);

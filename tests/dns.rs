@@ -69,15 +69,18 @@ async fn a_name_that_does_not_resolve_counts_as_down() {
     )
     .await;
     let start = Instant::now();
-    while p.core().upstreams.states.is_up(0, Member::Backup) {
+    while p.core().live().upstreams.states.is_up(0, Member::Backup) {
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "backup still counted up"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(p.core().upstreams.states.is_up(0, Member::Primary));
-    assert_eq!(p.core().upstreams.states.active(0), Some(Member::Primary));
+    assert!(p.core().live().upstreams.states.is_up(0, Member::Primary));
+    assert_eq!(
+        p.core().live().upstreams.states.active(0),
+        Some(Member::Primary)
+    );
     p.stop().await;
 }
 

@@ -30,7 +30,7 @@ async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Dura
 }
 
 fn active(p: &Proxy) -> Option<Member> {
-    p.core().upstreams.states.active(0)
+    p.core().live().upstreams.states.active(0)
 }
 
 /// Sends an INVITE, acknowledges its final response, and returns that response.
@@ -64,7 +64,7 @@ async fn silent_primary_switches_within_oos_check_plus_timeout() {
     let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
     // Let the first probe round pass, then silence the primary.
     until("primary probed up", Duration::from_secs(3), || {
-        p.core().upstreams.states.is_up(0, Member::Primary)
+        p.core().live().upstreams.states.is_up(0, Member::Primary)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,7 +159,7 @@ async fn no_flapping_without_failback() {
     .await;
     primary.set(Behaviour::Answer);
     until("primary up again", Duration::from_secs(4), || {
-        p.core().upstreams.states.is_up(0, Member::Primary)
+        p.core().live().upstreams.states.is_up(0, Member::Primary)
     })
     .await;
     // Another probe round: still on the backup.
@@ -203,7 +203,7 @@ async fn late_probe_answers_are_ignored() {
     // Three more probe rounds: every answer is late, the primary stays down.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        assert!(!p.core().upstreams.states.is_up(0, Member::Primary));
+        assert!(!p.core().live().upstreams.states.is_up(0, Member::Primary));
     }
     p.stop().await;
 }
@@ -353,12 +353,12 @@ async fn a_member_that_answers_probes_but_fails_calls_is_taken_out_then_probed_b
         active(&p) == Some(Member::Backup)
     })
     .await;
-    assert!(!p.core().upstreams.states.is_up(0, Member::Primary));
+    assert!(!p.core().live().upstreams.states.is_up(0, Member::Primary));
     assert_eq!(invite(&mut phone).await.status(), Some(200));
     backup.recv_method("INVITE").await;
     // After the probation its probes bring it back (the pair stays where it is).
     until("probation over", Duration::from_secs(4), || {
-        p.core().upstreams.states.is_up(0, Member::Primary)
+        p.core().live().upstreams.states.is_up(0, Member::Primary)
     })
     .await;
     assert_eq!(active(&p), Some(Member::Backup));
@@ -399,10 +399,13 @@ async fn request_for_another_site_goes_to_that_sites_active_member() {
     let p = proxy(&["udp"], &extra).await;
     // Site B's primary is silent: site B switches to its backup, site A stays on its primary.
     until("site-b on its backup", Duration::from_secs(3), || {
-        p.core().upstreams.states.active(1) == Some(Member::Backup)
+        p.core().live().upstreams.states.active(1) == Some(Member::Backup)
     })
     .await;
-    assert_eq!(p.core().upstreams.states.active(0), Some(Member::Primary));
+    assert_eq!(
+        p.core().live().upstreams.states.active(0),
+        Some(Member::Primary)
+    );
     let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
     let call_id = unique("site");
     let req = phone.request(
@@ -438,7 +441,7 @@ async fn one_ignored_invite_does_not_take_a_live_server_down() {
     backup.recv_method("INVITE").await;
     // ... but the primary, which keeps answering probes, stays in service and active.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(p.core().upstreams.states.is_up(0, Member::Primary));
+    assert!(p.core().live().upstreams.states.is_up(0, Member::Primary));
     assert_eq!(active(&p), Some(Member::Primary));
     p.stop().await;
 }
@@ -450,7 +453,7 @@ async fn in_dialog_request_to_a_dead_member_goes_to_its_peer() {
     let p = proxy(&["udp"], &probed_pair(&primary, &backup, "")).await;
     let mut phone = Phone::udp(p.local_addr(Transport::Udp).unwrap()).await;
     until("primary probed up", Duration::from_secs(3), || {
-        p.core().upstreams.states.is_up(0, Member::Primary)
+        p.core().live().upstreams.states.is_up(0, Member::Primary)
     })
     .await;
     // A call set up on the primary (its Contact is the primary's address).

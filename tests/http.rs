@@ -116,7 +116,7 @@ async fn status_follows_a_failover() {
     assert!(st["max_transactions"].as_u64().unwrap() > 0);
     primary.set(Behaviour::Silent);
     let start = Instant::now();
-    while p.core().upstreams.states.active(0) != Some(Member::Backup) {
+    while p.core().live().upstreams.states.active(0) != Some(Member::Backup) {
         assert!(start.elapsed() < Duration::from_secs(4));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -173,7 +173,7 @@ async fn manual_switchover_needs_the_token_and_switches_there_and_back() {
     let p = proxy(&["udp"], &extra).await;
     let http = p.http_addr().unwrap();
     let path = "/pairs/p/switch";
-    let active = || p.core().upstreams.states.active(0);
+    let active = || p.core().live().upstreams.states.active(0);
     assert_eq!(http_post(http, path, None, "").await.0, 401);
     assert_eq!(
         http_post(http, path, Some("0123456789abcdef-wrong"), "")
@@ -229,7 +229,10 @@ async fn switchover_is_off_without_a_token() {
     )
     .await;
     assert_eq!(code, 404);
-    assert_eq!(p.core().upstreams.states.active(0), Some(Member::Primary));
+    assert_eq!(
+        p.core().live().upstreams.states.active(0),
+        Some(Member::Primary)
+    );
     p.stop().await;
 }
 

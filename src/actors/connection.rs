@@ -85,7 +85,7 @@ impl Actor for ConnectionActor {
                 kind: conn.transport.uri_param(),
             })
             .inc();
-        let idle = Duration::from_secs(core.settings.limits.idle_timeout_s.max(1));
+        let idle = Duration::from_secs(core.live().settings.limits.idle_timeout_s.max(1));
         let carries_flow = handle.flow_flag();
         let me = myself.clone();
         let reader = tokio::spawn(async move {
@@ -114,7 +114,7 @@ impl Actor for ConnectionActor {
             }
         });
         Ok(ConnState {
-            framer: StreamFramer::new(core.limits),
+            framer: StreamFramer::new(core.live().limits),
             core,
             handle,
             writer,
@@ -158,7 +158,8 @@ impl Actor for ConnectionActor {
                         }
                         Ok(Some(Frame::Message(bytes))) => {
                             state.partial_since = None;
-                            match Message::parse(bytes, Framing::Stream, &state.core.limits) {
+                            match Message::parse(bytes, Framing::Stream, &state.core.live().limits)
+                            {
                                 Ok(msg) => state.core.deliver(Inbound {
                                     msg,
                                     transport: state.handle.transport,
@@ -195,7 +196,7 @@ impl Actor for ConnectionActor {
         } else if state.partial_since.is_none() {
             let since = std::time::Instant::now();
             state.partial_since = Some(since);
-            let wait = Duration::from_millis(state.core.settings.limits.message_timeout_ms);
+            let wait = Duration::from_millis(state.core.live().settings.limits.message_timeout_ms);
             drop(myself.send_after(wait, move || ConnMsg::CheckPartial(since)));
         }
         Ok(())
@@ -328,7 +329,7 @@ pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<Conn
 /// Opens a connection toward a server: TCP, or TLS verified against `tls.upstream_ca` and
 /// the name the server was located by.
 async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendError> {
-    if core.transports.open_connections() >= core.settings.limits.max_connections {
+    if core.transports.open_connections() >= core.live().settings.limits.max_connections {
         Metrics::count(&core.metrics.overload_rejections, "connections");
         return Err(SendError::TooManyConnections);
     }
@@ -349,6 +350,7 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
     .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
     // The DSCP of the listener of that transport, from the SYN on.
     let dscp = core
+        .live()
         .identity
         .listeners
         .iter()
@@ -363,7 +365,7 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
         .await
         .map_err(|_| SendError::ConnectFailed("timeout".into()))?
         .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
-    tune(&stream, core.settings.keepalive);
+    tune(&stream, core.live().settings.keepalive);
     let stream: Box<dyn Stream> = match connector {
         None => Box::new(stream),
         Some((connector, tls)) => {
@@ -395,7 +397,7 @@ async fn tls_handshake<S>(
     server_name: Option<&ServerName<'_>>,
     handshake: impl std::future::Future<Output = std::io::Result<S>>,
 ) -> Result<S, SendError> {
-    let limit = Duration::from_millis(core.settings.limits.tls_handshake_timeout_ms);
+    let limit = Duration::from_millis(core.live().settings.limits.tls_handshake_timeout_ms);
     let (reason, error) = match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(s)) => return Ok(s),
         Ok(Err(e)) => ("tls_handshake", e.to_string()),
@@ -461,7 +463,7 @@ pub fn spawn_accept_loop(
                     continue;
                 }
             };
-            if core.transports.open_connections() >= core.settings.limits.max_connections {
+            if core.transports.open_connections() >= core.live().settings.limits.max_connections {
                 Metrics::count(&core.metrics.overload_rejections, "connections");
                 tracing::debug!(event = "connection_refused", %peer, reason = "max_connections");
                 drop(stream);
@@ -482,7 +484,7 @@ async fn admit(
     opts: Arc<crate::config::Listener>,
 ) {
     if opts.proxy_protocol {
-        let deadline = Duration::from_millis(core.settings.limits.message_timeout_ms);
+        let deadline = Duration::from_millis(core.live().settings.limits.message_timeout_ms);
         match super::proxy_protocol::read_header(&mut stream, peer, deadline).await {
             Ok(client) => peer = client,
             Err(why) => {
@@ -492,12 +494,14 @@ async fn admit(
             }
         }
     }
-    if core.transports.connections_from(peer.ip()) >= core.settings.limits.max_connections_per_ip {
+    if core.transports.connections_from(peer.ip())
+        >= core.live().settings.limits.max_connections_per_ip
+    {
         Metrics::count(&core.metrics.overload_rejections, "connections_per_ip");
         tracing::debug!(event = "connection_refused", %peer, reason = "max_connections_per_ip");
         return;
     }
-    tune(&stream, core.settings.keepalive);
+    tune(&stream, core.live().settings.keepalive);
     if opts.transport != Transport::Tls {
         let _ = start_connection(&core, inbound(Box::new(stream), peer, &opts)).await;
         return;

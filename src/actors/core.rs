@@ -1,6 +1,6 @@
-//! What every actor shares: the settings, identity and routing table, the upstreams'
-//! handle, the transports, the transaction tables, admission state (INVITE rate, drain),
-//! TLS state and flow tokens. Read-mostly; the tables are concurrent maps.
+//! What every actor shares: the running configuration (a [`Live`] snapshot that a reload
+//! replaces), the transports, the transaction tables, admission state (INVITE rate, drain),
+//! TLS state and metrics. Read-mostly; the tables are concurrent maps.
 //!
 //! It imports no actor: received messages reach the dispatcher through [`Core::deliver`],
 //! installed at start-up, so listeners and connections do not depend on what is above them.
@@ -8,17 +8,17 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use ractor::ActorCell;
 
 use crate::config::{HostPort, Settings};
 use crate::health::upstreams::Upstreams;
 use crate::metrics::Metrics;
-use crate::sip::message::Limits;
-use crate::sip::proxy::{LocalIdentity, Router};
 use crate::sip::transport::Transport;
 
 use super::admission::Admission;
+use super::live::Live;
 use super::tables::Transactions;
 use super::transport::{Inbound, ReplyPath, Transports};
 
@@ -27,24 +27,15 @@ pub const RELAY_DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Everything the actors share. Read-mostly; the tables are concurrent maps.
 pub struct Core {
-    /// Validated settings (listen addresses are the bound ones).
-    pub settings: Settings,
-    /// Our host and ports.
-    pub identity: LocalIdentity,
-    /// Pairs and static routes.
-    pub router: Router,
-    /// The upstream servers and their health, shared with the health actors.
-    pub upstreams: Arc<Upstreams>,
+    /// The running configuration: settings, identity, routing table, upstreams (see
+    /// [`Core::live`]).
+    live: ArcSwap<Live>,
     /// When the proxy started.
     pub started: std::time::SystemTime,
     /// Sockets and connections.
     pub transports: Transports,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Size and header caps.
-    pub limits: Limits,
-    /// DNS (RFC 3263) for upstream and route names.
-    pub locator: crate::dns::Locator,
     /// The transaction tables.
     pub txns: Transactions,
     /// Instances of the pool that did not take a request relayed to them, and until when
@@ -60,6 +51,8 @@ pub struct Core {
     /// The dashboard's history (rates and round trips of the last minutes, switches).
     pub history: std::sync::Mutex<crate::metrics::history::History>,
     tls_handshakes: Arc<tokio::sync::Semaphore>,
+    /// How many permits `tls_handshakes` was given (`limits.max_tls_handshakes`).
+    tls_handshake_cap: std::sync::atomic::AtomicUsize,
     /// TLS configurations (listeners, connections toward servers), reloadable.
     pub tls: Option<super::tls::TlsContext>,
     /// The host each TLS server address was located by: the name its certificate must carry.
@@ -69,7 +62,7 @@ pub struct Core {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("name", &self.settings.name)
+            .field("live", &**self.live.load())
             .finish()
     }
 }
@@ -80,54 +73,34 @@ impl Core {
         settings: Settings,
         tls: Option<super::tls::TlsContext>,
     ) -> Result<Core, crate::dns::LocatorError> {
-        let locator = crate::dns::Locator::new(&settings.dns_servers, settings.dns_timeout)?;
+        let locator = Arc::new(crate::dns::Locator::new(
+            &settings.dns_servers,
+            settings.dns_timeout,
+        )?);
         let secret = settings
             .flow_key
             .clone()
             .unwrap_or_else(|| (0..32).map(|_| rand::random::<u8>()).collect());
-        let identity = super::host::complete_identity(settings.identity());
-        // Where the other instances of the pool relay requests for our flows: written into
-        // every token we hand out.
-        let relay = crate::config::relay_address(
-            settings.pool.as_ref().and_then(|p| p.relay_address),
-            &identity.listeners,
-            &identity.advertised_host,
-            identity.addresses(),
-        );
-        if settings.pool.is_some() && relay.is_none() {
-            tracing::warn!(
-                event = "no_relay_address",
-                "no address for the other instances to relay requests for this instance's flows; set pool.relay_address"
-            );
-        }
-        let identity = identity.with_flows(
-            crate::sip::FlowKeys::new(&secret, rand::random::<u32>()).with_instance(relay),
-        );
+        let flows = crate::sip::FlowKeys::new(&secret, rand::random::<u32>());
+        let upstreams = Arc::new(Upstreams::new(&settings.pairs, settings.failover_bounds));
+        let handshakes = settings.limits.max_tls_handshakes;
+        let invite_rate = settings.invite_rate;
         let core = Core {
             tls,
             tls_names: DashMap::new(),
-            locator,
-            identity,
-            router: settings.router(),
-            upstreams: Arc::new(Upstreams::new(&settings.pairs, settings.failover_bounds)),
+            live: ArcSwap::from_pointee(Live::new(settings, flows, upstreams, locator)),
             started: std::time::SystemTime::now(),
             transports: Transports::default(),
             metrics: Arc::new(Metrics::new()),
-            limits: Limits {
-                max_size: settings.limits.max_message_size,
-                max_headers: settings.limits.max_headers,
-            },
             txns: Transactions::default(),
             relay_down: DashMap::new(),
             inbound: OnceLock::new(),
             tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
-            admission: Admission::new(settings.invite_rate),
+            admission: Admission::new(invite_rate),
             history: Default::default(),
-            tls_handshakes: Arc::new(tokio::sync::Semaphore::new(
-                settings.limits.max_tls_handshakes,
-            )),
-            settings,
+            tls_handshakes: Arc::new(tokio::sync::Semaphore::new(handshakes)),
+            tls_handshake_cap: std::sync::atomic::AtomicUsize::new(handshakes),
         };
         core.metrics.start_time.set(
             core.started
@@ -161,6 +134,7 @@ impl Core {
             return;
         };
         let mut listeners: Vec<String> = self
+            .live()
             .settings
             .listeners
             .iter()
@@ -176,6 +150,36 @@ impl Core {
                 .get_or_create(&crate::metrics::ListenerLabels { listener })
                 .set(not_after);
         }
+    }
+
+    /// The running configuration, for a moment's use (a message, a request): cheap, and
+    /// not to be held across an await or for a transaction's life ([`Core::snapshot`]).
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// The running configuration, to keep: a transaction holds the one it started on.
+    pub fn snapshot(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Makes `live` the running configuration (a reload); returns the one it replaces.
+    /// Work that took a snapshot before carries on with it.
+    pub(super) fn replace_live(&self, live: Live) -> Arc<Live> {
+        let cap = live.settings.limits.max_tls_handshakes;
+        let was = self
+            .tls_handshake_cap
+            .swap(cap, std::sync::atomic::Ordering::Relaxed);
+        if cap > was {
+            self.tls_handshakes.add_permits(cap - was);
+        } else if cap < was {
+            // Only free permits can be taken back: with handshakes in progress the cap
+            // comes down by what was free now (the rest at the next reload).
+            let taken = self.tls_handshakes.forget_permits(was - cap);
+            self.tls_handshake_cap
+                .store(was - taken, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.live.swap(Arc::new(live))
     }
 
     /// Sets the supervisors new actors are linked to (once, at start-up).
@@ -207,7 +211,7 @@ impl Core {
     pub fn unreachable(&self, dest: SocketAddr, reason: &'static str) {
         tracing::info!(event = "destination_unreachable", %dest, reason);
         crate::metrics::Metrics::count(&self.metrics.unreachable, reason);
-        self.upstreams.report_unreachable(dest, reason);
+        self.live().upstreams.report_unreachable(dest, reason);
         self.txns.unreachable(dest);
     }
 
@@ -220,11 +224,16 @@ impl Core {
     /// it: its connection, or its UDP source when the sender asked for rport (behind NAT).
     pub fn flow_token_for(&self, inbound: &Inbound) -> Option<String> {
         match &inbound.reply {
-            ReplyPath::Stream(c) => Some(self.identity.flows().token(c.transport, c.id, c.peer)),
+            ReplyPath::Stream(c) => Some(self.live().identity.flows().token(
+                c.transport,
+                c.id,
+                c.peer,
+            )),
             ReplyPath::Udp(..) => {
                 let rport = matches!(inbound.msg.top_via(), Some(Ok(v)) if v.rport().is_some());
                 rport.then(|| {
-                    self.identity
+                    self.live()
+                        .identity
                         .flows()
                         .token(Transport::Udp, 0, inbound.source)
                 })
@@ -250,8 +259,12 @@ impl Core {
     /// [`crate::sip::proxy::decide`] for a received request, with what this instance has
     /// learnt about the other instances of its pool: one that did not take a relayed
     /// request lately is not relayed to again for a while (`RELAY_DOWN_FOR`, 10 s).
-    pub fn decide(&self, rx: crate::sip::proxy::Received<'_>) -> crate::sip::proxy::Decision {
-        let d = crate::sip::proxy::decide(rx, &self.identity, &self.router);
+    pub fn decide(
+        &self,
+        live: &Live,
+        rx: crate::sip::proxy::Received<'_>,
+    ) -> crate::sip::proxy::Decision {
+        let d = crate::sip::proxy::decide(rx, &live.identity, &live.router);
         let Some(to) = d.relay_target() else { return d };
         let down = self
             .relay_down
@@ -282,9 +295,13 @@ impl Core {
     }
 
     /// The listener a message to `target` leaves by (see [`Transports::through`]).
-    pub fn through(&self, target: super::transport::Target) -> crate::sip::proxy::Through {
+    pub fn through(
+        &self,
+        live: &Live,
+        target: super::transport::Target,
+    ) -> crate::sip::proxy::Through {
         self.transports
-            .through(&self.identity.listeners, target.transport, target.addr)
+            .through(&live.identity.listeners, target.transport, target.addr)
     }
 
     /// Where a flow of this process leads (the token was checked by
@@ -312,8 +329,8 @@ impl Core {
 
     /// Resolves an upstream host (RFC 3263); for a TLS one, remembers the host as the name
     /// its certificate must carry.
-    pub async fn locate(&self, hp: &HostPort) -> Option<super::transport::Target> {
-        let target = self.locator.locate(hp).await?;
+    pub async fn locate(&self, live: &Live, hp: &HostPort) -> Option<super::transport::Target> {
+        let target = live.locator.locate(hp).await?;
         if target.transport == Transport::Tls
             && self
                 .tls_names

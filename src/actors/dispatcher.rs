@@ -34,11 +34,11 @@ pub fn sink(core: &Arc<Core>) -> Box<dyn Fn(Inbound) + Send + Sync> {
 /// dispatcher says where it belongs, this does it.
 pub fn dispatch(core: &Arc<Core>, inbound: Inbound) {
     if inbound.msg.is_response() {
-        core.upstreams.note_heard(inbound.source);
+        core.live().upstreams.note_heard(inbound.source);
     } else {
         let method = inbound.msg.method().map_or("", Method::as_str);
         core.metrics.request(method);
-        core.upstreams.note_request_source(inbound.source);
+        core.live().upstreams.note_request_source(inbound.source);
     }
     route(core, inbound);
 }
@@ -102,7 +102,8 @@ fn to_probe(core: &Core, key: &ClientKey, msg: &Message) {
             )
         })
         .map(|s| std::time::Duration::from_secs(u64::from(s)));
-    core.upstreams
+    core.live()
+        .upstreams
         .probe_response(key.branch(), code, retry_after);
 }
 
@@ -122,7 +123,7 @@ fn new_transaction(core: &Arc<Core>, key: ServerKey, inbound: Inbound) {
         );
         return;
     }
-    if core.txns.server.len() >= core.settings.limits.max_transactions {
+    if core.txns.server.len() >= core.live().settings.limits.max_transactions {
         Metrics::count(&core.metrics.overload_rejections, "transactions");
         respond_stateless(
             core,

@@ -20,6 +20,7 @@ pub(crate) mod egress;
 pub(crate) mod fault;
 pub(crate) mod host;
 pub(crate) mod icmp;
+pub(crate) mod live;
 mod probe_net;
 pub(crate) mod proxy_protocol;
 pub(crate) mod sampler;
@@ -145,9 +146,9 @@ impl Proxy {
         tracing::info!(
             event = "proxy_initialised",
             http = ?http.as_ref().map(|(a, _)| *a),
-            instance = %core.settings.name,
+            instance = %core.live().settings.name,
             listeners = ?bound,
-            pairs = core.settings.pairs.len(),
+            pairs = core.live().settings.pairs.len(),
         );
         Ok(Proxy {
             core,

@@ -16,11 +16,11 @@ struct CoreNet(Arc<Core>);
 
 impl ProbeNet for CoreNet {
     fn locate<'a>(&'a self, server: &'a HostPort) -> NetFuture<'a, Option<Target>> {
-        Box::pin(self.0.locate(server))
+        Box::pin(async move { self.0.locate(&self.0.snapshot(), server).await })
     }
 
     fn through(&self, target: Target) -> crate::sip::proxy::Through {
-        self.0.through(target)
+        self.0.through(&self.0.live(), target)
     }
 
     fn send(&self, target: Target, bytes: Bytes) -> NetFuture<'_, Result<(), String>> {
@@ -33,13 +33,14 @@ impl ProbeNet for CoreNet {
     }
 }
 
-/// What the health actors of this proxy work with.
+/// What the health actors of this proxy work with, on the running configuration.
 pub fn health_env(core: &Arc<Core>) -> HealthEnv {
+    let live = core.live();
     HealthEnv {
-        upstreams: core.upstreams.clone(),
+        upstreams: live.upstreams.clone(),
         net: Arc::new(CoreNet(core.clone())),
         metrics: core.metrics.clone(),
-        identity: Arc::new(core.identity.clone()),
-        probe: core.settings.probe,
+        identity: Arc::new(live.identity.clone()),
+        probe: live.settings.probe,
     }
 }

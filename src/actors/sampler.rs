@@ -63,14 +63,15 @@ pub(crate) fn history_json(core: &Core) -> Value {
 
 fn read(core: &Core, at: f64) -> Reading {
     let m = &core.metrics;
-    let mut rtt_ms = Vec::with_capacity(core.settings.pairs.len() * 2);
-    for (i, p) in core.settings.pairs.iter().enumerate() {
+    let live = core.live();
+    let mut rtt_ms = Vec::with_capacity(live.settings.pairs.len() * 2);
+    for (i, p) in live.settings.pairs.iter().enumerate() {
         for (member, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
-            let rtt = core
+            let rtt = live
                 .upstreams
                 .status
                 .server(i, member)
-                .filter(|_| core.upstreams.states.is_up(i, member))
+                .filter(|_| live.upstreams.states.is_up(i, member))
                 .and_then(|s| s.last_rtt)
                 .map(|d| d.as_secs_f64() * 1000.0);
             let key = ServerKey {
@@ -93,8 +94,9 @@ fn read(core: &Core, at: f64) -> Reading {
 }
 
 fn take_switches(core: &Core, h: &mut History) {
-    for (seq, pair, s) in core.upstreams.status.switches_after(h.switch_seq()) {
-        let pair = core
+    let live = core.live();
+    for (seq, pair, s) in live.upstreams.status.switches_after(h.switch_seq()) {
+        let pair = live
             .settings
             .pairs
             .get(pair)

@@ -21,7 +21,7 @@ pub fn forward_stray_response(core: &Core, msg: &Message) {
     let ours = match msg.top_via() {
         Some(Ok(v)) => {
             let t = v.transport.parse().unwrap_or(Transport::Udp);
-            core.identity.is_local(v.host, v.port, t)
+            core.live().identity.is_local(v.host, v.port, t)
         }
         _ => false,
     };
@@ -70,15 +70,16 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         return;
     }
     let token = core.flow_token_for(&inbound);
+    let live = core.snapshot();
     let rx = Received {
         msg,
         transport: inbound.transport,
         source: inbound.source,
-        from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
+        from_upstream: live.upstreams.is_upstream(inbound.source.ip()),
         local: inbound.reply.through().local,
         flow_token: token.as_deref(),
     };
-    let plan = match core.decide(rx) {
+    let plan = match core.decide(&live, rx) {
         Decision::Forward(plan) => plan,
         // An ACK is never answered: what would have been the response is the reason.
         Decision::Respond(r) => {
@@ -103,7 +104,7 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         .unwrap_or_default();
     let branch = proxy::stateless_branch(plan.loop_hash, &received_branch);
     let hp = match &plan.destination {
-        proxy::Destination::Pair(i) => core.upstreams.active_member(*i).cloned(),
+        proxy::Destination::Pair(i) => live.upstreams.active_member(*i).cloned(),
         proxy::Destination::Host(hp) => Some(hp.clone()),
         // An ACK for a 2xx toward a phone whose flow another instance holds: to it.
         proxy::Destination::Relay { instance, .. } => Some(crate::sip::HostPort::from(*instance)),
@@ -112,9 +113,9 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
             if let Some(target) = core.flow_target(flow) {
                 let through = match &target.1 {
                     Some(conn) => ReplyPath::Stream(conn.clone()).through(),
-                    None => core.through(target.0),
+                    None => core.through(&live, target.0),
                 };
-                let bytes = plan.build(msg, &core.identity, through, &branch);
+                let bytes = plan.build(msg, &live.identity, through, &branch);
                 let _ = match target.1 {
                     Some(conn) => conn.send(bytes),
                     None => core
@@ -130,11 +131,14 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
         return;
     };
     if let (Some(addr), Transport::Udp) = (hp.socket_addr(), hp.transport) {
-        let through = core.through(Target {
-            transport: Transport::Udp,
-            addr,
-        });
-        let bytes = plan.build(msg, &core.identity, through, &branch);
+        let through = core.through(
+            &live,
+            Target {
+                transport: Transport::Udp,
+                addr,
+            },
+        );
+        let bytes = plan.build(msg, &live.identity, through, &branch);
         match core.transports.udp_for(&addr) {
             Some(sock) => {
                 let _ = send_udp(&sock, addr, bytes);
@@ -145,8 +149,9 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
     }
     let core = core.clone();
     tokio::spawn(async move {
-        if let Some(target) = core.locate(&hp).await {
-            let bytes = plan.build(&inbound.msg, &core.identity, core.through(target), &branch);
+        if let Some(target) = core.locate(&live, &hp).await {
+            let through = core.through(&live, target);
+            let bytes = plan.build(&inbound.msg, &live.identity, through, &branch);
             let _ = super::connection::send(&core, target, bytes).await;
         }
     });

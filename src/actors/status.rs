@@ -31,8 +31,8 @@ impl StatusView for Core {
         super::sampler::history_json(self)
     }
 
-    fn admin_token(&self) -> Option<&str> {
-        self.settings.admin_token.as_deref()
+    fn admin_token(&self) -> Option<String> {
+        self.live().settings.admin_token.clone()
     }
 
     fn switch(&self, pair: String, to: Option<String>, why: String) -> SwitchFuture<'_> {
@@ -48,10 +48,11 @@ impl StatusView for Core {
                     ))
                 }
             };
-            if !self.upstreams.pairs().iter().any(|p| p.name == pair) {
+            let upstreams = self.live().upstreams.clone();
+            if !upstreams.pairs().iter().any(|p| p.name == pair) {
                 return Err((StatusCode::NOT_FOUND, format!("no pair named '{pair}'")));
             }
-            match self.upstreams.switch(&pair, to, why).await {
+            match upstreams.switch(&pair, to, why).await {
                 Ok(Some(m)) => Ok(format!("{pair}: {} is active now", name(m))),
                 Ok(None) => Ok(format!("{pair}: already active, nothing to do")),
                 Err(e) => Err((StatusCode::CONFLICT, format!("{pair}: not switched: {e}"))),
@@ -62,7 +63,10 @@ impl StatusView for Core {
     fn not_ready(&self) -> Option<&'static str> {
         if self.admission.is_draining() {
             Some("draining")
-        } else if self.upstreams.states.active(self.router.serving).is_none() {
+        } else if {
+            let live = self.live();
+            live.upstreams.states.active(live.router.serving).is_none()
+        } {
             // OPTIONS to this instance get 503 too: clients move to another instance.
             Some("serving pair out of service")
         } else {
@@ -78,8 +82,9 @@ fn refresh_gauges(core: &Core) {
             .resident_memory
             .set(i64::try_from(rss).unwrap_or(i64::MAX));
     }
-    for (i, p) in core.settings.pairs.iter().enumerate() {
-        let active = core.upstreams.states.active(i);
+    let live = core.live();
+    for (i, p) in live.settings.pairs.iter().enumerate() {
+        let active = live.upstreams.states.active(i);
         for (m, server) in [(Member::Primary, &p.primary), (Member::Backup, &p.backup)] {
             let labels = ServerLabels {
                 pair: p.name.clone(),
@@ -89,7 +94,7 @@ fn refresh_gauges(core: &Core) {
             core.metrics
                 .upstream_up
                 .get_or_create(&labels)
-                .set(i64::from(core.upstreams.states.is_up(i, m)));
+                .set(i64::from(live.upstreams.states.is_up(i, m)));
             core.metrics
                 .upstream_active
                 .get_or_create(&labels)
@@ -104,31 +109,32 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 fn status_json(core: &Core) -> Value {
-    let pairs: Vec<Value> = core
+    let live = core.live();
+    let pairs: Vec<Value> = live
         .settings
         .pairs
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let active = core.upstreams.states.active(i);
+            let active = live.upstreams.states.active(i);
             let members: Vec<Value> = [(Member::Primary, &p.primary), (Member::Backup, &p.backup)]
                 .into_iter()
                 .map(|(m, server)| {
-                    let st = core.upstreams.status.server(i, m);
+                    let st = live.upstreams.status.server(i, m);
                     json!({
                         "role": name(m),
                         "server": server.to_string(),
-                        "state": if core.upstreams.states.is_up(i, m) { "up" } else { "down" },
+                        "state": if live.upstreams.states.is_up(i, m) { "up" } else { "down" },
                         "active": active == Some(m),
                         "since": st.as_ref().map(|s| unix(s.since)),
                         "reason": st.as_ref().map(|s| s.reason.clone()),
                         "last_probe": st.as_ref().and_then(|s| s.last_probe).map(unix),
                         "last_rtt_ms": st.as_ref().and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
-                        "srtt_ms": core.upstreams.srtt(i, m).map(|d| d.as_secs_f64() * 1000.0),
+                        "srtt_ms": live.upstreams.srtt(i, m).map(|d| d.as_secs_f64() * 1000.0),
                     })
                 })
                 .collect();
-            let switch = core.upstreams.status.switch(i).map(|s| {
+            let switch = live.upstreams.status.switch(i).map(|s| {
                 json!({
                     "at": unix(s.at),
                     "from": s.from.map(name),
@@ -147,7 +153,7 @@ fn status_json(core: &Core) -> Value {
             })
         })
         .collect();
-    let listeners: Vec<Value> = core
+    let listeners: Vec<Value> = live
         .settings
         .listeners
         .iter()
@@ -163,7 +169,7 @@ fn status_json(core: &Core) -> Value {
         })
         .sum();
     json!({
-        "instance": core.settings.name,
+        "instance": live.settings.name,
         "version": env!("CARGO_PKG_VERSION"),
         "started": unix(core.started),
         "now": unix(SystemTime::now()),
@@ -174,7 +180,7 @@ fn status_json(core: &Core) -> Value {
         "flows": flows,
         "transactions": core.txns.server.len(),
         "transactions_lingering": core.txns.lingering.len(),
-        "max_transactions": core.settings.limits.max_transactions,
+        "max_transactions": live.settings.limits.max_transactions,
         "memory": {
             "resident_bytes": crate::memory::resident_bytes(),
         },

@@ -24,6 +24,7 @@ use crate::sip::transaction::{ClientKey, ServerKey};
 
 use super::connection::{self, ConnOrUdp};
 use super::core::Core;
+use super::live::Live;
 use super::stateless::forward_ack;
 use super::tables::{Lingering, TxMsg};
 use super::transport::{
@@ -44,6 +45,9 @@ struct Link {
 /// State of one transaction actor.
 pub struct TxState {
     core: Arc<Core>,
+    /// The configuration this transaction started on, kept to its end (a reload does not
+    /// change the pairs, timers or upstreams under it).
+    live: Arc<Live>,
     key: ServerKey,
     ctx: Option<ResponseContext>,
     /// How responses reach the client, and where.
@@ -70,6 +74,7 @@ impl Actor for TransactionActor {
         (core, key): Self::Arguments,
     ) -> Result<TxState, ActorProcessingErr> {
         Ok(TxState {
+            live: core.snapshot(),
             core,
             key,
             ctx: None,
@@ -107,13 +112,13 @@ impl Actor for TransactionActor {
                 let (key, inbound) = *matched;
                 relayed_from = Some(inbound.received);
                 if let Some(c) = &mut state.ctx {
-                    c.handle_response(&key, &inbound.msg, state.core.upstreams.as_ref(), now);
+                    c.handle_response(&key, &inbound.msg, state.live.upstreams.as_ref(), now);
                 }
             }
             TxMsg::Timer => {
                 state.wakeup.fired();
                 if let Some(c) = &mut state.ctx {
-                    c.handle_timeout(state.core.upstreams.as_ref(), now);
+                    c.handle_timeout(state.live.upstreams.as_ref(), now);
                 }
             }
             // Boxed, as the awaits below: rare or once per branch, and an unboxed future
@@ -180,17 +185,18 @@ impl TxState {
             super::fault::injected("transaction");
         }
         let core = self.core.clone();
+        let live = self.live.clone();
         self.dest = response_destination(&inbound.msg, inbound.source, &inbound.reply);
         let token = core.flow_token_for(&inbound);
         let rx = Received {
             msg: &inbound.msg,
             transport: inbound.transport,
             source: inbound.source,
-            from_upstream: core.upstreams.is_upstream(inbound.source.ip()),
+            from_upstream: live.upstreams.is_upstream(inbound.source.ip()),
             local: inbound.reply.through().local,
             flow_token: token.as_deref(),
         };
-        let decision = core.decide(rx);
+        let decision = core.decide(&live, rx);
         match &decision {
             Decision::Drop(reason) => core.metrics.message_dropped(reason_label(reason)),
             Decision::Forward(plan) if plan.issues_flow_token() => core.flow_issued(&inbound.reply),
@@ -205,7 +211,7 @@ impl TxState {
         } = inbound;
         self.reply = Some(reply);
         self.received = received;
-        let settings = &core.settings;
+        let settings = &live.settings;
         let mut ctx =
             ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout)
                 .with_relay_timeout(
@@ -216,7 +222,7 @@ impl TxState {
                             p.relay_timeout
                         }),
                 );
-        ctx.handle_request(decision, core.upstreams.as_ref(), now);
+        ctx.handle_request(decision, live.upstreams.as_ref(), now);
         self.ctx = Some(ctx);
     }
 
@@ -260,7 +266,7 @@ impl TxState {
             tracing::info!(event = "upstream_reconnected", target = %link.target.addr, branch = %link.key.branch());
             return;
         }
-        ctx.handle_transport_error(!lost.outbound, self.core.upstreams.as_ref(), now);
+        ctx.handle_transport_error(!lost.outbound, self.live.upstreams.as_ref(), now);
     }
 
     /// The network refused a datagram to `dest`: when the current branch went there by
@@ -274,7 +280,7 @@ impl TxState {
                 && l.target.transport == crate::sip::transport::Transport::Udp
         });
         if current.is_some() {
-            ctx.handle_transport_error(false, self.core.upstreams.as_ref(), now);
+            ctx.handle_transport_error(false, self.live.upstreams.as_ref(), now);
         }
     }
 
@@ -287,6 +293,7 @@ impl TxState {
         now: Instant,
     ) {
         let core = self.core.clone();
+        let live = self.live.clone();
         loop {
             let Some(action) = self.ctx.as_mut().and_then(ResponseContext::poll_action) else {
                 return;
@@ -317,7 +324,7 @@ impl TxState {
                 Action::Locate(hp) => {
                     // Boxed: resolving is a large future (DNS), and an unboxed one would
                     // make every transaction actor's task carry it for its whole life.
-                    let sent = match Box::pin(core.locate(&hp)).await {
+                    let sent = match Box::pin(core.locate(&live, &hp)).await {
                         Some(target) => Box::pin(self.open_branch(myself, target, None, now)).await,
                         None => {
                             tracing::warn!(event = "host_not_resolved", host = %hp.host);
@@ -326,7 +333,7 @@ impl TxState {
                     };
                     if !sent {
                         if let Some(c) = &mut self.ctx {
-                            c.handle_branch_failed(core.upstreams.as_ref(), now);
+                            c.handle_branch_failed(live.upstreams.as_ref(), now);
                         }
                     }
                 }
@@ -378,12 +385,12 @@ impl TxState {
                     evidence,
                 } => match evidence {
                     Evidence::Unanswered { sent_at } => {
-                        core.upstreams.report_unanswered(pair, member, sent_at)
+                        live.upstreams.report_unanswered(pair, member, sent_at)
                     }
-                    Evidence::Suspect => core.upstreams.suspect(pair, member),
-                    Evidence::Responded { rtt } => core.upstreams.observe_rtt(pair, member, rtt),
-                    Evidence::Served => core.upstreams.transaction_outcome(pair, member, true),
-                    Evidence::Failed => core.upstreams.transaction_outcome(pair, member, false),
+                    Evidence::Suspect => live.upstreams.suspect(pair, member),
+                    Evidence::Responded { rtt } => live.upstreams.observe_rtt(pair, member, rtt),
+                    Evidence::Served => live.upstreams.transaction_outcome(pair, member, true),
+                    Evidence::Failed => live.upstreams.transaction_outcome(pair, member, false),
                 },
                 Action::Retried(hp) => {
                     core.metrics.retries.inc();
@@ -413,12 +420,12 @@ impl TxState {
             Some(c) if c.local.is_some() => {
                 super::transport::ReplyPath::Stream(c.clone()).through()
             }
-            _ => self.core.through(target),
+            _ => self.core.through(&self.live, target),
         };
         let Some((key, bytes)) = ctx.start_branch(
             through,
-            &self.core.identity,
-            self.core.upstreams.as_ref(),
+            &self.live.identity,
+            self.live.upstreams.as_ref(),
             now,
         ) else {
             // Answered meanwhile: nothing to send, nothing failed.
@@ -536,8 +543,12 @@ mod tests {
             &'static mut TxState,
         );
         let handle = returned_size(|(a, r, m, s): Args| a.handle(r, m, s));
-        type LocateArgs = (&'static Core, &'static crate::sip::addr::HostPort);
-        let locate = returned_size(|(c, h): LocateArgs| c.locate(h));
+        type LocateArgs = (
+            &'static Core,
+            &'static Live,
+            &'static crate::sip::addr::HostPort,
+        );
+        let locate = returned_size(|(c, l, h): LocateArgs| c.locate(l, h));
         assert!(handle < 600, "handle's future is {handle} bytes");
         assert!(
             locate > handle,

@@ -123,7 +123,7 @@ pub fn handle_datagram(
         return;
     }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        match Message::parse(data, Framing::Datagram, &core.limits) {
+        match Message::parse(data, Framing::Datagram, &core.live().limits) {
             Ok(msg) => core.deliver(Inbound {
                 msg,
                 transport: Transport::Udp,

@@ -140,7 +140,7 @@ impl Demo {
     pub fn summary(&self) -> String {
         let s = &self.stats;
         let core = self.proxy.core();
-        let active = match core.upstreams.states.active(0) {
+        let active = match core.live().upstreams.states.active(0) {
             Some(Member::Primary) => "primary",
             Some(Member::Backup) => "backup",
             None => "none",

@@ -36,7 +36,7 @@ pub trait StatusView: Send + Sync + 'static {
     /// The `/status/history` document ([`crate::metrics::history::History::to_json`]).
     fn history(&self) -> Value;
     /// The bearer token that guards the endpoints that change state; `None`: they are off.
-    fn admin_token(&self) -> Option<&str>;
+    fn admin_token(&self) -> Option<String>;
     /// Makes `to` (`"primary"`, `"backup"`, or `None`: the member not active now) the
     /// active member of pair `pair`, for `why`. The answer: what was done, or an HTTP
     /// status and why not.
