@@ -17,7 +17,7 @@ use sippool::config;
     version,
     arg_required_else_help = true,
     after_help = "Environment overrides: SIPPOOL__SECTION__KEY (e.g. SIPPOOL__OVERLOAD__INVITE_RATE=100).\n\
-                  Log filter: RUST_LOG (default info,ractor=warn)."
+                  Log filter: log.level in the config file, or RUST_LOG (which wins)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,8 +30,9 @@ enum Command {
     ///
     /// Runs until SIGTERM or SIGINT, then drains: new dialogs get 503, transactions in flight
     /// finish (within runtime.drain_timeout_s); a second signal exits at once. SIGHUP
-    /// reloads the INVITE rate and the TLS files. Exit 2 on a config error, 1 when a
-    /// listener cannot start.
+    /// reloads the config file (all but listen sockets, http.address, threads, the flow
+    /// key and [tls]) and the TLS files. Exit 2 on a config error, 1 when a listener
+    /// cannot start.
     Run {
         /// The config file (examples/sippool.toml lists every key).
         #[arg(short, long, value_name = "FILE")]
@@ -83,20 +84,53 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         .ok_or_else(|| "a number of calls per second, more than 0 and at most 1000".to_string())
 }
 
-fn init_logging(json: bool) {
+/// Changes the log filter of the running subscriber (`log.level` on start and reload).
+struct LogLevel(
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+);
+
+impl LogLevel {
+    /// Applies `log.level`'s filter, unless `RUST_LOG` (which wins) is set.
+    fn apply(&self, filter: &str) {
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing::info!(
+                event = "log_level_kept",
+                filter,
+                "RUST_LOG is set and takes the place of log.level"
+            );
+            return;
+        }
+        match tracing_subscriber::EnvFilter::builder().parse(filter) {
+            Ok(f) => {
+                if let Err(e) = self.0.reload(f) {
+                    tracing::error!(event = "log_level_not_changed", filter, error = %e);
+                }
+            }
+            // Validated with the config: not reached.
+            Err(e) => tracing::error!(event = "log_level_not_changed", filter, error = %e),
+        }
+    }
+}
+
+fn init_logging(json: bool) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // ractor opens an info span per actor: one per transaction, held in the subscriber's
         // registry for the transaction's life (memory and CPU per transaction, issue 17).
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    LogLevel(handle)
 }
 
 fn main() -> ExitCode {
@@ -135,7 +169,7 @@ fn main() -> ExitCode {
                 rate,
                 ..Default::default()
             };
-            init_logging(false);
+            let _ = init_logging(false);
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -148,9 +182,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, log_format } => {
-            init_logging(log_format == LogFormat::Json);
+            let log = init_logging(log_format == LogFormat::Json);
             let settings = match config::load_settings(&config) {
-                Ok(s) => s,
+                Ok(s) => {
+                    log.apply(&s.log_filter);
+                    s
+                }
                 Err(e) => {
                     tracing::error!(event = "config_error", file = %config.display(), key = %e.key, problem = %e.problem);
                     eprintln!("{}: config error: {e}", config.display());
@@ -171,7 +208,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(settings, config))
+            rt.block_on(run(settings, config, log))
         }
     }
 }
@@ -224,9 +261,8 @@ async fn demo(opts: sippool::demo::DemoOptions) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
+async fn run(settings: config::Settings, path: PathBuf, log: LogLevel) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let drain_timeout = settings.drain_timeout;
     let proxy = match Proxy::start(settings).await {
         Ok(p) => p,
         Err(e) => {
@@ -246,7 +282,7 @@ async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => reload(&proxy, &path),
+            _ = hup.recv() => reload(&proxy, &path, &log).await,
             _ = proxy.wait() => {
                 tracing::error!(event = "proxy_stopping", reason = "actor tree stopped");
                 return ExitCode::FAILURE;
@@ -255,6 +291,7 @@ async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
     };
     // Graceful drain: no new dialogs, finish what is in flight, then exit. A second
     // signal exits at once.
+    let drain_timeout = proxy.core().live().settings.drain_timeout;
     let drain = proxy
         .drain(drain_timeout)
         .instrument(tracing::info_span!("drain", signal = first));
@@ -277,18 +314,20 @@ async fn run(settings: config::Settings, path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: re-reads the config file and the TLS files; the INVITE rate and the
-/// certificates take effect at once (certificates for new connections), other keys at the
-/// next restart.
-fn reload(proxy: &Proxy, path: &std::path::Path) {
+/// SIGHUP: re-reads the TLS files and the config file, and makes the new configuration the
+/// running one (everything but the sockets, the threads, the flow key and `[tls]`; see
+/// [`Proxy::reload`]). A file that does not validate changes nothing.
+async fn reload(proxy: &Proxy, path: &std::path::Path, log: &LogLevel) {
     proxy.core().reload_tls("SIGHUP");
     match config::load_settings(path) {
         Ok(s) => {
-            proxy.core().admission.set_invite_rate(s.invite_rate);
-            tracing::info!(event = "config_reloaded", file = %path.display(), invite_rate = s.invite_rate);
+            let done = proxy.reload(s).await;
+            if let Some(filter) = &done.log_filter {
+                log.apply(filter);
+            }
         }
         Err(e) => {
-            tracing::error!(event = "config_error", file = %path.display(), key = %e.key, problem = %e.problem);
+            tracing::error!(event = "config_error", file = %path.display(), key = %e.key, problem = %e.problem, "the running configuration is kept");
         }
     }
 }

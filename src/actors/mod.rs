@@ -6,7 +6,8 @@
 //!  |- TCP listener (one per TCP socket)          owns the accept loop
 //!  |- Connection supervisor --> Connection (one per TCP connection)
 //!  |- Transaction supervisor --> Transaction (one per server transaction)
-//!  '- Health supervisor --> Pair (one per pair), Probe (one per upstream server)
+//!  '- Health supervisor --> Pair (one per pair), Probe (one per upstream server);
+//!                               replaced whole by a reload that changes the pairs
 //! ```
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
@@ -23,6 +24,7 @@ pub(crate) mod icmp;
 pub(crate) mod live;
 mod probe_net;
 pub(crate) mod proxy_protocol;
+pub(crate) mod reload;
 pub(crate) mod sampler;
 pub(crate) mod sockopt;
 pub(crate) mod stateless;
@@ -45,6 +47,8 @@ use crate::sip::transport::Transport;
 
 pub use self::admission::Admission;
 pub use self::core::Core;
+pub use self::live::Live;
+pub use self::reload::Reload;
 pub use self::tables::{Lingering, Transactions, TxMsg};
 pub use self::tls::TlsContext;
 pub use self::transport::{ConnHandle, Inbound, ReplyPath, Target, Transports};
@@ -53,6 +57,7 @@ pub use self::transport::{ConnHandle, Inbound, ReplyPath, Target, Transports};
 pub struct Proxy {
     core: Arc<Core>,
     root: ActorRef<()>,
+    health: reload::HealthTree,
     bound: Vec<(Transport, SocketAddr)>,
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
@@ -135,6 +140,10 @@ impl Proxy {
         let (root, _) = Actor::spawn(None, RootSupervisor, (core.clone(), sockets))
             .await
             .map_err(|e| StartError(format!("actor tree cannot start: {e}")))?;
+        // Health last: probes go out through the listeners' sockets.
+        let health = reload::HealthTree::start(&core, root.get_cell())
+            .await
+            .map_err(|e| StartError(format!("health actors cannot start: {e}")))?;
         let http = match http_listener {
             Some(l) => {
                 let addr = l.local_addr().map_err(|e| StartError(e.to_string()))?;
@@ -153,6 +162,7 @@ impl Proxy {
         Ok(Proxy {
             core,
             root,
+            health,
             bound,
             http,
         })
@@ -176,6 +186,15 @@ impl Proxy {
     /// The bound HTTP address, if the endpoint is configured.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Makes `settings` the running configuration (SIGHUP): everything but the listen
+    /// sockets, the HTTP socket, the threads, the flow key and `[tls]` changes at once for
+    /// new transactions; those in flight finish on the configuration they started with.
+    /// Health carries over for every server still configured the same. The report lists
+    /// what changed; the caller applies [`Reload::log_filter`].
+    pub async fn reload(&self, settings: Settings) -> Reload {
+        reload::reload(&self.core, &self.health, settings).await
     }
 
     /// Stops every actor and closes every socket.
@@ -373,14 +392,6 @@ impl Actor for RootSupervisor {
                 }
             }
         }
-        // Health last: probes go out through the listeners' sockets.
-        Actor::spawn_linked(
-            None,
-            crate::health::actors::HealthSupervisor,
-            probe_net::health_env(&core),
-            cell.clone(),
-        )
-        .await?;
         Ok(core)
     }
 

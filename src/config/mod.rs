@@ -9,7 +9,9 @@
 //!   and the re-exports;
 //! - `schema`: the serde structs that mirror the TOML file, with their defaults;
 //! - `validate`: [`Config::validate`], every check that names a key, and the validated
-//!   [`Settings`] with everything it holds.
+//!   [`Settings`] with everything it holds;
+//! - `diff`: what changed between two configurations, key by key, and which keys cannot
+//!   change without a restart (a reload's report).
 
 use std::fmt;
 use std::path::Path;
@@ -17,17 +19,19 @@ use std::path::Path;
 pub use crate::sip::addr::{HostPort, Listener};
 pub use crate::sip::proxy::{Pair, StaticRoute};
 
+mod diff;
 mod pool;
 mod schema;
 mod validate;
 
+pub use diff::{changes, Change};
 pub use pool::{relay_address, PoolSettings};
 pub use schema::{
     Config, DnsConfig, FlowConfig, HealthConfig, HttpConfig, InstanceConfig, KeepaliveConfig,
-    LimitsConfig, ListenConfig, OverloadConfig, PairConfig, PoolConfig, RoutingConfig,
+    LimitsConfig, ListenConfig, LogConfig, OverloadConfig, PairConfig, PoolConfig, RoutingConfig,
     RuntimeConfig, StaticRouteConfig, TimersConfig, TlsConfig,
 };
-pub use validate::{ClientAuth, Keepalive, Settings, TlsSettings};
+pub use validate::{log_filter, ClientAuth, Keepalive, Settings, TlsSettings};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,10 +5,10 @@
 //! default values; unknown keys are refused here (`deny_unknown_fields`). It must not check
 //! values (that is `validate`, which names the key) nor open sockets or start anything.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one sippool instance.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Identity of this instance.
@@ -58,10 +58,31 @@ pub struct Config {
     /// The pool this instance belongs to (absent: Record-Route names this instance).
     #[serde(default)]
     pub pool: Option<PoolConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// What is logged: a level (`error`, `warn`, `info`, `debug`, `trace`) or a filter in
+    /// `RUST_LOG` syntax (`info,sippool::health=debug`). `RUST_LOG`, when set, takes its
+    /// place. Changes live on reload.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
 }
 
 /// `[pool]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// The pool's DNS name, the one clients find instances by (SRV/A). Record-Route entries
@@ -93,7 +114,7 @@ fn default_relay_timeout_ms() -> u64 {
 }
 
 /// `[flow]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     /// HMAC key for flow tokens, hex, the same on every instance of the pool.
@@ -101,7 +122,7 @@ pub struct FlowConfig {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificate chain, PEM (needed by TLS listeners; offered to upstream servers that ask
@@ -133,7 +154,7 @@ fn default_tls_watch_s() -> u64 {
     10
 }
 /// `[http]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Socket address to serve on.
@@ -145,7 +166,7 @@ pub struct HttpConfig {
 }
 
 /// `[dns]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// DNS servers (`ip:port`); empty uses the system's resolvers (`/etc/resolv.conf`).
@@ -166,7 +187,7 @@ impl Default for DnsConfig {
 /// `[keepalive]`: SO_KEEPALIVE on every TCP and TLS connection, to find connections that
 /// died silently behind a firewall or NAT (RFC 5626 section 4.4 leaves the choice of
 /// mechanism to the flow's ends; CRLF pings are answered regardless).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     /// Seconds of silence before the first probe; 0 turns TCP keep-alive off.
@@ -187,7 +208,7 @@ impl Default for KeepaliveConfig {
     }
 }
 /// `[runtime]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads that run the proxy. 1 (the default) runs everything on one thread, which
@@ -207,7 +228,7 @@ impl Default for RuntimeConfig {
 }
 
 /// `[instance]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// Appears in logs, metrics and the status page.
@@ -224,7 +245,7 @@ pub struct InstanceConfig {
 }
 
 /// `[[listen]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// `udp` or `tcp`.
@@ -249,7 +270,7 @@ pub struct ListenConfig {
 }
 
 /// `[[pair]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairConfig {
     /// Name used by `routing.serving_pair`, logs and metrics.
@@ -267,7 +288,7 @@ pub struct PairConfig {
 }
 
 /// `[[route]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticRouteConfig {
     /// Request-URI or top Route host that selects this route.
@@ -277,7 +298,7 @@ pub struct StaticRouteConfig {
 }
 
 /// `[routing]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Pair that receives requests from endpoints; defaults to the first `[[pair]]`.
@@ -286,7 +307,7 @@ pub struct RoutingConfig {
 }
 
 /// `[health]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Seconds between OPTIONS probes of an in-service server; 0 disables probing.
@@ -331,7 +352,7 @@ impl Default for HealthConfig {
 }
 
 /// `[overload]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverloadConfig {
     /// New dialog-creating INVITEs per second accepted; 0 = no limit.
@@ -340,7 +361,7 @@ pub struct OverloadConfig {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest SIP message accepted, in bytes (headers and body).
@@ -382,7 +403,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[timers]`: RFC 3261 section 17 base timers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersConfig {
     /// T1, round-trip estimate (ms), default 500.

@@ -178,3 +178,25 @@ fn host_port_forms() {
     assert!("pbx.example.com".parse::<HostPort>().is_ok());
     assert!("10.0.0.1:99999".parse::<HostPort>().is_err());
 }
+
+#[test]
+fn log_level_keeps_ractor_quiet_and_a_bad_filter_names_the_key() {
+    let valid = |extra: &str| Config::from_toml_str(&format!("{GOOD}{extra}"))?.validate();
+    assert_eq!(valid("").unwrap().log_filter, "info,ractor=warn");
+    assert_eq!(
+        valid("[log]\nlevel = \"debug,sippool::health=trace\"\n")
+            .unwrap()
+            .log_filter,
+        "debug,sippool::health=trace,ractor=warn"
+    );
+    assert_eq!(
+        valid("[log]\nlevel = \"info,ractor=debug\"\n")
+            .unwrap()
+            .log_filter,
+        "info,ractor=debug"
+    );
+    for bad in ["", "sippool=loud"] {
+        let e = valid(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(e.key, "log.level", "{bad}: {e}");
+    }
+}

@@ -125,6 +125,34 @@ pub struct Settings {
     pub failover_bounds: crate::health::rtt::FailoverBounds,
     /// TCP keep-alive, when on.
     pub keepalive: Option<Keepalive>,
+    /// The log filter (`log.level`, completed: see [`log_filter`]).
+    pub log_filter: String,
+    /// The file's view these settings were validated from (what a reload compares).
+    pub source: std::sync::Arc<Config>,
+}
+
+/// The log filter `log.level` gives: the level or filter as written, with ractor's spans
+/// kept at `warn` unless it names ractor (ractor opens a span per actor: one per
+/// transaction, held for its life, issue 17).
+pub fn log_filter(level: &str) -> Result<String, ConfigError> {
+    let level = level.trim();
+    if level.is_empty() {
+        return Err(err("log.level", "must not be empty (e.g. info)"));
+    }
+    let filter = if level.contains("ractor") {
+        level.to_string()
+    } else {
+        format!("{level},ractor=warn")
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| {
+            err(
+                "log.level",
+                format!("'{level}' is not a level or filter: {e}"),
+            )
+        })?;
+    Ok(filter)
 }
 impl Config {
     /// An upstream server or route target; a `transport=tls` one needs `tls.upstream_ca`
@@ -466,7 +494,10 @@ impl Config {
             Some(p) => Some(super::pool::validate(p, flow_key.is_some())?),
             None => None,
         };
+        let log_filter = log_filter(&self.log.level)?;
         Ok(Settings {
+            source: std::sync::Arc::new(self.clone()),
+            log_filter,
             pool,
             keepalive,
             flow_key,

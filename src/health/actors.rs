@@ -97,8 +97,21 @@ impl Actor for ProbeActor {
             .upstreams
             .register_probe(spec.pair, spec.member, myself.clone());
         let _ = myself.send_message(ProbeMsg::Tick);
+        // As published: up at start-up; down when a restart (after a failure, or a reload
+        // that kept this server) finds it down.
+        let up = &spec.env.upstreams;
+        let now = Instant::now();
+        let probe = if up.states.is_up(spec.pair, spec.member) {
+            ProbeState::new(spec.env.probe, now)
+        } else {
+            let reason = up
+                .status
+                .server(spec.pair, spec.member)
+                .map_or_else(|| "down before a restart".into(), |s| s.reason);
+            ProbeState::down(spec.env.probe, now, reason)
+        };
         Ok(ProbeActorState {
-            probe: ProbeState::new(spec.env.probe, Instant::now()),
+            probe,
             id: rand::random::<u32>().into(),
             spec,
             wakeup: Wakeup::default(),
@@ -344,11 +357,15 @@ impl Actor for PairActor {
         (env, index): Self::Arguments,
     ) -> Result<PairActorState, ActorProcessingErr> {
         let failback = env.upstreams.pairs().get(index).is_some_and(|p| p.failback);
-        Ok(PairActorState {
-            env,
-            index,
-            logic: PairLogic::new(failback),
-        })
+        // As published: the start-up state, or what a reload carried over.
+        let states = &env.upstreams.states;
+        let logic = PairLogic::resume(
+            states.active(index),
+            states.is_up(index, Member::Primary),
+            states.is_up(index, Member::Backup),
+            failback,
+        );
+        Ok(PairActorState { env, index, logic })
     }
 
     async fn handle(

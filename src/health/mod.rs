@@ -128,6 +128,23 @@ impl HealthStatus {
         )
     }
 
+    /// Sets a pair's last switch without logging it as a new one (a reload carrying it
+    /// over).
+    pub fn keep_switch(&self, pair: usize, s: SwitchStatus) {
+        if let Some(Ok(mut g)) = self.switches.get(pair).map(Mutex::lock) {
+            *g = Some(s);
+        }
+    }
+
+    /// Numbers the next switch after the last one `old` numbered, so that a reader of
+    /// [`HealthStatus::switches_after`] misses none after a reload replaced `old`.
+    pub fn continue_numbering(&self, old: &HealthStatus) {
+        let last = old.log.lock().map_or(0, |l| l.last_seq);
+        if let Ok(mut log) = self.log.lock() {
+            log.last_seq = log.last_seq.max(last);
+        }
+    }
+
     /// A pair's last switch.
     pub fn switch(&self, pair: usize) -> Option<SwitchStatus> {
         self.switches.get(pair)?.lock().ok()?.clone()

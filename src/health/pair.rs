@@ -38,6 +38,21 @@ impl PairLogic {
         }
     }
 
+    /// Resumes from a known state (a reload restarting the pair's actor).
+    pub fn resume(
+        active: Option<Member>,
+        primary_up: bool,
+        backup_up: bool,
+        failback: bool,
+    ) -> Self {
+        PairLogic {
+            active,
+            primary_up,
+            backup_up,
+            failback,
+        }
+    }
+
     /// The active member (`None`: out of service).
     pub fn active(&self) -> Option<Member> {
         self.active
@@ -120,6 +135,20 @@ pub fn name(m: Member) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_pair_goes_on_from_where_it_was() {
+        // On the backup, primary down (a reload restarted the actor): the primary coming
+        // back does not move it (no failback), the backup going down does not either.
+        let mut p = PairLogic::resume(Some(Member::Backup), false, true, false);
+        assert_eq!(p.on_server(Member::Primary, true, "answers"), None);
+        let s = p.on_server(Member::Backup, false, "no answer");
+        assert_eq!(s.map(|s| s.to), Some(Some(Member::Primary)));
+        // Out of service: the first member back takes over.
+        let mut p = PairLogic::resume(None, false, false, false);
+        let s = p.on_server(Member::Backup, true, "answers");
+        assert_eq!(s.map(|s| s.to), Some(Some(Member::Backup)));
+    }
 
     #[test]
     fn manual_switch_goes_to_a_member_that_is_up_and_back() {

@@ -98,6 +98,16 @@ impl ProbeState {
         }
     }
 
+    /// A server known to be down at `now` (a reload restarting its probe): it needs
+    /// `up_after` answered probes, the first at once, to come back.
+    pub fn down(cfg: ProbeConfig, now: Instant, reason: String) -> Self {
+        ProbeState {
+            up: false,
+            last_reason: reason,
+            ..ProbeState::new(cfg, now)
+        }
+    }
+
     /// Whether the server is in service.
     pub fn is_up(&self) -> bool {
         self.up
@@ -301,6 +311,18 @@ mod tests {
             breaker_failures: 3,
             breaker_probation: Duration::from_secs(20),
         }
+    }
+
+    #[test]
+    fn a_server_restarted_down_is_probed_at_once_and_comes_back_after_up_after() {
+        let t0 = Instant::now();
+        let mut p = ProbeState::down(cfg(), t0, "no answer".into());
+        assert!(!p.is_up());
+        assert_eq!(p.last_reason, "no answer");
+        let seq = p.poll_probe(t0).unwrap();
+        let back = p.on_response(t0 + Duration::from_millis(5), seq, 200, None);
+        assert!(matches!(back, Some(Change::Up(_))), "{back:?}");
+        assert!(p.is_up());
     }
 
     #[test]

@@ -44,6 +44,14 @@ impl Rtt {
         self.srtt_us.store(srtt.max(1), Ordering::Relaxed);
     }
 
+    /// Takes over another estimate (the same server's, before a reload).
+    pub fn copy_from(&self, other: &Rtt) {
+        self.srtt_us
+            .store(other.srtt_us.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.rttvar_us
+            .store(other.rttvar_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// The smoothed RTT, when there is a sample.
     pub fn srtt(&self) -> Option<Duration> {
         match self.srtt_us.load(Ordering::Relaxed) {

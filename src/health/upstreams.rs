@@ -101,6 +101,75 @@ impl Upstreams {
         }
     }
 
+    /// Takes over what `old` (the upstreams before a reload) knew of every server that is
+    /// still configured the same way: a member of a pair of the same name with the same
+    /// server keeps its up/down state, response time, when it was last heard, its located
+    /// addresses and circuit-breaker count; the pair keeps its active member while that
+    /// member's server is unchanged, and its last switch. A new or changed server starts
+    /// as at start-up (assumed up, probed at once). Returns the pairs (by name) whose
+    /// health was carried over.
+    pub fn carry_health_from(&self, old: &Upstreams) -> Vec<String> {
+        let mut carried = Vec::new();
+        for (ip, ()) in old.located_upstream_ips.iter().map(|e| (*e.key(), ())) {
+            self.learn_upstream_ip(ip);
+        }
+        for (i, p) in self.pairs.iter().enumerate() {
+            let Some(j) = old.pairs.iter().position(|o| o.name == p.name) else {
+                continue;
+            };
+            let same = |m: Member| old.member_server(j, m) == self.member_server(i, m);
+            for m in [Member::Primary, Member::Backup] {
+                if !same(m) {
+                    continue;
+                }
+                self.states.set_up(i, m, old.states.is_up(j, m));
+                if let (Some(to), Some(from)) = (
+                    self.rtt.get(i).and_then(|r| r.get(m as usize)),
+                    old.rtt.get(j).and_then(|r| r.get(m as usize)),
+                ) {
+                    to.copy_from(from);
+                }
+                if let (Some(to), Some(from)) = (
+                    self.heard.get(i).and_then(|h| h.get(m as usize)),
+                    old.heard.get(j).and_then(|h| h.get(m as usize)),
+                ) {
+                    let at = old.epoch + Duration::from_micros(from.load(Ordering::Relaxed));
+                    let since_ours = at.saturating_duration_since(self.epoch).as_micros() as u64;
+                    to.store(since_ours, Ordering::Relaxed);
+                }
+                if let (Some(to), Some(from)) = (
+                    self.failing.get(i).and_then(|f| f.get(m as usize)),
+                    old.failing.get(j).and_then(|f| f.get(m as usize)),
+                ) {
+                    to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                if let Some(st) = old.status.server(j, m) {
+                    self.status.set_server(i, m, st);
+                }
+                for e in old.member_addrs.iter() {
+                    if *e.value() == (j, m) {
+                        self.member_addrs.insert(*e.key(), (i, m));
+                    }
+                }
+            }
+            let active = match old.states.active(j) {
+                Some(m) if same(m) => Some(m),
+                None if same(Member::Primary) && same(Member::Backup) => None,
+                // The active member's server changed: as at start-up, with what is known.
+                _ => [Member::Primary, Member::Backup]
+                    .into_iter()
+                    .find(|m| self.states.is_up(i, *m)),
+            };
+            self.states.set_active(i, active);
+            if let Some(sw) = old.status.switch(j) {
+                self.status.keep_switch(i, sw);
+            }
+            carried.push(p.name.clone());
+        }
+        self.status.continue_numbering(&old.status);
+        carried
+    }
+
     /// The pairs, in config order.
     pub fn pairs(&self) -> &[Pair] {
         &self.pairs
@@ -319,5 +388,124 @@ impl PairView for Upstreams {
     fn failover_timeout(&self, pair: usize, member: Member) -> Option<Duration> {
         let r = self.rtt.get(pair)?.get(member as usize)?;
         Some(r.failover_timeout(self.bounds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn pair(name: &str, primary: &str, backup: &str) -> Pair {
+        let hp = |s: &str| HostPort::from_str(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        Pair {
+            name: name.into(),
+            domain: None,
+            primary: hp(primary),
+            backup: hp(backup),
+            failback: false,
+        }
+    }
+
+    fn bounds() -> FailoverBounds {
+        FailoverBounds {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        }
+    }
+
+    /// Pair "a" on its backup with its primary down and measured; pair "b" out of service.
+    fn before() -> Upstreams {
+        let old = Upstreams::new(
+            &[
+                pair("a", "10.0.0.1:5060", "10.0.0.2:5060"),
+                pair("b", "10.0.1.1:5060", "10.0.1.2:5060"),
+            ],
+            bounds(),
+        );
+        old.states.set_up(0, Member::Primary, false);
+        old.states.set_active(0, Some(Member::Backup));
+        old.observe_rtt(0, Member::Backup, Duration::from_millis(40));
+        old.status.set_switch(
+            0,
+            crate::health::SwitchStatus {
+                at: std::time::SystemTime::now(),
+                from: Some(Member::Primary),
+                to: Some(Member::Backup),
+                why: "primary down".into(),
+            },
+        );
+        old.states.set_up(1, Member::Primary, false);
+        old.states.set_up(1, Member::Backup, false);
+        old.states.set_active(1, None);
+        old.learn_upstream_ip("192.0.2.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        old
+    }
+
+    #[test]
+    fn unchanged_servers_keep_their_health_across_a_reload() {
+        let old = before();
+        // Pairs reordered, one added: health follows the names, not the positions.
+        let new = Upstreams::new(
+            &[
+                pair("c", "10.0.2.1:5060", "10.0.2.2:5060"),
+                pair("b", "10.0.1.1:5060", "10.0.1.2:5060"),
+                pair("a", "10.0.0.1:5060", "10.0.0.2:5060"),
+            ],
+            bounds(),
+        );
+        let carried = new.carry_health_from(&old);
+        assert_eq!(carried, ["b", "a"]);
+        assert_eq!(new.states.active(2), Some(Member::Backup));
+        assert!(!new.states.is_up(2, Member::Primary));
+        assert_eq!(new.srtt(2, Member::Backup), Some(Duration::from_millis(40)));
+        assert_eq!(new.states.active(1), None, "out of service stays so");
+        assert_eq!(
+            new.states.active(0),
+            Some(Member::Primary),
+            "a new pair starts fresh"
+        );
+        assert!(new.states.is_up(0, Member::Primary));
+        assert!(new.is_upstream("192.0.2.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert_eq!(
+            new.status.switch(2).map(|s| s.why),
+            Some("primary down".into())
+        );
+        // The switch is kept, not logged again; the numbering goes on from the old one.
+        assert!(new.status.switches_after(0).is_empty());
+        new.status.set_switch(
+            0,
+            crate::health::SwitchStatus {
+                at: std::time::SystemTime::now(),
+                from: None,
+                to: Some(Member::Primary),
+                why: "t".into(),
+            },
+        );
+        assert_eq!(new.status.switches_after(1).len(), 1);
+    }
+
+    #[test]
+    fn a_changed_server_starts_fresh_and_the_pair_moves_off_it_only_if_it_was_active() {
+        let old = before();
+        // Pair a: the backup (active) moves to a new address; the primary (down) stays.
+        let new = Upstreams::new(&[pair("a", "10.0.0.1:5060", "10.0.0.3:5060")], bounds());
+        new.carry_health_from(&old);
+        assert!(
+            !new.states.is_up(0, Member::Primary),
+            "the primary is still down"
+        );
+        assert!(
+            new.states.is_up(0, Member::Backup),
+            "the new backup is assumed up"
+        );
+        assert_eq!(new.srtt(0, Member::Backup), None, "and not measured");
+        assert_eq!(new.states.active(0), Some(Member::Backup));
+        // Pair b: the primary moves; both were down, so the new primary (assumed up) serves.
+        let new = Upstreams::new(&[pair("b", "10.0.1.7:5060", "10.0.1.2:5060")], bounds());
+        new.carry_health_from(&old);
+        assert_eq!(new.states.active(0), Some(Member::Primary));
+        assert!(!new.states.is_up(0, Member::Backup));
     }
 }
