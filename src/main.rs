@@ -101,11 +101,11 @@ impl LogLevel {
             return;
         }
         match tracing_subscriber::EnvFilter::builder().parse(filter) {
-            Ok(f) => {
-                if let Err(e) = self.0.reload(f) {
-                    tracing::error!(event = "log_level_not_changed", filter, error = %e);
-                }
-            }
+            Ok(f) => match self.0.reload(f) {
+                // At debug level: seen only when the new filter lets debug through.
+                Ok(()) => tracing::debug!(event = "log_filter_applied", filter),
+                Err(e) => tracing::error!(event = "log_level_not_changed", filter, error = %e),
+            },
             // Validated with the config: not reached.
             Err(e) => tracing::error!(event = "log_level_not_changed", filter, error = %e),
         }

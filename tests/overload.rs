@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sippool::sip::transport::Transport;
+use support::binary::{free_udp_port, wait_listening, Running};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -207,47 +206,6 @@ async fn closed_while_dripping(c: &mut tokio::net::TcpStream) -> bool {
 }
 
 /// sippool as a child process, for signals.
-struct Running {
-    child: Child,
-    config: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-fn start_binary(toml: &str) -> Running {
-    let config = std::env::temp_dir().join(format!("sippool-ovl-{}.toml", unique("c")));
-    std::fs::File::create(&config)
-        .unwrap()
-        .write_all(toml.as_bytes())
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sippool"))
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Running { child, config }
-}
-
-fn signal(child: &Child, sig: &str) {
-    Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-}
-
 fn binary_config(ip: std::net::IpAddr, port: u16, up: &Upstream, extra: &str) -> String {
     format!(
         "[instance]\nname = \"bin\"\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n{}{extra}",
@@ -255,43 +213,12 @@ fn binary_config(ip: std::net::IpAddr, port: u16, up: &Upstream, extra: &str) ->
     )
 }
 
-fn free_udp_port(ip: std::net::IpAddr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until the proxy answers OPTIONS addressed to it.
-async fn wait_listening(phone: &mut Phone) {
-    let start = Instant::now();
-    loop {
-        let req = phone.request(
-            "OPTIONS",
-            &format!("sip:{}", phone.proxy),
-            &unique("up"),
-            &unique("z9hG4bKu"),
-            "",
-            "",
-        );
-        phone.send(&req).await;
-        if tokio::time::timeout(Duration::from_millis(100), phone.recv())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(start.elapsed() < WAIT, "sippool did not start");
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_a_ringing_call_and_rejects_new_ones() {
     let mut up = Upstream::udp(Behaviour::AnswerAfter(1500)).await;
     let ip = loopback(PROXY);
     let port = free_udp_port(ip);
-    let mut run = start_binary(&binary_config(
+    let mut run = Running::start(&binary_config(
         ip,
         port,
         &up,
@@ -309,7 +236,7 @@ async fn sigterm_drains_a_ringing_call_and_rejects_new_ones() {
             break;
         }
     }
-    signal(&run.child, "-TERM");
+    run.signal("-TERM");
     // Until the ringing call ends, the process is draining: new calls get 503.
     tokio::time::sleep(Duration::from_millis(100)).await;
     phone
@@ -335,10 +262,8 @@ async fn sigterm_drains_a_ringing_call_and_rejects_new_ones() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(run.child.stderr.as_mut().unwrap(), &mut log).unwrap();
-    assert!(log.contains("\"event\":\"drain_started\""), "{log}");
-    assert!(log.contains("\"reason\":\"drained\""), "{log}");
+    run.wait_log("\"event\":\"drain_started\"").await;
+    run.wait_log("\"reason\":\"drained\"").await;
 }
 
 #[tokio::test]
@@ -346,7 +271,7 @@ async fn sighup_reloads_the_invite_rate() {
     let up = Upstream::udp(Behaviour::Answer).await;
     let ip = loopback(PROXY);
     let port = free_udp_port(ip);
-    let run = start_binary(&binary_config(
+    let run = Running::start(&binary_config(
         ip,
         port,
         &up,
@@ -354,12 +279,8 @@ async fn sighup_reloads_the_invite_rate() {
     ));
     let mut phone = Phone::udp(std::net::SocketAddr::new(ip, port)).await;
     wait_listening(&mut phone).await;
-    std::fs::write(
-        &run.config,
-        binary_config(ip, port, &up, "[overload]\ninvite_rate = 1\n"),
-    )
-    .unwrap();
-    signal(&run.child, "-HUP");
+    run.rewrite(&binary_config(ip, port, &up, "[overload]\ninvite_rate = 1\n"));
+    run.signal("-HUP");
     // Within a moment the new limit applies: a burst of INVITEs meets 503s.
     let start = Instant::now();
     loop {

@@ -3,6 +3,7 @@
 //! sippool's parser, so a parser bug in sippool cannot hide itself.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod dnsmasq;
 pub mod pki;
 pub mod pool;
