@@ -279,7 +279,12 @@ async fn sighup_reloads_the_invite_rate() {
     ));
     let mut phone = Phone::udp(std::net::SocketAddr::new(ip, port)).await;
     wait_listening(&mut phone).await;
-    run.rewrite(&binary_config(ip, port, &up, "[overload]\ninvite_rate = 1\n"));
+    run.rewrite(&binary_config(
+        ip,
+        port,
+        &up,
+        "[overload]\ninvite_rate = 1\n",
+    ));
     run.signal("-HUP");
     // Within a moment the new limit applies: a burst of INVITEs meets 503s.
     let start = Instant::now();

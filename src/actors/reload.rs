@@ -196,20 +196,29 @@ fn forget_gauges_of_removed_servers(core: &Core, old: &Live, new: &Live) {
     }
 }
 
+/// One event per changed key (`config_changed`, or `config_not_live` for a key that needs
+/// a restart), then `config_reloaded` with the keys that changed live.
 fn log(report: &Reload) {
-    let applied: Vec<String> = report.applied().map(ToString::to_string).collect();
-    let not_live: Vec<String> = report.not_live().map(ToString::to_string).collect();
+    let none = || "(none)".to_string();
+    for c in report.applied() {
+        let (from, to) = (
+            c.from.clone().unwrap_or_else(none),
+            c.to.clone().unwrap_or_else(none),
+        );
+        tracing::info!(event = "config_changed", key = %c.key, %from, %to);
+    }
+    for c in report.not_live() {
+        let (from, to) = (
+            c.from.clone().unwrap_or_else(none),
+            c.to.clone().unwrap_or_else(none),
+        );
+        tracing::warn!(event = "config_not_live", key = %c.key, %from, %to, "keeps its running value until a restart");
+    }
+    let keys: Vec<&str> = report.applied().map(|c| c.key.as_str()).collect();
     tracing::info!(
         event = "config_reloaded",
-        changes = applied.len(),
-        changed = ?applied,
+        changes = keys.len(),
+        keys = %keys.join(", "),
         health_restarted = report.health_restarted,
     );
-    if !not_live.is_empty() {
-        tracing::warn!(
-            event = "config_not_live",
-            keys = ?not_live,
-            "these keys keep their running values until a restart"
-        );
-    }
 }

@@ -61,12 +61,10 @@ impl StatusView for Core {
     }
 
     fn not_ready(&self) -> Option<&'static str> {
+        let live = self.live();
         if self.admission.is_draining() {
             Some("draining")
-        } else if {
-            let live = self.live();
-            live.upstreams.states.active(live.router.serving).is_none()
-        } {
+        } else if live.upstreams.states.active(live.router.serving).is_none() {
             // OPTIONS to this instance get 503 too: clients move to another instance.
             Some("serving pair out of service")
         } else {

@@ -13,7 +13,8 @@ use super::Config;
 pub struct Change {
     /// The dotted key, as in the file (`pair[1].primary`).
     pub key: String,
-    /// The value before (`None`: the key was absent), as TOML-like text; secrets hidden.
+    /// The value before (`None`: the key was absent): text as written, numbers, booleans
+    /// and lists of plain values in JSON form; secrets hidden.
     pub from: Option<String>,
     /// The value after (`None`: the key is gone).
     pub to: Option<String>,
@@ -115,6 +116,9 @@ fn walk(v: &serde_json::Value, key: String, out: &mut BTreeMap<String, String>) 
             for (i, v) in items.iter().enumerate() {
                 walk(v, format!("{key}[{i}]"), out);
             }
+        }
+        Value::String(text) => {
+            out.insert(key, text.clone());
         }
         other => {
             out.insert(key, other.to_string());
