@@ -168,6 +168,46 @@ async fn an_added_pair_made_serving_and_a_static_route_apply_at_once() {
 }
 
 #[tokio::test]
+async fn a_removed_pair_lets_its_call_in_flight_finish_and_leaves_no_series_behind() {
+    let mut a = Upstream::udp(Behaviour::AnswerAfter(700)).await;
+    let b = Upstream::udp(Behaviour::Answer).await;
+    let mut d = Upstream::udp(Behaviour::Answer).await;
+    let e = Upstream::udp(Behaviour::Answer).await;
+    let ip = loopback(PROXY);
+    let http = format!("[http]\naddress = \"{ip}:0\"\n");
+    let p = start(
+        ip,
+        "",
+        &format!(
+            "{}{}{NO_PROBES}{http}",
+            pair_of("p", &a, &b),
+            pair_of("q", &d, &e)
+        ),
+    )
+    .await;
+    let addr = p.local_addr(Transport::Udp).expect("udp");
+    let web = p.http_addr().expect("http");
+    let call = InFlight::start(addr, &mut a).await;
+    let (_, before) = http_get(web, "/metrics").await;
+    assert!(before.contains("pair=\"p\""), "{before}");
+    let r = reload(
+        &p,
+        ip,
+        "",
+        &format!("{}{NO_PROBES}{http}", pair_of("q", &d, &e)),
+    )
+    .await;
+    assert!(r.health_restarted);
+    // The remaining pair serves new calls; the call on the removed one ends normally.
+    new_call_reaches(addr, "sip:agent@site.example", &mut d).await;
+    call.completes().await;
+    let (_, after) = http_get(web, "/metrics").await;
+    assert!(!after.contains("pair=\"p\""), "{after}");
+    assert!(after.contains("pair=\"q\""), "{after}");
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn health_timings_change_live_and_health_survives_the_reload() {
     // Probing on, the primary silent: the pair runs on its backup.
     let a = Upstream::udp(Behaviour::Silent).await;
