@@ -44,7 +44,6 @@ pub struct Core {
     relay_down: DashMap<SocketAddr, std::time::Instant>,
     /// Where received messages go (the dispatcher, installed at start-up).
     inbound: OnceLock<Box<dyn Fn(Inbound) + Send + Sync>>,
-    tx_supervisor: OnceLock<ActorCell>,
     conn_supervisor: OnceLock<ActorCell>,
     /// Admission control: the INVITE rate, overload episodes, the drain.
     pub admission: Admission,
@@ -95,7 +94,6 @@ impl Core {
             txns: Transactions::default(),
             relay_down: DashMap::new(),
             inbound: OnceLock::new(),
-            tx_supervisor: OnceLock::new(),
             conn_supervisor: OnceLock::new(),
             admission: Admission::new(invite_rate),
             history: Default::default(),
@@ -182,15 +180,9 @@ impl Core {
         self.live.swap(Arc::new(live))
     }
 
-    /// Sets the supervisors new actors are linked to (once, at start-up).
-    pub fn set_supervisors(&self, tx: ActorCell, conn: ActorCell) {
-        let _ = self.tx_supervisor.set(tx);
+    /// Sets the supervisor new connection actors are linked to (once, at start-up).
+    pub fn set_conn_supervisor(&self, conn: ActorCell) {
         let _ = self.conn_supervisor.set(conn);
-    }
-
-    /// The supervisor of transaction actors.
-    pub fn tx_supervisor(&self) -> Option<&ActorCell> {
-        self.tx_supervisor.get()
     }
 
     /// Sets where received messages go (once, at start-up).

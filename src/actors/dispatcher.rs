@@ -2,8 +2,8 @@
 //! listener or connection receives comes here. The dispatcher says where it belongs; this
 //! module does it: hands it to a running transaction, answers a retransmission from a
 //! lingering one, forwards what is stateless, applies admission control (drain,
-//! transaction cap, INVITE rate) and spawns one transaction actor per new server
-//! transaction. It never blocks.
+//! transaction cap, INVITE rate) and starts one transaction (a task with a mailbox) per
+//! new server transaction. It never blocks.
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -16,7 +16,6 @@ use crate::sip::transaction::{ClientKey, ServerKey};
 use super::core::Core;
 use super::stateless::{forward_ack, forward_stray_response, respond_stateless};
 use super::tables::TxMsg;
-use super::transaction::TransactionActor;
 use super::transport::Inbound;
 
 /// What listeners and connections hand received messages to: [`dispatch`] on this core.
@@ -50,29 +49,23 @@ fn route(core: &Arc<Core>, inbound: Inbound) {
             let Some(tx) = core.txns.client.get(&key).map(|r| r.clone()) else {
                 return forward_stray_response(core, &inbound.msg);
             };
-            if let Err(ractor::MessagingErr::SendErr(TxMsg::Response(back))) =
-                tx.send_message(TxMsg::Response(Box::new((key, inbound))))
-            {
+            if let Err(TxMsg::Response(back)) = tx.send(TxMsg::Response(Box::new((key, inbound)))) {
                 forward_stray_response(core, &back.1.msg);
             }
         }
         Dispatch::StrayResponse => forward_stray_response(core, &inbound.msg),
         Dispatch::Cancel(invite) => {
             if let Some(tx) = core.txns.server.get(&invite).map(|r| r.clone()) {
-                let _ = tx.send_message(TxMsg::Cancel(Box::new(inbound)));
+                let _ = tx.send(TxMsg::Cancel(Box::new(inbound)));
             }
         }
         Dispatch::ServerTransaction(key) => {
             let Some(tx) = core.txns.server.get(&key).map(|r| r.clone()) else {
                 return route(core, inbound);
             };
-            if let Err(ractor::MessagingErr::SendErr(TxMsg::Request(inbound))) =
-                tx.send_message(TxMsg::Request(Box::new(inbound)))
-            {
+            if let Err(TxMsg::Request(inbound)) = tx.send(TxMsg::Request(Box::new(inbound))) {
                 // The transaction just ended: it lingers, or this is a new one.
-                core.txns
-                    .server
-                    .remove_if(&key, |_, v| v.get_id() == tx.get_id());
+                core.txns.server.remove_if(&key, |_, v| v.id() == tx.id());
                 route(core, *inbound);
             }
         }
@@ -145,23 +138,5 @@ fn new_transaction(core: &Arc<Core>, key: ServerKey, inbound: Inbound) {
         );
         return;
     }
-    let Some(sup) = core.tx_supervisor() else {
-        return;
-    };
-    match ractor::ActorRuntime::spawn_linked_instant(
-        None,
-        TransactionActor,
-        (core.clone(), key.clone()),
-        sup.clone(),
-    ) {
-        Ok((actor, _)) => {
-            core.metrics.transactions.inc();
-            core.txns.server.insert(key, actor.clone());
-            let _ = actor.send_message(TxMsg::Request(Box::new(inbound)));
-        }
-        Err(e) => {
-            tracing::error!(event = "transaction_spawn_failed", error = %e);
-            respond_stateless(core, &inbound, 500, "Server Internal Error", &[]);
-        }
-    }
+    super::transaction::spawn(core, key, inbound);
 }

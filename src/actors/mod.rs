@@ -5,10 +5,12 @@
 //!  |- UDP listener (one per UDP socket)          owns the socket and its receive loop
 //!  |- TCP listener (one per TCP socket)          owns the accept loop
 //!  |- Connection supervisor --> Connection (one per TCP connection)
-//!  |- Transaction supervisor --> Transaction (one per server transaction)
 //!  '- Health supervisor --> Pair (one per pair), Probe (one per upstream server);
 //!                               replaced whole by a reload that changes the pairs
 //! ```
+//!
+//! Beside the tree, one transaction per server transaction: a task with a mailbox that
+//! contains its own failure (`transaction`).
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
@@ -359,13 +361,6 @@ impl Actor for RootSupervisor {
         (core, sockets): Self::Arguments,
     ) -> Result<Arc<Core>, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let (tx_sup, _) = Actor::spawn_linked(
-            None,
-            transaction::TransactionSupervisor,
-            core.clone(),
-            cell.clone(),
-        )
-        .await?;
         let (conn_sup, _) = Actor::spawn_linked(
             None,
             connection::ConnectionSupervisor,
@@ -373,7 +368,7 @@ impl Actor for RootSupervisor {
             cell.clone(),
         )
         .await?;
-        core.set_supervisors(tx_sup.get_cell(), conn_sup.get_cell());
+        core.set_conn_supervisor(conn_sup.get_cell());
         core.set_inbound(dispatcher::sink(&core));
         for s in sockets {
             match s {

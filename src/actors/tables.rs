@@ -1,5 +1,6 @@
 //! The concurrent transaction tables: running server transactions by key, client
-//! transactions by branch (both pointing at the transaction actor that owns them), and the
+//! transactions by branch (both pointing at the mailbox of the transaction that owns
+//! them), and the
 //! transactions that have ended but still absorb retransmissions of their request.
 //!
 //! The tables answer the sans-IO dispatcher's questions ([`TransactionTables`]); what a
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use ractor::ActorRef;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::health::messages::PROBE_BRANCH_PREFIX;
 use crate::sip::dispatch::TransactionTables;
@@ -39,8 +40,37 @@ pub enum TxMsg {
     /// This stream connection closed; the transaction checks whether its branch used it.
     ConnectionLost(u64),
     /// The network refused a datagram sent to this address (ICMP unreachable); the
-    /// transaction checks whether its branch went there.
-    Unreachable(SocketAddr),
+    /// transaction checks whether its branch went there. Boxed: rare, and the largest
+    /// payload would make every mailbox slot 40 bytes instead of 16.
+    Unreachable(Box<SocketAddr>),
+}
+
+/// The mailbox of a running transaction, which the tables point at: cheap to clone, and
+/// sending fails (giving the message back) once the transaction has ended.
+#[derive(Debug, Clone)]
+pub struct TxHandle {
+    id: u64,
+    tx: UnboundedSender<TxMsg>,
+}
+
+impl TxHandle {
+    /// A new mailbox: its address, and the receiving end for the transaction's task.
+    pub fn new() -> (TxHandle, UnboundedReceiver<TxMsg>) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let (tx, rx) = unbounded_channel();
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (TxHandle { id, tx }, rx)
+    }
+
+    /// Which transaction this is (unique in the process).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Hands a message to the transaction; `Err` gives it back when it has ended.
+    pub fn send(&self, msg: TxMsg) -> Result<(), TxMsg> {
+        self.tx.send(msg).map_err(|e| e.0)
+    }
 }
 
 /// What is kept of a transaction after its actor ended (see [`Transactions::lingering`]).
@@ -60,9 +90,9 @@ pub struct Lingering {
 #[derive(Debug, Default)]
 pub struct Transactions {
     /// Server transactions by key.
-    pub server: DashMap<ServerKey, ActorRef<TxMsg>, Hasher>,
+    pub server: DashMap<ServerKey, TxHandle, Hasher>,
     /// Client transactions by our branch, pointing at the owning server transaction.
-    pub client: DashMap<ClientKey, ActorRef<TxMsg>, Hasher>,
+    pub client: DashMap<ClientKey, TxHandle, Hasher>,
     /// Transactions whose actor has ended but whose request retransmissions must still be
     /// absorbed until their Timer L or J runs out. Boxed: the table has room for up to
     /// twice its entries, and an empty slot then costs a key and a pointer, not a
@@ -108,23 +138,17 @@ impl Transactions {
 
     /// A destination is unreachable: each transaction with a client branch hears of it.
     pub fn unreachable(&self, dest: SocketAddr) {
-        self.tell_branches(|| TxMsg::Unreachable(dest));
+        self.tell_branches(|| TxMsg::Unreachable(Box::new(dest)));
     }
 
     /// Sends a message, once each, to every transaction with a client branch.
     fn tell_branches(&self, msg: impl Fn() -> TxMsg) {
         let mut told = HashSet::new();
         for e in self.client.iter() {
-            if told.insert(e.value().get_id()) {
-                let _ = e.value().send_message(msg());
+            if told.insert(e.value().id()) {
+                let _ = e.value().send(msg());
             }
         }
-    }
-
-    /// Forgets every table entry of a transaction actor that failed.
-    pub fn forget(&self, id: ractor::ActorId) {
-        self.server.retain(|_, v| v.get_id() != id);
-        self.client.retain(|_, v| v.get_id() != id);
     }
 }
 

@@ -5,16 +5,23 @@
 //! [`ResponseContext`]. This actor owns what the context must not: the reply path to the
 //! client, the branch's connection, the tables, DNS, timers and metrics. It feeds the
 //! context messages and time and performs its actions, and lives until the context is done
-//! or only absorbing retransmissions is left (then a table entry lingers in its place). A
-//! panic in one transaction stops that actor only: [`TransactionSupervisor`] logs and counts
-//! it and cleans its table entries, and every other transaction carries on.
+//! or only absorbing retransmissions is left (then a table entry lingers in its place).
+//!
+//! The actor is a plain task with one mailbox ([`TxHandle`]) and one timer, not a ractor
+//! actor: tens of thousands run at once, and ractor's four channels, its supervision
+//! mailbox and its delayed-message task per timer cost more than the transaction itself
+//! (issue 17). Supervision is kept: a panic in one transaction ends that task only; it is
+//! logged (`transaction_failed`) and counted, its table entries go with its state, and
+//! every other transaction carries on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::metrics::KindLabels;
 use crate::sip::builder;
@@ -26,14 +33,10 @@ use super::connection::{self, ConnOrUdp};
 use super::core::Core;
 use super::live::Live;
 use super::stateless::forward_ack;
-use super::tables::{Lingering, TxMsg};
+use super::tables::{Lingering, TxHandle, TxMsg};
 use super::transport::{
     response_destination, send_reply, send_udp, ConnHandle, Inbound, ReplyPath, Target,
 };
-use crate::wakeup::Wakeup;
-
-/// The transaction actor.
-pub struct TransactionActor;
 
 /// Where the current branch goes: what the shell needs to send on it.
 struct Link {
@@ -42,13 +45,15 @@ struct Link {
     conn: Option<ConnHandle>,
 }
 
-/// State of one transaction actor.
+/// State of one transaction.
 pub struct TxState {
     core: Arc<Core>,
     /// The configuration this transaction started on, kept to its end (a reload does not
     /// change the pairs, timers or upstreams under it).
     live: Arc<Live>,
     key: ServerKey,
+    /// Its own mailbox's address (what the client table points at for its branches).
+    handle: TxHandle,
     ctx: Option<ResponseContext>,
     /// How responses reach the client, and where.
     reply: Option<ReplyPath>,
@@ -57,123 +62,167 @@ pub struct TxState {
     received: Instant,
     /// The branches: the current one, and any given up that are still ours.
     links: Vec<Link>,
-    /// Client keys this actor put in the table (removed when it stops).
+    /// Client keys this transaction put in the table (removed when it ends).
     keys: Vec<ClientKey>,
-    /// The pending timer message.
-    wakeup: Wakeup<TxMsg>,
 }
 
-impl Actor for TransactionActor {
-    type Msg = TxMsg;
-    type State = TxState;
-    type Arguments = (Arc<Core>, ServerKey);
+/// Starts the transaction of `key` for its first request, as a task of its own fed by a
+/// mailbox that the tables point at (see the module documentation).
+pub fn spawn(core: &Arc<Core>, key: ServerKey, first: Inbound) {
+    let (handle, mailbox) = TxHandle::new();
+    core.metrics.transactions.inc();
+    core.txns.server.insert(key.clone(), handle.clone());
+    let _ = handle.send(TxMsg::Request(Box::new(first)));
+    let id = handle.id();
+    // Boxed: an async fn's future keeps its arguments apart from its locals, so a state
+    // passed inline would be carried twice by every transaction's task (4.3 KiB instead
+    // of 0.7 KiB plus the state).
+    let state = Box::new(TxState {
+        live: core.snapshot(),
+        core: core.clone(),
+        key,
+        handle,
+        ctx: None,
+        reply: None,
+        dest: SocketAddr::from(([0, 0, 0, 0], 0)),
+        received: Instant::now(),
+        links: Vec::new(),
+        keys: Vec::new(),
+    });
+    let core = core.clone();
+    tokio::spawn(async move {
+        let outcome = AssertUnwindSafe(run(state, mailbox)).catch_unwind().await;
+        // A panic ends this transaction only; its state, dropped with the failed future,
+        // has taken its table entries and its count with it (`Drop for TxState`).
+        if let Err(panic) = outcome {
+            core.metrics
+                .actor_failures
+                .get_or_create(&KindLabels {
+                    kind: "transaction",
+                })
+                .inc();
+            let error = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(event = "transaction_failed", id, %error);
+        }
+    });
+}
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<TxMsg>,
-        (core, key): Self::Arguments,
-    ) -> Result<TxState, ActorProcessingErr> {
-        Ok(TxState {
-            live: core.snapshot(),
-            core,
-            key,
-            ctx: None,
-            reply: None,
-            dest: SocketAddr::from(([0, 0, 0, 0], 0)),
-            received: Instant::now(),
-            links: Vec::new(),
-            keys: Vec::new(),
-            wakeup: Wakeup::default(),
-        })
+/// The transaction's life: one message at a time from its mailbox, and its one timer (the
+/// earliest instant its context asks to be woken), until it is done or only absorbing
+/// retransmissions is left.
+async fn run(mut state: Box<TxState>, mut mailbox: UnboundedReceiver<TxMsg>) {
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = mailbox.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            // Re-armed (or not) below, from what the context asks after this message.
+            () = &mut timer, if armed => TxMsg::Timer,
+        };
+        match state.handle(msg).await {
+            Next::Done => return,
+            Next::WakeAt(at) => {
+                timer.as_mut().reset(tokio::time::Instant::from_std(at));
+                armed = true;
+            }
+            Next::Wait => armed = false,
+        }
     }
+}
 
-    async fn handle(
-        &self,
-        myself: ActorRef<TxMsg>,
-        msg: TxMsg,
-        state: &mut TxState,
-    ) -> Result<(), ActorProcessingErr> {
+/// What a transaction does after a message.
+enum Next {
+    /// Ends (done, or a lingering entry absorbs what is left).
+    Done,
+    /// Waits for a message, or for its timer at this instant.
+    WakeAt(Instant),
+    /// Waits for a message.
+    Wait,
+}
+
+/// However the transaction ends (done, handed to a lingering entry, or failed), its table
+/// entries go and it is no longer counted.
+impl Drop for TxState {
+    fn drop(&mut self) {
+        let id = self.handle.id();
+        let txns = &self.core.txns;
+        txns.server.remove_if(&self.key, |_, v| v.id() == id);
+        for k in &self.keys {
+            txns.client.remove_if(k, |_, v| v.id() == id);
+        }
+        self.core.metrics.transactions.dec();
+    }
+}
+
+impl TxState {
+    /// One message: feeds the context, performs its actions, and says what comes next.
+    async fn handle(&mut self, msg: TxMsg) -> Next {
         let now = Instant::now();
         let mut relayed_from = None;
         match msg {
-            TxMsg::Request(inbound) if state.ctx.is_none() => state.start(*inbound, now),
+            TxMsg::Request(inbound) if self.ctx.is_none() => self.start(*inbound, now),
             TxMsg::Request(inbound) => {
-                let stray_ack = state
+                let stray_ack = self
                     .ctx
                     .as_mut()
                     .is_some_and(|c| c.handle_retransmission(&inbound.msg, now));
                 if stray_ack {
                     // An ACK for a 2xx that reused the INVITE's branch: not ours to absorb.
-                    forward_ack(&state.core, *inbound);
+                    forward_ack(&self.core, *inbound);
                 }
             }
-            TxMsg::Cancel(inbound) => state.on_cancel(&inbound, now),
+            TxMsg::Cancel(inbound) => self.on_cancel(&inbound, now),
             TxMsg::Response(matched) => {
                 let (key, inbound) = *matched;
                 relayed_from = Some(inbound.received);
-                if let Some(c) = &mut state.ctx {
-                    c.handle_response(&key, &inbound.msg, state.live.upstreams.as_ref(), now);
+                if let Some(c) = &mut self.ctx {
+                    c.handle_response(&key, &inbound.msg, self.live.upstreams.as_ref(), now);
                 }
             }
             TxMsg::Timer => {
-                state.wakeup.fired();
-                if let Some(c) = &mut state.ctx {
-                    c.handle_timeout(state.live.upstreams.as_ref(), now);
+                if let Some(c) = &mut self.ctx {
+                    c.handle_timeout(self.live.upstreams.as_ref(), now);
                 }
             }
             // Boxed, as the awaits below: rare or once per branch, and an unboxed future
             // would be carried by every transaction's task for its whole life.
-            TxMsg::ConnectionLost(conn) => Box::pin(state.on_connection_lost(conn, now)).await,
-            TxMsg::Unreachable(dest) => state.on_unreachable(dest, now),
+            TxMsg::ConnectionLost(conn) => Box::pin(self.on_connection_lost(conn, now)).await,
+            TxMsg::Unreachable(dest) => self.on_unreachable(*dest, now),
         }
-        state.drive(&myself, relayed_from, now).await;
-        let Some(ctx) = &state.ctx else {
-            return Ok(());
+        self.drive(relayed_from, now).await;
+        let Some(ctx) = &self.ctx else {
+            return Next::Wait;
         };
         if ctx.is_done() {
-            myself.stop(None);
-        } else if let Some(linger) = ctx.poll_linger(now) {
+            return Next::Done;
+        }
+        if let Some(linger) = ctx.poll_linger(now) {
             // What is left is absorbing retransmissions: a table entry does that.
-            if let Some(reply) = state.reply.clone() {
-                state.core.txns.lingering.insert(
-                    state.key.clone(),
+            if let Some(reply) = self.reply.clone() {
+                self.core.txns.lingering.insert(
+                    self.key.clone(),
                     Box::new(Lingering {
                         response: linger.response,
                         reply,
-                        dest: state.dest,
+                        dest: self.dest,
                         until: linger.until,
                     }),
                 );
-                myself.stop(None);
+                return Next::Done;
             }
-        } else if let Some(next) = ctx.poll_timeout() {
-            state.wakeup.schedule(&myself, next, now, || TxMsg::Timer);
         }
-        Ok(())
+        ctx.poll_timeout().map_or(Next::Wait, Next::WakeAt)
     }
 
-    async fn post_stop(
-        &self,
-        myself: ActorRef<TxMsg>,
-        state: &mut TxState,
-    ) -> Result<(), ActorProcessingErr> {
-        // At once: the state itself goes to the supervisor before it is dropped.
-        state.wakeup.cancel();
-        let id = myself.get_id();
-        state
-            .core
-            .txns
-            .server
-            .remove_if(&state.key, |_, v| v.get_id() == id);
-        for k in &state.keys {
-            state.core.txns.client.remove_if(k, |_, v| v.get_id() == id);
-        }
-        state.core.metrics.transactions.dec();
-        Ok(())
-    }
-}
-
-impl TxState {
     fn start(&mut self, inbound: Inbound, now: Instant) {
         #[cfg(feature = "fault-injection")]
         if inbound.msg.headers().iter().any(|h| {
@@ -286,12 +335,7 @@ impl TxState {
 
     /// Performs the context's actions until it has none left. `relayed_from`: when the
     /// response being relayed arrived (latency).
-    async fn drive(
-        &mut self,
-        myself: &ActorRef<TxMsg>,
-        relayed_from: Option<Instant>,
-        now: Instant,
-    ) {
+    async fn drive(&mut self, relayed_from: Option<Instant>, now: Instant) {
         let core = self.core.clone();
         let live = self.live.clone();
         loop {
@@ -325,7 +369,7 @@ impl TxState {
                     // Boxed: resolving is a large future (DNS), and an unboxed one would
                     // make every transaction actor's task carry it for its whole life.
                     let sent = match Box::pin(core.locate(&live, &hp)).await {
-                        Some(target) => Box::pin(self.open_branch(myself, target, None, now)).await,
+                        Some(target) => Box::pin(self.open_branch(target, None, now)).await,
                         None => {
                             tracing::warn!(event = "host_not_resolved", host = %hp.host);
                             false
@@ -339,9 +383,7 @@ impl TxState {
                 }
                 Action::Flow(flow) => {
                     let opened = match core.flow_target(&flow) {
-                        Some((target, conn)) => {
-                            Box::pin(self.open_branch(myself, target, conn, now)).await
-                        }
+                        Some((target, conn)) => Box::pin(self.open_branch(target, conn, now)).await,
                         None => false,
                     };
                     if let (false, Some(c)) = (opened, &mut self.ctx) {
@@ -354,7 +396,7 @@ impl TxState {
                     }
                 }
                 Action::Track(key) => {
-                    core.txns.client.insert(key.clone(), myself.clone());
+                    core.txns.client.insert(key.clone(), self.handle.clone());
                     self.keys.push(key);
                 }
                 Action::Ghost(outcome) => {
@@ -407,7 +449,6 @@ impl TxState {
     /// sends the request; false when it could not be sent.
     async fn open_branch(
         &mut self,
-        myself: &ActorRef<TxMsg>,
         target: Target,
         conn: Option<ConnHandle>,
         now: Instant,
@@ -431,7 +472,10 @@ impl TxState {
             // Answered meanwhile: nothing to send, nothing failed.
             return true;
         };
-        self.core.txns.client.insert(key.clone(), myself.clone());
+        self.core
+            .txns
+            .client
+            .insert(key.clone(), self.handle.clone());
         self.keys.push(key.clone());
         let mut link = Link { key, target, conn };
         let ok = send_on(&self.core, &mut link, bytes).await;
@@ -485,43 +529,6 @@ fn reason_label(reason: &'static str) -> &'static str {
     }
 }
 
-/// Supervises every transaction actor: a failed one is logged, counted and forgotten.
-pub struct TransactionSupervisor;
-
-impl Actor for TransactionSupervisor {
-    type Msg = ();
-    type State = Arc<Core>;
-    type Arguments = Arc<Core>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<()>,
-        core: Arc<Core>,
-    ) -> Result<Arc<Core>, ActorProcessingErr> {
-        Ok(core)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<()>,
-        evt: SupervisionEvent,
-        core: &mut Arc<Core>,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            core.metrics
-                .actor_failures
-                .get_or_create(&KindLabels {
-                    kind: "transaction",
-                })
-                .inc();
-            core.metrics.transactions.dec();
-            tracing::error!(event = "transaction_failed", actor = %cell.get_id(), error = %err);
-            core.txns.forget(cell.get_id());
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,18 +538,13 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// ractor keeps the future of `handle` in every transaction's task, twice over (the
-    /// message loop and the call in progress): a large await inside it (DNS, a connection
-    /// with its TLS handshake) must be boxed, or every transaction in flight pays for it.
+    /// Every transaction's task carries the future of `handle` while a message is being
+    /// handled: a large await inside it (DNS, a connection with its TLS handshake) must be
+    /// boxed, or every transaction in flight pays for it.
     #[test]
     fn the_message_handler_future_stays_small() {
-        type Args = (
-            &'static TransactionActor,
-            ActorRef<TxMsg>,
-            TxMsg,
-            &'static mut TxState,
-        );
-        let handle = returned_size(|(a, r, m, s): Args| a.handle(r, m, s));
+        type Args = (&'static mut TxState, TxMsg);
+        let handle = returned_size(|(s, m): Args| s.handle(m));
         type LocateArgs = (
             &'static Core,
             &'static Live,
@@ -554,5 +556,9 @@ mod tests {
             locate > handle,
             "locate ({locate} bytes) is no longer worth boxing: {handle}"
         );
+        // The whole task: the state, the mailbox, the timer and the handler's future.
+        type RunArgs = (Box<TxState>, UnboundedReceiver<TxMsg>);
+        let task = returned_size(|(s, r): RunArgs| run(s, r));
+        assert!(task < 1000, "the transaction's task future is {task} bytes");
     }
 }
