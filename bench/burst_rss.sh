@@ -19,6 +19,7 @@
 # in sippool's environment (e.g. MALLOC_ARENA_MAX=2). Keys printed: idle_kib (RSS before),
 # peak_kib, live_at_peak (transactions in flight + lingering, from /metrics), per_txn_bytes
 # ((peak - idle) / live), after_kib (RSS AFTER_S after the burst) and after_minus_idle_kib.
+# BENCH_NET=127.0.9 moves the whole topology to 127.0.9.x (two measurements side by side).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 . "$ROOT/tests/e2e/lib.sh"
@@ -26,8 +27,9 @@ MODE="${1:-options}"
 SHARED="${BENCH_SHARED:-$ROOT/../shared/bench}"
 AFTER_S="${AFTER_S:-60}"
 HOLD_S="${HOLD_S:-20}"
-PROXY=127.0.0.10
-HTTP="http://127.0.0.10:8080"
+NET="${BENCH_NET:-127.0.0}"
+PROXY=$NET.10
+HTTP="http://$NET.10:8080"
 case "$MODE" in
   options | invite) N="${2:-10000}" ;;
   soak) RATE="${2:-500}"; SECS="${3:-600}" ;;
@@ -35,7 +37,7 @@ case "$MODE" in
 esac
 e2e_init burst
 ulimit -n 65536 2>/dev/null || true
-for ip in 127.0.0.10 127.0.0.11 127.0.0.12; do
+for ip in $NET.10 $NET.11 $NET.12; do
   if awk -v h="$(printf '%02X%02X%02X%02X:13C4' $(echo $ip | awk -F. '{print $4,$3,$2,$1}'))" \
     '$2==h{f=1} END{exit !f}' /proc/net/udp; then
     echo "$ip:5060 is in use (another bench running?)" >&2
@@ -44,7 +46,7 @@ for ip in 127.0.0.10 127.0.0.11 127.0.0.12; do
 done
 
 start_servers() { # kind: sipp | slow
-  for ip in 127.0.0.11 127.0.0.12; do
+  for ip in $NET.11 $NET.12; do
     if [ "$1" = sipp ]; then
       (cd "$WORK" && exec sipp -sf "$SHARED/scenarios/uas.xml" -i $ip -p 5060 -t u1 -nostdin \
         -buff_size 4194304 > "$WORK/uas-$ip.log" 2>&1) &
@@ -66,7 +68,8 @@ else
   start_servers sipp
 fi
 # Every transaction of the burst admitted: the per-transaction figure is the point.
-env SIPPOOL__LIMITS__MAX_TRANSACTIONS=1000000 ${SIPPOOL_EXTRA_ENV:-} "$BIN" run --config "$ROOT/bench/bench.toml" > "$WORK/sippool.log" 2>&1 &
+sed "s/127\.0\.0\./$NET./g" "$ROOT/bench/bench.toml" > "$WORK/bench.toml"
+env SIPPOOL__LIMITS__MAX_TRANSACTIONS=1000000 ${SIPPOOL_EXTRA_ENV:-} "$BIN" run --config "$WORK/bench.toml" > "$WORK/sippool.log" 2>&1 &
 proxy=$!
 pids+=($proxy)
 wait_log "$WORK/sippool.log" proxy_initialised
@@ -87,7 +90,7 @@ start=$(date +%s.%N)
 
 if [ "$MODE" = soak ]; then
   echo "burst_rss.sh: soak at $RATE cps for $SECS s (RSS every 10 s)" >&2
-  (cd "$WORK" && sipp $PROXY:5060 -sf "$SHARED/scenarios/uac.xml" -i 127.0.0.1 -p 5070 -t u1 \
+  (cd "$WORK" && sipp $PROXY:5060 -sf "$SHARED/scenarios/uac.xml" -i $NET.1 -p 5070 -t u1 \
     -nostdin -r "$RATE" -rp 1000 -m $((RATE * SECS)) -l 15000 -recv_timeout 8000 \
     -timeout "$((SECS + 30))s" -buff_size 4194304 -trace_stat -stf stats.csv -fd 10 \
     > uac.out 2>&1) &
@@ -117,7 +120,7 @@ method=OPTIONS
 quiet=15
 window=${WINDOW:-1000}
 if [ "$MODE" = invite ]; then method=INVITE; quiet=$((HOLD_S + 15)); window=${WINDOW:-200}; fi
-python3 "$ROOT/bench/burst.py" uac $PROXY:5060 127.0.0.1 "$N" $method --quiet $quiet --window "$window" \
+python3 "$ROOT/bench/burst.py" uac $PROXY:5060 $NET.1 "$N" $method --quiet $quiet --window "$window" \
   > "$WORK/uac.txt" &
 uacpid=$!
 pids+=($uacpid)
