@@ -15,6 +15,8 @@
 #   CONFIG=bench/bench.toml           the proxy config (default: this repository's bench.toml)
 #   CALLGRIND_OUT=DIR                 where the out files go (default /tmp/sippool-callgrind/...)
 #   BENCH_HARNESS=../shared/bench/run.sh
+#   BENCH_NET=127.0.9                 the topology on 127.0.9.x instead of 127.0.0.x (the
+#                                     config's 127.0.0. addresses moved with it)
 #
 # Last line on stdout: instructions_per_call=N ok=N failed=N ... out_dir=DIR. Exit 1 (and no
 # figure) if any call failed or was rejected, if the proxy did not leave a callgrind file, or
@@ -58,7 +60,9 @@ CONFIG="${CONFIG:-$ROOT/bench/bench.toml}"
 CALLS="${CALLS:-1000}"
 RATE="${RATE:-50}"
 OUT="${CALLGRIND_OUT:-/tmp/sippool-callgrind/$(date +%Y%m%d-%H%M%S)-$$}"
-PROXY_IP=127.0.0.10 PROXY_PORT=5060 PRIMARY_IP=127.0.0.11 BACKUP_IP=127.0.0.12 UAS_PORT=5060
+NET="${BENCH_NET:-127.0.0}"
+PROXY_IP=$NET.10 PROXY_PORT=5060 PRIMARY_IP=$NET.11 BACKUP_IP=$NET.12 UAS_PORT=5060
+export BENCH_PROXY_IP=$PROXY_IP BENCH_PRIMARY_IP=$PRIMARY_IP BENCH_BACKUP_IP=$BACKUP_IP BENCH_UAC_IP=$NET.1
 MAX_LIFE_S=178
 
 [ -x "$HARNESS" ] || die "harness $HARNESS not found (see ../shared/bench/README.md)"
@@ -70,6 +74,10 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+if [ "$NET" != 127.0.0 ]; then
+  sed "s/127\.0\.0\./$NET./g" "$CONFIG" > "$OUT/bench.toml"
+  CONFIG="$OUT/bench.toml"
+fi
 
 hexaddr() { local IFS=.; set -- $1 "$2"; printf '%02X%02X%02X%02X:%04X' "$4" "$3" "$2" "$1" "$5"; }
 listening() { awk -v h="$(hexaddr "$1" "$2")" '$2==h {f=1} END{exit !f}' /proc/net/udp; }
