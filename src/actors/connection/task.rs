@@ -1,0 +1,385 @@
+//! The task of one stream connection: a plain tokio task that owns the socket (TCP, or TLS
+//! over TCP), reads and frames what arrives, and writes what the rest of the proxy queues
+//! on its [`ConnHandle`].
+//!
+//! Most of a proxy's connections are idle phones that send a CRLFCRLF ping every few
+//! minutes, so an idle connection holds only what it needs to wake: the socket, the TLS
+//! session state, its framer (no buffer between messages, see [`StreamFramer::shed`]), a
+//! timer and a small handle. It waits for the TCP socket to become readable before it reads
+//! anything; the bytes are read into a buffer of the thread, not of the connection, and
+//! copied into the framer only while part of a message waits for the rest.
+//!
+//! A panic while handling one connection ends that connection only: it is counted
+//! (`sippool_actor_failures_total{kind="connection"}`), logged (`connection_failed`) and
+//! its table entries are cleaned; nothing else in flight is lost.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::metrics::{KindLabels, Metrics};
+use crate::sip::framing::{Frame, StreamFramer};
+use crate::sip::message::{Framing, Message};
+
+use super::super::core::Core;
+use super::super::transport::{ConnHandle, Inbound, ReplyPath};
+
+/// The byte stream of a connection.
+pub enum ConnStream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP, either side.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+impl ConnStream {
+    /// The TCP socket underneath, whose readiness wakes the connection.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ConnStream::Tcp(s) => s,
+            ConnStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            ConnStream::Tcp(s) => s.write_all(bytes).await,
+            ConnStream::Tls(s) => s.write_all(bytes).await,
+        }
+    }
+
+    /// Pushes out what TLS still holds encrypted (nothing to do on TCP).
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ConnStream::Tcp(_) => Ok(()),
+            ConnStream::Tls(s) => s.flush().await,
+        }
+    }
+
+    /// Whether TLS has records waiting to be written (an alert, a key update answer).
+    fn wants_write(&self) -> bool {
+        match self {
+            ConnStream::Tcp(_) => false,
+            ConnStream::Tls(s) => s.get_ref().1.wants_write(),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let done = match self {
+            ConnStream::Tcp(s) => s.shutdown().await,
+            ConnStream::Tls(s) => s.shutdown().await,
+        };
+        let _ = done;
+    }
+
+    /// Reads what can be read now, without waiting, into `framer`, at most a few chunks
+    /// (the loop comes back while the socket stays readable). `Ok(false)` at the end of
+    /// the stream.
+    fn read_now(&mut self, framer: &mut StreamFramer) -> io::Result<bool> {
+        match self {
+            ConnStream::Tcp(s) => SCRATCH.with_borrow_mut(|buf| match s.try_read(buf) {
+                Ok(0) => Ok(false),
+                Ok(n) => {
+                    framer.push(buf.get(..n).unwrap_or_default());
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+                Err(e) => Err(e),
+            }),
+            ConnStream::Tls(s) => {
+                // The TLS stream reads the socket itself; polled without a waker, it says
+                // Pending once the socket would block, and the readiness it cleared is
+                // waited for again by the connection's loop.
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut tls = Pin::new(s.as_mut());
+                for _ in 0..TLS_CHUNKS_PER_WAKE {
+                    let n = match tls.as_mut().poll_fill_buf(&mut cx) {
+                        Poll::Pending => return Ok(true),
+                        Poll::Ready(Err(e)) => return Err(e),
+                        Poll::Ready(Ok([])) => return Ok(false),
+                        Poll::Ready(Ok(data)) => {
+                            framer.push(data);
+                            data.len()
+                        }
+                    };
+                    tls.as_mut().consume(n);
+                    if framer.buffered() >= SCRATCH_SIZE {
+                        break;
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Bytes read from a TCP socket at a time, into a buffer of the thread.
+const SCRATCH_SIZE: usize = 16 * 1024;
+
+/// Plaintext chunks (TLS records) taken per wake before the framer runs.
+const TLS_CHUNKS_PER_WAKE: usize = 8;
+
+thread_local! {
+    /// The read buffer of every connection run by this thread: bytes are framed (and the
+    /// buffer free again) before the connection waits.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+}
+
+/// Starts the task of a registered connection; it releases the connection when it ends.
+pub fn spawn(core: Arc<Core>, handle: ConnHandle, stream: ConnStream) {
+    let run = Box::pin(run(core.clone(), handle.clone(), stream));
+    tokio::spawn(Contained {
+        run: Some(run),
+        core,
+        handle,
+    });
+}
+
+/// Why a connection ended.
+type Reason = &'static str;
+
+/// What the connection's loop keeps between wakes.
+struct Conn {
+    core: Arc<Core>,
+    handle: ConnHandle,
+    framer: StreamFramer,
+    /// Since when part of a message has been waiting for the rest.
+    partial_since: Option<Instant>,
+    /// When the last bytes were read.
+    last_read: Instant,
+}
+
+/// The connection's loop: writes what is queued, reads what arrives, and closes the
+/// connection when it has been idle too long (unless it carries a flow) or a message has
+/// been left incomplete too long.
+async fn run(core: Arc<Core>, handle: ConnHandle, mut stream: ConnStream) {
+    let _release = Release {
+        core: core.clone(),
+        handle: handle.clone(),
+    };
+    let idle = Duration::from_secs(core.settings.limits.idle_timeout_s.max(1));
+    let message_timeout = Duration::from_millis(core.settings.limits.message_timeout_ms);
+    let mut conn = Conn {
+        framer: StreamFramer::new(core.limits),
+        core,
+        handle,
+        partial_since: None,
+        last_read: Instant::now(),
+    };
+    // Set no later than the next deadline; checked when it fires (so a read does not
+    // touch the timer).
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let reason: Reason = loop {
+        if conn.handle.has_queued() || stream.wants_write() {
+            if let Err(e) = write_queued(&mut stream, &conn.handle).await {
+                tracing::debug!(event = "connection_write_failed", peer = %conn.handle.peer, error = %e);
+                break "write failed";
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = conn.handle.queued() => {}
+            ready = stream.tcp().readable() => {
+                if ready.is_err() {
+                    break "error";
+                }
+                match conn.read(&mut stream).await {
+                    Ok(()) => {}
+                    Err(reason) => break reason,
+                }
+                if let Some(since) = conn.partial_since {
+                    let due = since + message_timeout;
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if conn.partial_since.is_some_and(|since| now >= since + message_timeout) {
+                    Metrics::count(&conn.core.metrics.overload_rejections, "slow_message");
+                    tracing::info!(event = "connection_closed", peer = %conn.handle.peer, reason = "message_timeout");
+                    break "message timeout";
+                }
+                if now >= conn.last_read + idle {
+                    // A connection that carries a flow stays open while the phone keeps
+                    // it: it is the only way to reach that phone (RFC 5626). TCP
+                    // keep-alive and the phone's own pings find it when it is dead.
+                    if !conn.handle.has_flow() {
+                        break "idle";
+                    }
+                    conn.last_read = now;
+                }
+                let mut next = conn.last_read + idle;
+                if let Some(since) = conn.partial_since {
+                    next = next.min(since + message_timeout);
+                }
+                timer.as_mut().reset(next);
+            }
+        }
+    };
+    tracing::debug!(event = "connection_ended", peer = %conn.handle.peer, reason);
+    conn.handle.close();
+    if reason != "error" {
+        // A TLS close_notify; bounded, as the peer may not be reading any more.
+        let _ = tokio::time::timeout(SHUTDOWN_LIMIT, stream.shutdown()).await;
+    }
+}
+
+/// How long closing a connection may wait on its peer.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Writes every queued message, then what TLS holds.
+async fn write_queued(stream: &mut ConnStream, handle: &ConnHandle) -> io::Result<()> {
+    for bytes in handle.take_queued() {
+        stream.write_all(&bytes).await?;
+    }
+    stream.flush().await
+}
+
+impl Conn {
+    /// Reads what arrived, hands every whole message on, answers pings; the framer keeps
+    /// a partial message and sheds its buffer otherwise.
+    async fn read(&mut self, stream: &mut ConnStream) -> Result<(), Reason> {
+        let before = self.framer.buffered();
+        let open = match stream.read_now(&mut self.framer) {
+            Ok(open) => open,
+            Err(_) => return Err("error"),
+        };
+        if self.framer.buffered() > before {
+            self.last_read = Instant::now();
+            #[cfg(feature = "fault-injection")]
+            if memchr::memmem::find(
+                self.framer.held().get(before..).unwrap_or_default(),
+                b"X-Sippool-Fault: panic-connection",
+            )
+            .is_some()
+            {
+                super::super::fault::injected("connection");
+            }
+        }
+        let pings = self.frame()?;
+        if pings > 0 {
+            // RFC 5626 section 4.4.1: answer CRLFCRLF with CRLF.
+            for _ in 0..pings {
+                if stream.write_all(b"\r\n").await.is_err() {
+                    return Err("write failed");
+                }
+            }
+            if stream.flush().await.is_err() {
+                return Err("write failed");
+            }
+        }
+        if !open {
+            return Err("eof");
+        }
+        Ok(())
+    }
+
+    /// Delivers the whole messages the framer holds; the number of pings among them.
+    fn frame(&mut self) -> Result<usize, Reason> {
+        let mut pings = 0;
+        while self.framer.buffered() > 0 {
+            match self.framer.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Ping)) => {
+                    self.partial_since = None;
+                    pings += 1;
+                }
+                Ok(Some(Frame::Message(bytes))) => {
+                    self.partial_since = None;
+                    match Message::parse(bytes, Framing::Stream, &self.core.limits) {
+                        Ok(msg) => self.core.deliver(Inbound {
+                            msg,
+                            transport: self.handle.transport,
+                            source: self.handle.peer,
+                            reply: ReplyPath::Stream(self.handle.clone()),
+                            received: std::time::Instant::now(),
+                        }),
+                        Err(e) => self.core.metrics.parse_failed(super::parse_reason(e)),
+                    }
+                }
+                Err(e) => {
+                    // Framing cannot recover on a stream (RFC 3261 section 18.3).
+                    self.core.metrics.parse_failed(e.as_str());
+                    tracing::info!(event = "connection_framing_error", peer = %self.handle.peer, reason = e.as_str());
+                    return Err(e.as_str());
+                }
+            }
+        }
+        // A message left incomplete must be completed within message_timeout_ms.
+        if self.framer.buffered() == 0 {
+            self.partial_since = None;
+            self.framer.shed();
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        Ok(pings)
+    }
+}
+
+/// Takes the connection out of the tables when its task ends, however it ends.
+struct Release {
+    core: Arc<Core>,
+    handle: ConnHandle,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.handle.close();
+        super::release(&self.core, &self.handle);
+    }
+}
+
+/// A connection's future with its panics contained: a panic is counted and logged, and
+/// the connection is released (its future dropped); the runtime and every other
+/// connection go on.
+struct Contained {
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    core: Arc<Core>,
+    handle: ConnHandle,
+}
+
+impl Future for Contained {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(());
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                self.run = None;
+                Poll::Ready(())
+            }
+            Err(panic) => {
+                let error = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                self.core
+                    .metrics
+                    .actor_failures
+                    .get_or_create(&KindLabels { kind: "connection" })
+                    .inc();
+                tracing::error!(event = "connection_failed", peer = %self.handle.peer, connection = self.handle.id, %error);
+                // Dropping the future releases the connection (and closes its socket).
+                self.run = None;
+                Poll::Ready(())
+            }
+        }
+    }
+}
