@@ -383,3 +383,113 @@ impl Future for Contained {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::transport::Transport;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Waits until the socket is readable and reads what is there, as the loop does.
+    async fn wake(conn: &mut Conn, stream: &mut ConnStream) {
+        stream.tcp().readable().await.unwrap();
+        conn.read(stream).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer_and_frames_a_later_split_message() {
+        let toml = "[instance]\nname = \"t\"\nadvertised_host = \"127.0.0.1\"\n\
+                    [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
+                    [[pair]]\nname = \"p\"\nprimary = \"127.0.2.253:9\"\nbackup = \"127.0.2.254:9\"\n\
+                    [health]\noos_check = 0\n";
+        let settings = crate::config::Config::from_toml_str(toml)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let p = crate::actors::Proxy::start(settings).await.unwrap();
+        let proxy_addr = p.local_addr(Transport::Tcp).unwrap();
+        // A connection of our own, driven step by step.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let mut stream = ConnStream::Tcp(server);
+        let handle = ConnHandle::new(1, peer, Transport::Tcp, Some(proxy_addr), false);
+        let mut conn = Conn {
+            framer: StreamFramer::new(p.core().limits),
+            core: p.core().clone(),
+            handle: handle.clone(),
+            partial_since: None,
+            last_read: Instant::now(),
+        };
+        assert_eq!(conn.framer.capacity(), 0, "no buffer before any byte");
+        // A keep-alive ping is answered, and nothing is kept.
+        client.write_all(b"\r\n\r\n").await.unwrap();
+        wake(&mut conn, &mut stream).await;
+        let mut pong = [0u8; 2];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"\r\n");
+        assert_eq!(
+            conn.framer.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+        // Later, an OPTIONS to the proxy arrives in two pieces.
+        let options = format!(
+            "OPTIONS sip:{proxy_addr} SIP/2.0\r\nVia: SIP/2.0/TCP {peer};branch=z9hG4bKidle1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:{proxy_addr}>\r\n\
+             Call-ID: idle-split\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let (first, rest) = options.as_bytes().split_at(options.len() / 2);
+        client.write_all(first).await.unwrap();
+        while conn.framer.buffered() < first.len() {
+            wake(&mut conn, &mut stream).await;
+        }
+        assert!(conn.partial_since.is_some(), "half a message is timed");
+        client.write_all(rest).await.unwrap();
+        while conn.framer.buffered() > 0 {
+            wake(&mut conn, &mut stream).await;
+        }
+        assert!(conn.partial_since.is_none());
+        assert_eq!(
+            conn.framer.capacity(),
+            0,
+            "the buffer went with the message"
+        );
+        // The message was delivered: the proxy's answer is queued on this connection.
+        let answer = tokio::time::timeout(WAIT, async {
+            loop {
+                let queued = handle.take_queued();
+                if let Some(b) = queued.first() {
+                    break b.clone();
+                }
+                handle.queued().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with(b"SIP/2.0 200"), "{answer:?}");
+        p.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_handle_refuses_bytes() {
+        let h = ConnHandle::new(
+            7,
+            "127.0.0.1:5060".parse().unwrap(),
+            Transport::Tcp,
+            None,
+            false,
+        );
+        assert!(h.send(bytes::Bytes::from_static(b"x")));
+        assert!(h.has_queued());
+        assert_eq!(h.take_queued().len(), 1);
+        assert!(!h.has_queued());
+        h.close();
+        assert!(h.is_closed());
+        assert!(!h.send(bytes::Bytes::from_static(b"y")));
+        assert!(!h.has_queued());
+    }
+}
