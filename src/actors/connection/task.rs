@@ -64,6 +64,20 @@ impl ConnStream {
         }
     }
 
+    /// Waits until there is something to read: bytes on the socket, or plaintext (or the
+    /// peer's close_notify) that TLS already holds. The socket's readiness alone is not
+    /// enough: tokio clears it after a short read (tokio#5866), and TLS may have read and
+    /// decrypted several records in one read, during the handshake (data sent right
+    /// behind the client's Finished) or beyond what one wake takes.
+    async fn readable(&self) -> io::Result<()> {
+        if let ConnStream::Tls(s) = self {
+            if !s.get_ref().1.wants_read() {
+                return Ok(());
+            }
+        }
+        self.tcp().readable().await
+    }
+
     /// Whether TLS has records waiting to be written (an alert, a key update answer).
     fn wants_write(&self) -> bool {
         match self {
@@ -188,7 +202,7 @@ async fn run(core: Arc<Core>, handle: ConnHandle, mut stream: ConnStream) {
         tokio::select! {
             biased;
             _ = conn.handle.queued() => {}
-            ready = stream.tcp().readable() => {
+            ready = stream.readable() => {
                 if ready.is_err() {
                     break "error";
                 }
@@ -386,6 +400,7 @@ impl Future for Contained {
 
 #[cfg(test)]
 mod tests {
+    use super::super::NewConn;
     use super::*;
     use crate::sip::transport::Transport;
     use tokio::io::AsyncReadExt;
@@ -399,8 +414,8 @@ mod tests {
         conn.read(stream).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn an_idle_connection_holds_no_buffer_and_frames_a_later_split_message() {
+    /// A proxy with a TCP listener on 127.0.0.1, to deliver to.
+    async fn proxy() -> crate::actors::Proxy {
         let toml = "[instance]\nname = \"t\"\nadvertised_host = \"127.0.0.1\"\n\
                     [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
                     [[pair]]\nname = \"p\"\nprimary = \"127.0.2.253:9\"\nbackup = \"127.0.2.254:9\"\n\
@@ -409,7 +424,91 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
-        let p = crate::actors::Proxy::start(settings).await.unwrap();
+        crate::actors::Proxy::start(settings).await.unwrap()
+    }
+
+    /// A connected TLS pair over loopback (a self-signed certificate for 127.0.0.1): the
+    /// client's side, and the server's with its peer address.
+    async fn tls_pair() -> (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        tokio_rustls::server::TlsStream<TcpStream>,
+        std::net::SocketAddr,
+    ) {
+        use rustls::pki_types::{PrivateKeyDer, ServerName};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let name = ServerName::IpAddress(addr.ip().into());
+        let (client, (server, peer)) = tokio::join!(
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            },
+            async {
+                let (tcp, peer) = l.accept().await.unwrap();
+                (acceptor.accept(tcp).await.unwrap(), peer)
+            }
+        );
+        (client, server, peer)
+    }
+
+    #[tokio::test]
+    async fn records_tls_already_holds_are_read_without_new_bytes_on_the_socket() {
+        let p = proxy().await;
+        let (mut client, server, peer) = tls_pair().await;
+        // Many pings, each its own TLS record, all on the socket before the connection
+        // starts: TLS reads and decrypts them in one read of the socket (a short read,
+        // which clears the socket's readiness), more than one wake takes.
+        const PINGS: usize = 3 * TLS_CHUNKS_PER_WAKE;
+        for _ in 0..PINGS {
+            client.write_all(b"\r\n\r\n").await.unwrap();
+            client.flush().await.unwrap();
+        }
+        let conn = NewConn {
+            stream: ConnStream::Tls(Box::new(server.into())),
+            peer,
+            transport: Transport::Tls,
+            local: None,
+            outbound: false,
+        };
+        super::super::start_connection(p.core(), conn).unwrap();
+        // Every ping is answered, with nothing more sent.
+        let mut pongs = vec![0u8; 2 * PINGS];
+        tokio::time::timeout(WAIT, client.read_exact(&mut pongs))
+            .await
+            .expect("every ping answered")
+            .unwrap();
+        assert!(pongs.chunks(2).all(|c| c == b"\r\n"));
+        p.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer_and_frames_a_later_split_message() {
+        let p = proxy().await;
         let proxy_addr = p.local_addr(Transport::Tcp).unwrap();
         // A connection of our own, driven step by step.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
