@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -99,14 +99,20 @@ impl ConnStream {
     /// the stream.
     fn read_now(&mut self, framer: &mut StreamFramer) -> io::Result<bool> {
         match self {
-            ConnStream::Tcp(s) => SCRATCH.with_borrow_mut(|buf| match s.try_read(buf) {
-                Ok(0) => Ok(false),
-                Ok(n) => {
-                    framer.push(buf.get(..n).unwrap_or_default());
-                    Ok(true)
+            // Polled without a waker (the loop waits for readiness itself): a short read
+            // clears the readiness at once, which saves a read that would block.
+            ConnStream::Tcp(s) => SCRATCH.with_borrow_mut(|buf| {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut read = ReadBuf::new(buf);
+                match Pin::new(s).poll_read(&mut cx, &mut read) {
+                    Poll::Pending => Ok(true),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => Ok(false),
+                    Poll::Ready(Ok(())) => {
+                        framer.push(read.filled());
+                        Ok(true)
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-                Err(e) => Err(e),
             }),
             ConnStream::Tls(s) => {
                 // The TLS stream reads the socket itself; polled without a waker, it says
