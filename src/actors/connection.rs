@@ -288,7 +288,7 @@ pub fn spawn_accept_loop(
 
 /// One accepted connection: on a PROXY protocol listener, its header first (the client's
 /// address); then the per-address cap, and for TLS a handshake (bounded in time and in how
-/// many run at once); then its connection actor.
+/// many run at once); then its connection task.
 async fn admit(
     core: Arc<Core>,
     mut stream: TcpStream,
