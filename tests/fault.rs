@@ -1,4 +1,4 @@
-//! A panic inside one transaction or connection actor is contained: it is counted, and
+//! A panic inside one transaction actor or connection task is contained: it is counted, and
 //! every other call in flight, and every later one, goes through.
 //! Run with `cargo test --features fault-injection`.
 

@@ -271,6 +271,85 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
     p.stop().await;
 }
 
+/// A connection that carries a flow is kept past the idle timeout (RFC 5626) and, woken
+/// after idling with no buffer, still carries a request sent toward the phone over its
+/// flow; an idle connection without a flow is closed meanwhile.
+#[tokio::test]
+async fn an_idle_tls_flow_outlives_the_idle_timeout_and_still_reaches_the_phone() {
+    let (s, p, mut up) = tls_proxy(
+        None,
+        "[flow]\ntoken_key = \"000102030405060708090a0b0c0d0e0f\"\n[limits]\nidle_timeout_s = 1\n",
+    )
+    .await;
+    let tls = p.local_addr(Transport::Tls).unwrap();
+    let udp = p.local_addr(Transport::Udp).unwrap();
+    let mut phone = tls_phone(tls, &s.ca, None).await;
+    phone
+        .send(&phone.request(
+            "REGISTER",
+            "sip:site.example",
+            &unique("reg"),
+            &unique("z9hG4bKr"),
+            "",
+            "",
+        ))
+        .await;
+    let path = up
+        .recv_method("REGISTER")
+        .await
+        .header("path")
+        .expect("Path added")
+        .to_string();
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    // Another phone, without a flow, is heard from after the first one last spoke.
+    let mut other = tls_phone(tls, &s.ca, None).await;
+    assert_eq!(
+        other.ask("OPTIONS", "sip:bob@site.example").await.status(),
+        Some(200)
+    );
+    // It is closed for idling: the first phone has been idle at least as long.
+    let start = std::time::Instant::now();
+    while p.core().transports.open_connections() > 1 {
+        assert!(start.elapsed() < WAIT, "the idle connection was not closed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        p.core().transports.open_connections(),
+        1,
+        "the flow is kept"
+    );
+    // The server calls the phone along the Path: it arrives over the idle flow.
+    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
+        .await
+        .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let call_id = unique("after-idle");
+    server
+        .send_to(
+            server_invite(server_addr, &phone, &path, &call_id).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    let invite = loop {
+        let m = phone.recv().await;
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    assert_eq!(invite.header("call-id"), Some(call_id.as_str()));
+    phone
+        .send(&response(
+            &invite,
+            200,
+            "OK",
+            &format!("<sip:alice@{}>", phone.addr),
+        ))
+        .await;
+    assert_eq!(server_final(&server, &call_id).await.status(), Some(200));
+    p.stop().await;
+}
+
 /// A rustls server configuration for a test upstream server at `ip`, with a certificate
 /// from `ca`, requiring a client certificate from `client_ca` when given.
 fn upstream_tls(

@@ -1,53 +1,36 @@
-//! Stream connections: one actor per TCP connection, inbound or outbound, and the accept
-//! loop of a TCP listener.
+//! Stream connections: one task per TCP or TLS connection, inbound or outbound, and the
+//! accept loop of a TCP listener.
 //!
-//! A connection actor owns its socket's write half, its framing buffer and its lifetime; a
-//! small reader task owned by it feeds it the bytes read. Messages it frames are handed to
-//! [`Core::deliver`](super::core::Core::deliver) (the dispatcher) with a [`ReplyPath::Stream`] naming this connection, so responses go
-//! back on exactly this connection. A panic while handling one connection's bytes stops
-//! that actor only; the supervisor counts it and cleans its table entry.
+//! A connection's task ([`task`]) owns its socket, its framing buffer and its lifetime.
+//! Messages it frames are handed to [`Core::deliver`](super::core::Core::deliver) (the
+//! dispatcher) with a [`ReplyPath::Stream`] naming this connection, so responses go back on
+//! exactly this connection; what is sent to it is queued on its [`ConnHandle`]. A panic
+//! while handling one connection's bytes ends that connection only: it is counted, logged
+//! and its table entries cleaned.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{KindLabels, Metrics};
-use crate::sip::framing::{Frame, StreamFramer};
-use crate::sip::message::{Framing, Message};
 use crate::sip::transport::Transport;
 
 use super::core::Core;
-use super::transport::{send_udp, ConnHandle, ConnMsg, Inbound, ReplyPath, SendError, Target};
+use super::transport::{send_udp, ConnHandle, SendError, Target};
 
-/// The connection actor.
-pub struct ConnectionActor;
+pub mod task;
 
-/// Bytes read from a stream at a time.
-const READ_CHUNK: usize = 4096;
+pub use task::ConnStream;
 
-/// State of one connection.
-pub struct ConnState {
-    core: Arc<Core>,
-    handle: ConnHandle,
-    writer: WriteHalf<Box<dyn Stream>>,
-    framer: StreamFramer,
-    reader: JoinHandle<()>,
-    /// Since when part of a message has been waiting for the rest.
-    partial_since: Option<std::time::Instant>,
-}
-
-/// What a connection actor starts with.
+/// What a connection starts with.
 pub struct NewConn {
     /// The byte stream (TCP, or TLS over TCP).
-    pub stream: Box<dyn Stream>,
+    pub stream: ConnStream,
     /// Remote address.
     pub peer: SocketAddr,
     /// TCP or TLS.
@@ -56,162 +39,6 @@ pub struct NewConn {
     pub local: Option<SocketAddr>,
     /// We opened it, toward a server.
     pub outbound: bool,
-}
-
-impl Actor for ConnectionActor {
-    type Msg = ConnMsg;
-    type State = ConnState;
-    type Arguments = (Arc<Core>, NewConn);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<ConnMsg>,
-        (core, conn): Self::Arguments,
-    ) -> Result<ConnState, ActorProcessingErr> {
-        let (mut read, writer) = tokio::io::split(conn.stream);
-        let id = core.transports.next_id();
-        let handle = ConnHandle::new(
-            id,
-            conn.peer,
-            conn.transport,
-            conn.local,
-            conn.outbound,
-            myself.clone(),
-        );
-        core.transports.add_conn(handle.clone());
-        core.metrics
-            .connections
-            .get_or_create(&KindLabels {
-                kind: conn.transport.uri_param(),
-            })
-            .inc();
-        let idle = Duration::from_secs(core.live().settings.limits.idle_timeout_s.max(1));
-        let carries_flow = handle.flow_flag();
-        let me = myself.clone();
-        let reader = tokio::spawn(async move {
-            // Small: most of a proxy's connections are idle phones; a large message just
-            // takes a few reads (measured: 37 KiB per idle TLS connection with 16 KiB here).
-            let mut buf = vec![0u8; READ_CHUNK];
-            loop {
-                let reason = match tokio::time::timeout(idle, read.read(&mut buf)).await {
-                    // A connection that carries a flow stays open while the phone keeps it:
-                    // it is the only way to reach that phone (RFC 5626). TCP keep-alive
-                    // and the phone's own pings find it when it is dead.
-                    Err(_) if carries_flow.load(std::sync::atomic::Ordering::Relaxed) => continue,
-                    Err(_) => "idle",
-                    Ok(Ok(0)) => "eof",
-                    Ok(Err(_)) => "error",
-                    Ok(Ok(n)) => {
-                        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-                        if me.send_message(ConnMsg::Data(chunk)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                let _ = me.send_message(ConnMsg::Closed(reason));
-                return;
-            }
-        });
-        Ok(ConnState {
-            framer: StreamFramer::new(core.live().limits),
-            core,
-            handle,
-            writer,
-            reader,
-            partial_since: None,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<ConnMsg>,
-        msg: ConnMsg,
-        state: &mut ConnState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ConnMsg::Send(bytes) => {
-                if let Err(e) = state.writer.write_all(&bytes).await {
-                    tracing::debug!(event = "connection_write_failed", peer = %state.handle.peer, error = %e);
-                    myself.stop(Some("write failed".into()));
-                }
-            }
-            ConnMsg::Data(chunk) => {
-                #[cfg(feature = "fault-injection")]
-                if memchr::memmem::find(&chunk, b"X-Sippool-Fault: panic-connection").is_some() {
-                    super::fault::injected("connection");
-                }
-                state.framer.push(&chunk);
-                loop {
-                    if state.framer.buffered() == 0 {
-                        break;
-                    }
-                    match state.framer.next_frame() {
-                        Ok(None) => break,
-                        Ok(Some(Frame::Ping)) => {
-                            state.partial_since = None;
-                            // RFC 5626 section 4.4.1: answer CRLFCRLF with CRLF.
-                            if state.writer.write_all(b"\r\n").await.is_err() {
-                                myself.stop(Some("write failed".into()));
-                                return Ok(());
-                            }
-                        }
-                        Ok(Some(Frame::Message(bytes))) => {
-                            state.partial_since = None;
-                            match Message::parse(bytes, Framing::Stream, &state.core.live().limits)
-                            {
-                                Ok(msg) => state.core.deliver(Inbound {
-                                    msg,
-                                    transport: state.handle.transport,
-                                    source: state.handle.peer,
-                                    reply: ReplyPath::Stream(state.handle.clone()),
-                                    received: std::time::Instant::now(),
-                                }),
-                                Err(e) => state.core.metrics.parse_failed(parse_reason(e)),
-                            }
-                        }
-                        Err(e) => {
-                            // Framing cannot recover on a stream (RFC 3261 section 18.3).
-                            state.core.metrics.parse_failed(e.as_str());
-                            tracing::info!(event = "connection_framing_error", peer = %state.handle.peer, reason = e.as_str());
-                            myself.stop(Some(e.as_str().into()));
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            ConnMsg::Closed(reason) => myself.stop(Some(reason.into())),
-            ConnMsg::CheckPartial(since) => {
-                if state.partial_since == Some(since) {
-                    Metrics::count(&state.core.metrics.overload_rejections, "slow_message");
-                    tracing::info!(event = "connection_closed", peer = %state.handle.peer, reason = "message_timeout");
-                    myself.stop(Some("message timeout".into()));
-                }
-                return Ok(());
-            }
-        }
-        // A message left incomplete must be completed within message_timeout_ms.
-        if state.framer.buffered() == 0 {
-            state.partial_since = None;
-        } else if state.partial_since.is_none() {
-            let since = std::time::Instant::now();
-            state.partial_since = Some(since);
-            let wait = Duration::from_millis(state.core.live().settings.limits.message_timeout_ms);
-            drop(myself.send_after(wait, move || ConnMsg::CheckPartial(since)));
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<ConnMsg>,
-        state: &mut ConnState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.reader.abort();
-        let _ = state.writer.shutdown().await;
-        release(&state.core, &state.handle);
-        Ok(())
-    }
 }
 
 fn release(core: &Core, h: &ConnHandle) {
@@ -241,61 +68,29 @@ pub fn parse_reason(e: crate::sip::message::ParseError) -> &'static str {
     }
 }
 
-/// Supervises every connection actor: a failed connection is counted, logged and forgotten.
-pub struct ConnectionSupervisor;
-
-impl Actor for ConnectionSupervisor {
-    type Msg = ();
-    type State = Arc<Core>;
-    type Arguments = Arc<Core>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<()>,
-        core: Arc<Core>,
-    ) -> Result<Arc<Core>, ActorProcessingErr> {
-        Ok(core)
+/// Registers a connection and starts its task; its handle, to write to it.
+pub fn start_connection(core: &Arc<Core>, conn: NewConn) -> Result<ConnHandle, SendError> {
+    // Connections are tasks that contain their own panics ([`task`]); one starts only
+    // once the proxy is up (its dispatcher installed).
+    if !core.is_started() {
+        return Err(SendError::NoTransport);
     }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<()>,
-        evt: SupervisionEvent,
-        core: &mut Arc<Core>,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            core.metrics
-                .actor_failures
-                .get_or_create(&KindLabels { kind: "connection" })
-                .inc();
-            tracing::error!(event = "connection_failed", actor = %cell.get_id(), error = %err);
-            if let Some(h) = core.transports.conn_by_actor(cell.get_id()) {
-                release(core, &h);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A byte stream a connection actor can own: TCP, or TLS over TCP.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
-
-/// Starts a connection actor for `stream` under the connection supervisor.
-pub async fn start_connection(core: &Arc<Core>, conn: NewConn) -> Result<ConnHandle, SendError> {
-    let sup = core
-        .conn_supervisor()
-        .cloned()
-        .ok_or(SendError::NoTransport)?;
-    let (transport, peer) = (conn.transport, conn.peer);
-    let (actor, _) = Actor::spawn_linked(None, ConnectionActor, (core.clone(), conn), sup)
-        .await
-        .map_err(|e| SendError::Io(e.to_string()))?;
-    core.transports
-        .conn_to(transport, peer)
-        .filter(|h| h.is_actor(&actor))
-        .ok_or_else(|| SendError::Io("connection closed at once".into()))
+    let handle = ConnHandle::new(
+        core.transports.next_id(),
+        conn.peer,
+        conn.transport,
+        conn.local,
+        conn.outbound,
+    );
+    core.transports.add_conn(handle.clone());
+    core.metrics
+        .connections
+        .get_or_create(&KindLabels {
+            kind: conn.transport.uri_param(),
+        })
+        .inc();
+    task::spawn(core.clone(), handle.clone(), conn.stream);
+    Ok(handle)
 }
 
 /// Sends a request toward `target`: UDP from a listen socket, TCP over an open connection to
@@ -366,13 +161,14 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
         .map_err(|_| SendError::ConnectFailed("timeout".into()))?
         .map_err(|e| SendError::ConnectFailed(e.to_string()))?;
     tune(&stream, core.live().settings.keepalive);
-    let stream: Box<dyn Stream> = match connector {
-        None => Box::new(stream),
+    let stream = match connector {
+        None => ConnStream::Tcp(stream),
         Some((connector, tls)) => {
             let host = core.tls_name(target.addr);
             let name = super::tls::server_name(tls.settings(), host.as_deref(), target.addr.ip());
             let handshake = connector.connect(name.clone(), stream);
-            Box::new(tls_handshake(core, target.addr, Some(&name), handshake).await?)
+            let tls = tls_handshake(core, target.addr, Some(&name), handshake).await?;
+            ConnStream::Tls(Box::new(tls.into()))
         }
     };
     start_connection(
@@ -385,7 +181,6 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
             outbound: true,
         },
     )
-    .await
 }
 
 /// Runs a TLS handshake, either side, within `limits.tls_handshake_timeout_ms`; a failure
@@ -476,7 +271,7 @@ pub fn spawn_accept_loop(
 
 /// One accepted connection: on a PROXY protocol listener, its header first (the client's
 /// address); then the per-address cap, and for TLS a handshake (bounded in time and in how
-/// many run at once); then its connection actor.
+/// many run at once); then its connection task.
 async fn admit(
     core: Arc<Core>,
     mut stream: TcpStream,
@@ -503,7 +298,7 @@ async fn admit(
     }
     tune(&stream, core.live().settings.keepalive);
     if opts.transport != Transport::Tls {
-        let _ = start_connection(&core, inbound(Box::new(stream), peer, &opts)).await;
+        let _ = start_connection(&core, inbound(ConnStream::Tcp(stream), peer, &opts));
         return;
     }
     // The current configuration: a reload applies from the next handshake on.
@@ -517,15 +312,12 @@ async fn admit(
     let accepted = tls_handshake(&core, peer, None, acceptor.accept(stream)).await;
     drop(permit);
     if let Ok(tls) = accepted {
-        let _ = start_connection(&core, inbound(Box::new(tls), peer, &opts)).await;
+        let tls = ConnStream::Tls(Box::new(tls.into()));
+        let _ = start_connection(&core, inbound(tls, peer, &opts));
     }
 }
 
-fn inbound(
-    stream: Box<dyn Stream>,
-    peer: SocketAddr,
-    listener: &crate::config::Listener,
-) -> NewConn {
+fn inbound(stream: ConnStream, peer: SocketAddr, listener: &crate::config::Listener) -> NewConn {
     NewConn {
         stream,
         peer,

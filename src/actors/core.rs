@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use ractor::ActorCell;
 
 use crate::config::{HostPort, Settings};
 use crate::health::upstreams::Upstreams;
@@ -44,7 +43,6 @@ pub struct Core {
     relay_down: DashMap<SocketAddr, std::time::Instant>,
     /// Where received messages go (the dispatcher, installed at start-up).
     inbound: OnceLock<Box<dyn Fn(Inbound) + Send + Sync>>,
-    conn_supervisor: OnceLock<ActorCell>,
     /// Admission control: the INVITE rate, overload episodes, the drain.
     pub admission: Admission,
     /// The dashboard's history (rates and round trips of the last minutes, switches).
@@ -94,7 +92,6 @@ impl Core {
             txns: Transactions::default(),
             relay_down: DashMap::new(),
             inbound: OnceLock::new(),
-            conn_supervisor: OnceLock::new(),
             admission: Admission::new(invite_rate),
             history: Default::default(),
             tls_handshakes: Arc::new(tokio::sync::Semaphore::new(handshakes)),
@@ -180,11 +177,6 @@ impl Core {
         self.live.swap(Arc::new(live))
     }
 
-    /// Sets the supervisor new connection actors are linked to (once, at start-up).
-    pub fn set_conn_supervisor(&self, conn: ActorCell) {
-        let _ = self.conn_supervisor.set(conn);
-    }
-
     /// Sets where received messages go (once, at start-up).
     pub fn set_inbound(&self, sink: Box<dyn Fn(Inbound) + Send + Sync>) {
         let _ = self.inbound.set(sink);
@@ -207,9 +199,9 @@ impl Core {
         self.txns.unreachable(dest);
     }
 
-    /// The supervisor of connection actors.
-    pub fn conn_supervisor(&self) -> Option<&ActorCell> {
-        self.conn_supervisor.get()
+    /// Whether the proxy is up: its dispatcher is installed (connections start only then).
+    pub fn is_started(&self) -> bool {
+        self.inbound.get().is_some()
     }
 
     /// The flow token of the flow a request arrived on, when requests can be sent back over

@@ -4,13 +4,13 @@
 //! Root supervisor
 //!  |- UDP listener (one per UDP socket)          owns the socket and its receive loop
 //!  |- TCP listener (one per TCP socket)          owns the accept loop
-//!  |- Connection supervisor --> Connection (one per TCP connection)
 //!  '- Health supervisor --> Pair (one per pair), Probe (one per upstream server);
 //!                               replaced whole by a reload that changes the pairs
 //! ```
 //!
-//! Beside the tree, one transaction per server transaction: a task with a mailbox that
-//! contains its own failure (`transaction`).
+//! Beside the tree, one transaction per server transaction (`transaction`) and one
+//! connection per TCP or TLS connection (`connection`): tasks that contain their own
+//! failure (logged, counted, their table entries released), tens of thousands at once.
 //!
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
@@ -361,14 +361,6 @@ impl Actor for RootSupervisor {
         (core, sockets): Self::Arguments,
     ) -> Result<Arc<Core>, ActorProcessingErr> {
         let cell = myself.get_cell();
-        let (conn_sup, _) = Actor::spawn_linked(
-            None,
-            connection::ConnectionSupervisor,
-            core.clone(),
-            cell.clone(),
-        )
-        .await?;
-        core.set_conn_supervisor(conn_sup.get_cell());
         core.set_inbound(dispatcher::sink(&core));
         for s in sockets {
             match s {

@@ -1,5 +1,5 @@
 //! TCP and TLS listener actor: one per stream listen socket. It owns the accept loop; each accepted
-//! connection becomes a connection actor under the connection supervisor.
+//! connection becomes a connection task (`connection::task`).
 
 use std::sync::Arc;
 

@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use ractor::ActorRef;
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 
 use crate::sip::message::Message;
 use crate::sip::transport::Transport;
@@ -41,7 +41,10 @@ pub enum ReplyPath {
     Stream(ConnHandle),
 }
 
-/// A handle on one connection actor.
+/// A handle on one stream connection: what the rest of the proxy holds to write to it, and
+/// to find it again (flow tokens name connections by [`id`](Self::id)). The connection
+/// itself is a task that owns the socket (`connection::task`); the handle shares only a
+/// small outbox and a flag with it.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     /// Process-unique connection number.
@@ -54,9 +57,25 @@ pub struct ConnHandle {
     pub local: Option<SocketAddr>,
     /// We opened it (toward a server); when it dies under a transaction, we reopen it.
     pub outbound: bool,
+    shared: Arc<ConnShared>,
+}
+
+/// What a connection's handles share with its task.
+#[derive(Debug, Default)]
+struct ConnShared {
     /// A flow token was issued for it (RFC 5626): it is not closed for being idle.
-    flow: Arc<AtomicBool>,
-    actor: ActorRef<ConnMsg>,
+    flow: AtomicBool,
+    /// Bytes queued for writing, and whether the connection is gone.
+    outbox: Mutex<Outbox>,
+    /// Wakes the task when bytes are queued.
+    wake: Notify,
+}
+
+/// Bytes waiting for the connection's task to write them.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: Vec<Bytes>,
+    closed: bool,
 }
 
 impl ReplyPath {
@@ -77,14 +96,13 @@ impl ReplyPath {
 }
 
 impl ConnHandle {
-    /// Wraps a connection actor.
+    /// A handle on a new, open connection.
     pub fn new(
         id: u64,
         peer: SocketAddr,
         transport: Transport,
         local: Option<SocketAddr>,
         outbound: bool,
-        actor: ActorRef<ConnMsg>,
     ) -> Self {
         ConnHandle {
             id,
@@ -92,34 +110,75 @@ impl ConnHandle {
             transport,
             local,
             outbound,
-            flow: Arc::new(AtomicBool::new(false)),
-            actor,
+            shared: Arc::default(),
         }
     }
 
     /// Records that the connection carries a flow; true the first time.
     pub fn mark_flow(&self) -> bool {
-        !self.flow.swap(true, Ordering::Relaxed)
+        !self.shared.flow.swap(true, Ordering::Relaxed)
     }
 
     /// Whether the connection carries a flow.
     pub fn has_flow(&self) -> bool {
-        self.flow.load(Ordering::Relaxed)
-    }
-
-    /// The shared flag behind [`has_flow`](Self::has_flow), for the connection's reader.
-    pub fn flow_flag(&self) -> Arc<AtomicBool> {
-        self.flow.clone()
-    }
-
-    /// Whether this handle names that actor.
-    pub fn is_actor(&self, actor: &ActorRef<ConnMsg>) -> bool {
-        self.actor.get_id() == actor.get_id()
+        self.shared.flow.load(Ordering::Relaxed)
     }
 
     /// Queues bytes for writing; false when the connection is gone.
     pub fn send(&self, bytes: Bytes) -> bool {
-        self.actor.send_message(ConnMsg::Send(bytes)).is_ok()
+        {
+            let mut outbox = self.outbox();
+            if outbox.closed {
+                return false;
+            }
+            outbox.queue.push(bytes);
+        }
+        self.shared.wake.notify_one();
+        true
+    }
+
+    /// Whether both handles name the same connection.
+    pub fn same(&self, other: &ConnHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The bytes queued so far, oldest first (the queue is left empty, without capacity,
+    /// so an idle connection holds nothing here).
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        std::mem::take(&mut self.outbox().queue)
+    }
+
+    /// Whether bytes are queued.
+    pub fn has_queued(&self) -> bool {
+        !self.outbox().queue.is_empty()
+    }
+
+    /// Waits until bytes may have been queued since the last call (a notification sent
+    /// while nobody waits is kept for the next call).
+    pub async fn queued(&self) {
+        self.shared.wake.notified().await
+    }
+
+    /// Marks the connection gone: later [`send`](Self::send)s fail, and what is still
+    /// queued is dropped.
+    pub fn close(&self) {
+        let mut outbox = self.outbox();
+        outbox.closed = true;
+        outbox.queue = Vec::new();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.outbox().closed
+    }
+
+    /// The outbox, also when a thread panicked while holding it (its state is a plain
+    /// queue, always consistent).
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.shared
+            .outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -242,14 +301,6 @@ impl Transports {
         self.conns.remove_if(&(transport, peer), |_, h| h.id == id);
     }
 
-    /// The connection whose actor has this id.
-    pub fn conn_by_actor(&self, id: ractor::ActorId) -> Option<ConnHandle> {
-        self.conns
-            .iter()
-            .find(|e| e.value().actor.get_id() == id)
-            .map(|e| e.value().clone())
-    }
-
     /// Open connections from one IP address.
     pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
         self.per_ip.get(&ip).map_or(0, |n| *n)
@@ -331,17 +382,4 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
         Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
         _ => source,
     }
-}
-
-/// Messages of a connection actor.
-#[derive(Debug)]
-pub enum ConnMsg {
-    /// Write these bytes.
-    Send(Bytes),
-    /// Bytes the reader task read.
-    Data(Bytes),
-    /// The reader saw the end of the stream, an error or the idle timeout.
-    Closed(&'static str),
-    /// Is the message that began arriving at this instant still incomplete?
-    CheckPartial(std::time::Instant),
 }

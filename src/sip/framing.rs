@@ -58,7 +58,8 @@ impl StreamFramer {
     /// A framer with the given caps.
     pub fn new(limits: Limits) -> Self {
         StreamFramer {
-            buf: BytesMut::with_capacity(4096),
+            // Nothing until bytes arrive: most connections are idle (see `shed`).
+            buf: BytesMut::new(),
             limits,
             scanned: 0,
             pending_len: None,
@@ -73,6 +74,27 @@ impl StreamFramer {
     /// The buffer to read into directly (avoids a copy), see [`StreamFramer::push`].
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
+    }
+
+    /// Gives the buffer's memory back when it holds nothing (between messages), so that an
+    /// idle connection keeps no buffer; the next [`push`](Self::push) allocates what it
+    /// needs. Messages already framed keep their own bytes.
+    pub fn shed(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.scanned = 0;
+            self.pending_len = None;
+        }
+    }
+
+    /// The bytes held that do not yet form a whole message.
+    pub fn held(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes of buffer the framer holds (allocated, used or not).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Bytes held that do not yet form a whole message.
@@ -186,6 +208,29 @@ mod tests {
         assert_eq!(a, Frame::Message(Bytes::from(msg("hello"))));
         assert_eq!(b, Frame::Message(Bytes::from(msg("world!"))));
         assert_eq!(f.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn shed_between_messages_only() {
+        let mut f = StreamFramer::new(Limits::default());
+        assert_eq!(f.capacity(), 0, "nothing before the first byte");
+        f.push(b"\r\n\r\n");
+        assert_eq!(f.next_frame().unwrap(), Some(Frame::Ping));
+        f.shed();
+        assert_eq!(f.capacity(), 0, "an idle framer holds no buffer");
+        let m = msg("split");
+        let (a, b) = m.as_bytes().split_at(m.len() / 2);
+        f.push(a);
+        assert_eq!(f.next_frame().unwrap(), None);
+        f.shed();
+        assert_eq!(f.buffered(), a.len(), "half a message is kept");
+        f.push(b);
+        assert_eq!(
+            f.next_frame().unwrap(),
+            Some(Frame::Message(Bytes::from(m)))
+        );
+        f.shed();
+        assert_eq!(f.capacity(), 0);
     }
 
     #[test]
