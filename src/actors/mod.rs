@@ -37,6 +37,7 @@ pub(crate) mod tls;
 pub(crate) mod transaction;
 pub(crate) mod transport;
 pub(crate) mod udp;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub struct Proxy {
     core: Arc<Core>,
     root: ActorRef<()>,
     health: reload::HealthTree,
+    workers: Option<workers::Workers>,
     bound: Vec<(Transport, SocketAddr)>,
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
@@ -96,7 +98,9 @@ impl Proxy {
         let mut sockets = Vec::with_capacity(settings.listeners.len());
         for l in settings.listeners.iter_mut() {
             let bound = match l.transport {
-                Transport::Udp => bind_udp(l.address, l.dscp).map(|s| Bound::Udp(Arc::new(s))),
+                Transport::Udp => bind_udp(l.address, l.dscp, settings.workers > 1)
+                    .and_then(UdpSocket::from_std)
+                    .map(|s| Bound::Udp(Arc::new(s))),
                 Transport::Tcp => bind_tcp(l.address, l.dscp).map(|s| Bound::Tcp(s, l.clone())),
                 Transport::Tls if can_accept_tls => {
                     bind_tcp(l.address, l.dscp).map(|s| Bound::Tcp(s, l.clone()))
@@ -117,6 +121,23 @@ impl Proxy {
                 opts.address = actual;
             }
             sockets.push(bound);
+        }
+        // One more socket per UDP listener for every worker beyond the first, on the
+        // address the first was bound to (its port resolved).
+        let mut extra: Vec<Vec<std::net::UdpSocket>> = Vec::new();
+        for _ in 1..settings.workers {
+            let mut mine = Vec::new();
+            for l in settings
+                .listeners
+                .iter()
+                .filter(|l| l.transport == Transport::Udp)
+            {
+                mine.push(bind_udp(l.address, l.dscp, true).map_err(|e| {
+                    tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
+                    StartError(format!("SIP listener {} {} cannot start a worker's socket: {e}", l.transport, l.address))
+                })?);
+            }
+            extra.push(mine);
         }
         let http_listener = match settings.http {
             None => None,
@@ -146,6 +167,13 @@ impl Proxy {
         let health = reload::HealthTree::start(&core, root.get_cell())
             .await
             .map_err(|e| StartError(format!("health actors cannot start: {e}")))?;
+        let workers = match extra.is_empty() {
+            true => None,
+            false => Some(
+                workers::Workers::start(&core, extra)
+                    .map_err(|e| StartError(format!("workers cannot start: {e}")))?,
+            ),
+        };
         let http = match http_listener {
             Some(l) => {
                 let addr = l.local_addr().map_err(|e| StartError(e.to_string()))?;
@@ -160,11 +188,13 @@ impl Proxy {
             instance = %core.live().settings.name,
             listeners = ?bound,
             pairs = core.live().settings.pairs.len(),
+            workers = core.live().settings.workers,
         );
         Ok(Proxy {
             core,
             root,
             health,
+            workers,
             bound,
             http,
         })
@@ -199,8 +229,11 @@ impl Proxy {
         reload::reload(&self.core, &self.health, settings).await
     }
 
-    /// Stops every actor and closes every socket.
-    pub async fn stop(self) {
+    /// Stops every actor and worker, and closes every socket.
+    pub async fn stop(mut self) {
+        if let Some(w) = self.workers.take() {
+            w.stop().await;
+        }
         if let Some((_, task)) = &self.http {
             task.abort();
         }
@@ -308,7 +341,12 @@ fn spawn_tls_watcher(core: std::sync::Weak<Core>, every: std::time::Duration) {
     });
 }
 
-fn bind_udp(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<UdpSocket> {
+/// A UDP listen socket; `reuse_port` when several workers each bind one to the address.
+fn bind_udp(
+    addr: SocketAddr,
+    dscp: Option<u8>,
+    reuse_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -325,9 +363,12 @@ fn bind_udp(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<UdpSocket> {
     if let Some(d) = dscp {
         sockopt::set_dscp(socket2::SockRef::from(&s), addr, d)?;
     }
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 fn bind_tcp(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<TcpListener> {

@@ -169,6 +169,7 @@ fn keep_running_values(old: &Settings, new: &mut Settings) {
     new.listeners.clone_from(&old.listeners);
     new.http = old.http;
     new.worker_threads = old.worker_threads;
+    new.workers = old.workers;
     new.flow_key.clone_from(&old.flow_key);
     new.tls.clone_from(&old.tls);
 }

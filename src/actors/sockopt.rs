@@ -38,7 +38,7 @@ mod tests {
     /// one of them accepts.
     #[tokio::test]
     async fn listen_sockets_and_accepted_connections_carry_the_dscp() {
-        let udp = super::super::bind_udp("127.0.0.1:0".parse().unwrap(), Some(26)).unwrap();
+        let udp = super::super::bind_udp("127.0.0.1:0".parse().unwrap(), Some(26), true).unwrap();
         let local = udp.local_addr().unwrap();
         assert_eq!(dscp(socket2::SockRef::from(&udp), local).unwrap(), 26);
         let tcp = super::super::bind_tcp("127.0.0.1:0".parse().unwrap(), Some(46)).unwrap();
@@ -47,7 +47,7 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(local).await.unwrap();
         let (accepted, _) = tcp.accept().await.unwrap();
         assert_eq!(dscp(socket2::SockRef::from(&accepted), local).unwrap(), 46);
-        let plain = super::super::bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let plain = super::super::bind_udp("127.0.0.1:0".parse().unwrap(), None, false).unwrap();
         let local = plain.local_addr().unwrap();
         assert_eq!(dscp(socket2::SockRef::from(&plain), local).unwrap(), 0);
     }

@@ -44,7 +44,7 @@ impl Actor for UdpListener {
     ) -> Result<UdpState, ActorProcessingErr> {
         core.transports.register_udp(sock.clone());
         Ok(UdpState {
-            recv_loop: tokio::spawn(recv_loop(core, sock)),
+            recv_loop: tokio::spawn(recv_loop(core, sock, 0)),
         })
     }
 
@@ -58,8 +58,15 @@ impl Actor for UdpListener {
     }
 }
 
-async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
+/// Receives and dispatches datagrams on `sock` until the task is dropped (the listener's,
+/// or a worker's: `workers`).
+pub(super) async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>, worker: u32) {
     let local = sock.local_addr().ok();
+    let received = core
+        .metrics
+        .datagrams
+        .get_or_create(&crate::metrics::WorkerLabels { worker })
+        .clone();
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, source) = match sock.recv_from(&mut buf).await {
@@ -74,6 +81,7 @@ async fn recv_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
                 continue;
             }
         };
+        received.inc();
         let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
         handle_datagram(&core, &sock, local, data, source);
     }

@@ -43,6 +43,7 @@ const RESTART_ONLY: &[&str] = &[
     "listen",
     "http.address",
     "runtime.worker_threads",
+    "runtime.workers",
     "flow.token_key",
     "tls",
 ];

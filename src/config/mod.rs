@@ -29,7 +29,7 @@ pub use pool::{relay_address, PoolSettings};
 pub use schema::{
     Config, DnsConfig, FlowConfig, HealthConfig, HttpConfig, InstanceConfig, KeepaliveConfig,
     LimitsConfig, ListenConfig, LogConfig, OverloadConfig, PairConfig, PoolConfig, RoutingConfig,
-    RuntimeConfig, StaticRouteConfig, TimersConfig, TlsConfig,
+    RuntimeConfig, StaticRouteConfig, TimersConfig, TlsConfig, Workers,
 };
 pub use validate::{log_filter, ClientAuth, Keepalive, Settings, TlsSettings};
 

@@ -214,6 +214,11 @@ pub struct RuntimeConfig {
     /// Threads that run the proxy. 1 (the default) runs everything on one thread, which
     /// costs the fewest CPU cycles per call; raise it when one core is saturated.
     pub worker_threads: usize,
+    /// Shared-nothing workers: each a thread with its own single-threaded runtime and its
+    /// own `SO_REUSEPORT` socket per UDP listener, running the transactions of the
+    /// datagrams it receives. A number, or `"auto"` (one per available core). 1 (the
+    /// default): everything on one runtime. Not with `worker_threads` above 1.
+    pub workers: Workers,
     /// On SIGTERM/SIGINT, how long transactions in flight may take to finish (seconds).
     pub drain_timeout_s: u64,
 }
@@ -222,9 +227,20 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             worker_threads: 1,
+            workers: Workers::Count(1),
             drain_timeout_s: 30,
         }
     }
+}
+
+/// `runtime.workers`: a count, or `"auto"`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Workers {
+    /// This many workers.
+    Count(usize),
+    /// `"auto"`: one per available core.
+    Named(String),
 }
 
 /// `[instance]`

@@ -101,6 +101,8 @@ pub struct Settings {
     pub timers: crate::sip::transaction::Timers,
     /// Runtime threads.
     pub worker_threads: usize,
+    /// Shared-nothing workers (`runtime.workers`, `auto` resolved).
+    pub workers: usize,
     /// Longest graceful drain.
     pub drain_timeout: Duration,
     /// HTTP endpoint address, if any.
@@ -343,6 +345,24 @@ impl Config {
         if self.runtime.worker_threads == 0 || self.runtime.worker_threads > 256 {
             return Err(err("runtime.worker_threads", "must be between 1 and 256"));
         }
+        let workers = match &self.runtime.workers {
+            super::schema::Workers::Count(n) if (1..=256).contains(n) => *n,
+            super::schema::Workers::Named(a) if a == "auto" => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(256))
+            }
+            _ => {
+                return Err(err(
+                    "runtime.workers",
+                    "a number between 1 and 256, or \"auto\"",
+                ))
+            }
+        };
+        if workers > 1 && self.runtime.worker_threads > 1 {
+            return Err(err(
+                "runtime.workers",
+                "workers and worker_threads above 1 do not go together: use workers",
+            ));
+        }
         let h = &self.health;
         if h.oos_force == 0 {
             return Err(err("health.oos_force", "must be at least 1 second"));
@@ -521,6 +541,7 @@ impl Config {
                 max: Duration::from_millis(h.failover_timeout_ms),
             },
             worker_threads: self.runtime.worker_threads,
+            workers,
             drain_timeout: Duration::from_secs(self.runtime.drain_timeout_s),
             name: self.instance.name.clone(),
             advertised_host,

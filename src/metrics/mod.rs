@@ -95,6 +95,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// `worker` label: which worker (`runtime.workers`; 0 is the proxy's own runtime).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's number.
+    pub worker: u32,
+}
+
 /// `version` label of the build information.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -189,6 +196,8 @@ pub struct Metrics {
     /// STUN Binding requests on UDP listeners (RFC 5626 keep-alives), by outcome
     /// (`answered`, `error_response`, `dropped`).
     pub stun_requests: Family<OutcomeLabels, Counter>,
+    /// Datagrams received on UDP listeners, by worker (how the kernel spreads them).
+    pub datagrams: Family<WorkerLabels, Counter>,
     /// Branches given up for the other pair member that answered late, by what was done
     /// (`cancelled`: CANCEL after a provisional; `ended`: ACK and BYE after a 2xx).
     pub ghost_branches: Family<OutcomeLabels, Counter>,
@@ -241,6 +250,7 @@ impl Metrics {
             reconnects: Counter::default(),
             tls_reloads: Family::default(),
             stun_requests: Family::default(),
+            datagrams: Family::default(),
             ghost_branches: Family::default(),
             unreachable: Family::default(),
             relays: Family::default(),
@@ -360,6 +370,11 @@ impl Metrics {
             "stun_requests",
             "STUN Binding requests (UDP keep-alives) on UDP listeners, by outcome",
             m.stun_requests.clone(),
+        );
+        registry.register(
+            "datagrams_received",
+            "Datagrams received on UDP listeners, by worker (runtime.workers; 0: the proxy's own runtime)",
+            m.datagrams.clone(),
         );
         registry.register(
             "ghost_branches",
