@@ -132,6 +132,7 @@ impl Proxy {
             Core::new(settings, tls)
                 .map_err(|e| StartError(format!("DNS resolver cannot start: {}", e.0)))?,
         );
+        crate::memory::fix_mmap_threshold();
         spawn_sweeper(Arc::downgrade(&core));
         sampler::spawn(Arc::downgrade(&core));
         if let Some(every) = core.tls.as_ref().and_then(|t| t.settings().watch) {
