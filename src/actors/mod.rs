@@ -295,7 +295,7 @@ fn spawn_sweeper(core: std::sync::Weak<Core>) {
                 tracing::debug!(event = "memory_released", live, ?free, resident = ?crate::memory::resident_bytes());
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % 10 == 0 {
+            if ticks.is_multiple_of(10) {
                 tracing::debug!(
                     event = "memory_sample",
                     live,
