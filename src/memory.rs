@@ -8,6 +8,10 @@
 //! (`madvise(MADV_DONTNEED)`), wherever it lies. [`Release`] decides when that is worth it:
 //! when the live transactions have fallen well below the peak they reached since the last
 //! time. README, "Memory", has the measurements behind this choice.
+//!
+//! Under a steady load nothing need be trimmed if the large blocks keep mappings of their
+//! own ([`fix_mmap_threshold`]) and the transaction tables stay at the size their entries
+//! need (the sweeper rebuilds them every second: `actors::spawn_sweeper`).
 
 /// The resident set size of this process in bytes, from `/proc/self/statm`; `None` where
 /// that file cannot be read (not Linux).
@@ -22,6 +26,27 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages.saturating_mul(page))
 }
 
+/// The size from which glibc gives an allocation a mapping of its own (its default
+/// starting value): such a block goes back to the system the moment it is freed.
+pub const MMAP_THRESHOLD: usize = 128 << 10;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`]. By default glibc raises it to the
+/// size of every mapped block freed (up to 32 MiB): once a transaction table had been
+/// rebuilt smaller, the next tables of that size were put in the heap, and a freed one
+/// stayed there, resident (+1.6 MiB in the soak). Fixed, large tables and buffers keep
+/// their own mappings. Call once at start; a no-op with another allocator.
+pub fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and only sets the allocator's parameters under its
+    // lock; it is safe to call from any thread at any time.
+    unsafe {
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            libc::c_int::try_from(MMAP_THRESHOLD).unwrap_or(libc::c_int::MAX),
+        );
+    }
+}
+
 /// Gives the allocator's free memory back to the system (glibc: `malloc_trim(0)`, every
 /// arena). Costs a walk over the free lists: call it after a burst, not per message.
 pub fn release_free_memory() {
@@ -33,15 +58,44 @@ pub fn release_free_memory() {
     }
 }
 
+/// glibc's heap at one moment (`mallinfo2`, every arena), for the debug log beside the
+/// resident size: what is live, what is free but kept, and where it lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes of the heaps grown with `brk`/`sbrk` and the arenas' heaps (`arena`).
+    pub heap: usize,
+    /// Bytes in chunks of their own mapping (`hblkhd`): allocations above the mmap
+    /// threshold, such as large hash tables; given back as soon as they are freed.
+    pub mmapped: usize,
+    /// Bytes allocated and not freed, in the heaps (`uordblks`).
+    pub in_use: usize,
+    /// Bytes free in the heaps, kept by the allocator (`fordblks`), pages already returned
+    /// by a trim included.
+    pub free: usize,
+}
+
+/// The allocator's figures now; `None` with another allocator than glibc's.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no argument and reads the allocator's statistics under
+        // its locks; it is safe to call from any thread at any time.
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapStats {
+            heap: m.arena,
+            mmapped: m.hblkhd,
+            in_use: m.uordblks,
+            free: m.fordblks,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 /// Bytes the allocator holds free, not given back (glibc: `mallinfo2().fordblks`, pages
 /// already returned by a trim included); `None` with another allocator.
 pub fn free_heap_bytes() -> Option<usize> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallinfo2 takes no argument and reads the allocator's statistics under its
-    // locks; it is safe to call from any thread at any time.
-    return Some(unsafe { libc::mallinfo2() }.fordblks);
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    None
+    heap_stats().map(|h| h.free)
 }
 
 /// When to give memory back: the count of live transactions fell to half the peak it
@@ -126,6 +180,64 @@ mod tests {
         // Reused by the next spike, freed again: released again.
         assert!(!r.heap_freed(2 << 20));
         assert!(r.heap_freed(10 << 20));
+    }
+
+    /// The soak's step (README, "Memory"): a hash table churned at a steady size (here
+    /// 250 inserts a second, each entry removed 32 s later, like the lingering table at 125
+    /// calls/s: 8 shards of about 1,000 entries in 2,048 slots) doubles once the tombstones
+    /// of its removals have used up its room, unless it is rebuilt at its size every sweep
+    /// as the sweeper does (`shrink_to_fit`).
+    #[test]
+    fn a_churned_table_doubles_unless_rebuilt_every_sweep() {
+        /// The table's capacity at each second after the first minute.
+        fn churn(rebuild: bool) -> Vec<usize> {
+            let table: dashmap::DashMap<u64, Box<u64>, foldhash::fast::RandomState> =
+                dashmap::DashMap::with_hasher_and_shard_amount(Default::default(), 8);
+            let mut next = 0u64;
+            let mut capacities = Vec::new();
+            for second in 0..600u64 {
+                for _ in 0..250 {
+                    table.insert(next, Box::new(second + 32));
+                    next += 1;
+                }
+                table.retain(|_, until| **until > second);
+                if rebuild {
+                    table.shrink_to_fit();
+                }
+                if second >= 60 {
+                    capacities.push(table.capacity());
+                }
+            }
+            capacities
+        }
+        // 8,000 entries: each shard needs 2,048 slots, room for 1,792 entries.
+        let at_size = 8 * 1792;
+        let kept = churn(true);
+        assert!(kept.iter().all(|&c| c <= at_size), "{kept:?}");
+        // Left alone, shards double (hashbrown 0.14); if this fails, the rebuild may no
+        // longer be needed.
+        let left = churn(false);
+        assert!(left.last().is_some_and(|&c| c > at_size), "{left:?}");
+    }
+
+    /// With the threshold fixed, a large block freed does not send the next, smaller
+    /// ones into the heap: each keeps a mapping of its own (`hblkhd` grows by its size).
+    /// The allocator's counts are the process's, shared with tests running meanwhile:
+    /// one try in five seeing it is enough.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_keep_their_own_mapping_after_a_larger_one_was_freed() {
+        fix_mmap_threshold();
+        let mapped = || heap_stats().map_or(0, |h| h.mmapped);
+        let seen = (0..5).any(|_| {
+            drop(std::hint::black_box(vec![1u8; 4 << 20]));
+            let before = mapped();
+            let block = std::hint::black_box(vec![1u8; 512 << 10]);
+            let grown = mapped().saturating_sub(before);
+            drop(block);
+            grown >= 512 << 10
+        });
+        assert!(seen);
     }
 
     #[test]
