@@ -152,45 +152,17 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
     // REGISTER over TLS: the registrar sees a Path naming this instance and this connection.
-    phone
-        .send(&phone.request(
-            "REGISTER",
-            "sip:site.example",
-            &unique("reg"),
-            &unique("z9hG4bKr"),
-            "",
-            "",
-        ))
-        .await;
-    let reg = up.recv_method("REGISTER").await;
-    let path = reg.header("path").expect("Path added").to_string();
+    let path = register(&mut phone, &mut up).await;
     assert!(
         // The entry names the side that faces the registrar (UDP here): it must reach us.
         // No `ob`: this is not an outbound (reg-id) registration.
         path.starts_with("<sip:") && path.ends_with(&format!("@{udp};lr>")),
         "{path}"
     );
-    assert_eq!(phone.recv_final().await.0.status(), Some(200));
     // The server calls the phone along the Path: it arrives over the phone's own connection.
-    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
-        .await
-        .unwrap();
-    let server_addr = server.local_addr().unwrap();
     let call_id = unique("down");
-    server
-        .send_to(
-            server_invite(server_addr, &phone, &path, &call_id).as_bytes(),
-            udp,
-        )
-        .await
-        .unwrap();
-    let invite = loop {
-        let m = phone.recv().await;
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
-    assert_eq!(invite.header("call-id"), Some(call_id.as_str()));
+    let (server, invite) = call_along(&path, &mut phone, &up, udp, &call_id).await;
+    let server_addr = server.local_addr().unwrap();
     assert!(invite.all("via")[0].starts_with(&format!("SIP/2.0/TLS {tls};")));
     phone
         .send(&response(
@@ -284,23 +256,7 @@ async fn an_idle_tls_flow_outlives_the_idle_timeout_and_still_reaches_the_phone(
     let tls = p.local_addr(Transport::Tls).unwrap();
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
-    phone
-        .send(&phone.request(
-            "REGISTER",
-            "sip:site.example",
-            &unique("reg"),
-            &unique("z9hG4bKr"),
-            "",
-            "",
-        ))
-        .await;
-    let path = up
-        .recv_method("REGISTER")
-        .await
-        .header("path")
-        .expect("Path added")
-        .to_string();
-    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    let path = register(&mut phone, &mut up).await;
     // Another phone, without a flow, is heard from after the first one last spoke.
     let mut other = tls_phone(tls, &s.ca, None).await;
     assert_eq!(
@@ -319,25 +275,8 @@ async fn an_idle_tls_flow_outlives_the_idle_timeout_and_still_reaches_the_phone(
         "the flow is kept"
     );
     // The server calls the phone along the Path: it arrives over the idle flow.
-    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
-        .await
-        .unwrap();
-    let server_addr = server.local_addr().unwrap();
     let call_id = unique("after-idle");
-    server
-        .send_to(
-            server_invite(server_addr, &phone, &path, &call_id).as_bytes(),
-            udp,
-        )
-        .await
-        .unwrap();
-    let invite = loop {
-        let m = phone.recv().await;
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
-    assert_eq!(invite.header("call-id"), Some(call_id.as_str()));
+    let (server, invite) = call_along(&path, &mut phone, &up, udp, &call_id).await;
     phone
         .send(&response(
             &invite,
@@ -712,4 +651,57 @@ async fn sighup_reloads_the_certificate_of_a_running_process() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(child);
+}
+
+/// The phone registers through the proxy (the registrar answers 200); the Path the
+/// registrar saw.
+async fn register(phone: &mut Phone, up: &mut Upstream) -> String {
+    phone
+        .send(&phone.request(
+            "REGISTER",
+            "sip:site.example",
+            &unique("reg"),
+            &unique("z9hG4bKr"),
+            "",
+            "",
+        ))
+        .await;
+    let path = up
+        .recv_method("REGISTER")
+        .await
+        .header("path")
+        .expect("Path added")
+        .to_string();
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    path
+}
+
+/// A server beside `up` sends an INVITE along `path` to the proxy's UDP listener; the
+/// phone receives it. The server's socket and the INVITE as the phone got it.
+async fn call_along(
+    path: &str,
+    phone: &mut Phone,
+    up: &Upstream,
+    udp: std::net::SocketAddr,
+    call_id: &str,
+) -> (tokio::net::UdpSocket, SipMsg) {
+    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
+        .await
+        .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    server
+        .send_to(
+            server_invite(server_addr, phone, path, call_id).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+    let invite = loop {
+        let m = phone.recv().await;
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    assert_eq!(invite.header("call-id"), Some(call_id));
+    (server, invite)
 }
