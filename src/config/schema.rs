@@ -385,7 +385,7 @@ pub struct LimitsConfig {
     /// Most header lines accepted in one message.
     pub max_headers: usize,
     /// Server transactions in flight; beyond it new requests get 503. The default, 50,000,
-    /// bounds their memory to about 750 MiB (at most 15 KiB each, README "Memory").
+    /// bounds their memory to about 400 MiB (about 8 KiB each, README "Memory").
     pub max_transactions: usize,
     /// TCP connections open at once (inbound and outbound).
     pub max_connections: usize,
