@@ -3,7 +3,7 @@
 //!
 //! A connection's task ([`task`]) owns its socket, its framing buffer and its lifetime.
 //! Messages it frames are handed to [`Core::deliver`](super::core::Core::deliver) (the
-//! dispatcher) with a [`ReplyPath::Stream`] naming this connection, so responses go back on
+//! dispatcher) with a [`ReplyPath::Stream`](super::transport::ReplyPath::Stream) naming this connection, so responses go back on
 //! exactly this connection; what is sent to it is queued on its [`ConnHandle`]. A panic
 //! while handling one connection's bytes ends that connection only: it is counted, logged
 //! and its table entries cleaned.
