@@ -127,9 +127,16 @@ impl Release {
         }
     }
 
-    /// Takes the count of live transactions now; true when memory should be released now.
+    /// Takes the count of live transactions now; true when memory should be released now:
+    /// half of the peak since the last release is gone (by [`Self::MIN_DROP`] or more), or
+    /// everything is, after any transaction at all (the last of a burst may be fewer than
+    /// `MIN_DROP`, and what they leave free fewer than [`Self::FREED_STEP`]).
     pub fn observe(&mut self, live: usize) -> bool {
         self.peak = self.peak.max(live);
+        if live == 0 && self.peak > 0 {
+            self.peak = 0;
+            return true;
+        }
         if self.peak - live >= Self::MIN_DROP && live <= self.peak / 2 {
             self.peak = live;
             true
@@ -164,6 +171,12 @@ mod tests {
         // Half of what was left at the release is gone too.
         assert!(r.observe(2500));
         // And the rest, once.
+        assert!(r.observe(0));
+        assert!(!r.observe(0));
+        // A release left 600 live: when they are gone too (a drop under MIN_DROP), once more.
+        assert!((0..=2000).step_by(100).all(|n| !r.observe(n)));
+        assert!(r.observe(600));
+        assert!(!r.observe(300));
         assert!(r.observe(0));
         assert!(!r.observe(0));
     }
