@@ -107,10 +107,7 @@ impl Proxy {
                 }
                 Transport::Tls => Err(std::io::Error::other("no tls.cert and tls.key")),
             };
-            let mut bound = bound.map_err(|e| {
-                tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
-                StartError(format!("SIP listener {} {} cannot start: {e}", l.transport, l.address))
-            })?;
+            let mut bound = bound.map_err(|e| cannot_start(l, "", &e))?;
             let actual = match &bound {
                 Bound::Udp(s) => s.local_addr(),
                 Bound::Tcp(s, _) => s.local_addr(),
@@ -132,10 +129,10 @@ impl Proxy {
                 .iter()
                 .filter(|l| l.transport == Transport::Udp)
             {
-                mine.push(bind_udp(l.address, l.dscp, true).map_err(|e| {
-                    tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
-                    StartError(format!("SIP listener {} {} cannot start a worker's socket: {e}", l.transport, l.address))
-                })?);
+                mine.push(
+                    bind_udp(l.address, l.dscp, true)
+                        .map_err(|e| cannot_start(l, " a worker's socket", &e))?,
+                );
             }
             extra.push(mine);
         }
@@ -357,6 +354,16 @@ fn spawn_tls_watcher(core: std::sync::Weak<Core>, every: std::time::Duration) {
             }
         }
     });
+}
+
+/// A listen socket (or a worker's socket, `what`) that cannot be bound: the event
+/// `sip_listener_cannot_start` and the error.
+fn cannot_start(l: &Listener, what: &str, e: &std::io::Error) -> StartError {
+    tracing::error!(event = "sip_listener_cannot_start", transport = %l.transport, address = %l.address, error = %e);
+    StartError(format!(
+        "SIP listener {} {} cannot start{what}: {e}",
+        l.transport, l.address
+    ))
 }
 
 /// A UDP listen socket; `reuse_port` when several workers each bind one to the address.

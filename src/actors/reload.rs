@@ -58,13 +58,10 @@ const HEALTH_KEYS: &[&str] = &["pair", "health", "instance", "pool"];
 const DNS_KEYS: &[&str] = &["dns"];
 
 fn any_under(changes: &[Change], sections: &[&str]) -> bool {
-    changes.iter().filter(|c| !c.needs_restart).any(|c| {
-        sections.iter().any(|s| {
-            c.key
-                .strip_prefix(s)
-                .is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
-        })
-    })
+    changes
+        .iter()
+        .filter(|c| !c.needs_restart)
+        .any(|c| sections.iter().any(|s| c.is_under(s)))
 }
 
 /// The health actors' supervisor, which a reload replaces.

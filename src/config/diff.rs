@@ -51,6 +51,13 @@ const RESTART_ONLY: &[&str] = &[
 /// Keys whose values are not written into logs.
 const SECRETS: &[&str] = &["flow.token_key", "http.admin_token"];
 
+impl Change {
+    /// Whether the key is `section` or inside it (`pair[0].backup` is under `pair`).
+    pub fn is_under(&self, section: &str) -> bool {
+        is_under(&self.key, section)
+    }
+}
+
 /// Whether `key` (dotted, as in [`Change::key`]) can only change with a restart.
 pub fn needs_restart(key: &str) -> bool {
     RESTART_ONLY.iter().any(|k| is_under(key, k))
