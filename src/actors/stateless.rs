@@ -63,10 +63,9 @@ pub fn forward_stray_response(core: &Core, msg: &Message) {
 /// ACK for a response this proxy generated statelessly carries our To tag: absorbed.
 pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
     let msg = &inbound.msg;
-    if msg
-        .to_tag()
-        .is_some_and(|t| t == proxy::local_tag(msg).as_bytes())
-    {
+    if msg.to_tag().is_some_and(|t| {
+        t.starts_with(proxy::LOCAL_TAG_PREFIX.as_bytes()) && t == proxy::local_tag(msg).as_bytes()
+    }) {
         return;
     }
     let token = core.flow_token_for(&inbound);

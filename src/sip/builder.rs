@@ -18,8 +18,6 @@ use crate::sip::syntax::split_list;
 pub struct RequestEdits {
     /// A replacement Request-URI (strict-router compatibility, RFC 3261 section 16.4).
     pub request_uri: Option<String>,
-    /// Our Via value, inserted on top.
-    pub via: String,
     /// The received top via-parm rewritten with `received`/`rport`.
     pub top_via: Option<String>,
     /// The Max-Forwards value to write (decremented, or 70 when absent).
@@ -31,26 +29,35 @@ pub struct RequestEdits {
     pub drop_top_routes: usize,
     /// Route value to drop from the bottom (strict-router compatibility).
     pub drop_last_route: bool,
-    /// Record-Route values to insert on top, in order (the first ends up topmost).
-    pub record_route: Vec<String>,
-    /// A Path value (RFC 3327) to insert above any Path already there.
-    pub path: Option<String>,
     /// Extra header lines (`Name: value`) to add.
     pub extra: Vec<String>,
 }
 
-/// Writes the forwarded request.
-pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
+/// What this hop adds on top of a forwarded request, which differs per branch: our Via,
+/// our Record-Route entries and our Path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    /// Our Via value, inserted on top.
+    pub via: &'a str,
+    /// Record-Route values to insert on top, in order (the first ends up topmost).
+    pub record_route: &'a [String],
+    /// A Path value (RFC 3327) to insert above any Path already there.
+    pub path: Option<&'a str>,
+}
+
+/// Writes the forwarded request: the received one with `edits` applied and what this hop
+/// adds on top.
+pub fn forward_request(msg: &Message, edits: &RequestEdits, added: Added<'_>) -> Bytes {
     // Room for all it adds (each header with its name, ": " and CRLF): the buffer is kept
     // for retransmissions, and one that overflows doubles.
-    let added = |v: &str| v.len() + 32;
+    let room = |v: &str| v.len() + 32;
     let capacity = msg.bytes().len()
         + edits.request_uri.as_deref().map_or(0, str::len)
-        + added(&edits.via)
-        + edits.top_via.as_deref().map_or(0, added)
-        + edits.record_route.iter().map(|r| added(r)).sum::<usize>()
-        + edits.path.as_deref().map_or(0, added)
-        + edits.extra.iter().map(|e| added(e)).sum::<usize>()
+        + room(added.via)
+        + edits.top_via.as_deref().map_or(0, room)
+        + added.record_route.iter().map(|r| room(r)).sum::<usize>()
+        + added.path.map_or(0, room)
+        + edits.extra.iter().map(|e| room(e)).sum::<usize>()
         + 32;
     let mut out = BytesMut::with_capacity(capacity);
     let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
@@ -62,11 +69,11 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
     out.put_u8(b' ');
     out.put_slice(uri);
     out.put_slice(b" SIP/2.0\r\n");
-    put_header(&mut out, "Via", &edits.via);
-    for rr in &edits.record_route {
+    put_header(&mut out, "Via", added.via);
+    for rr in added.record_route {
         put_header(&mut out, "Record-Route", rr);
     }
-    if let Some(p) = &edits.path {
+    if let Some(p) = added.path {
         put_header(&mut out, "Path", p);
     }
     if let Some(r) = &edits.route {
@@ -74,7 +81,10 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
     }
     let mut via_done = false;
     let mut routes_seen = 0usize;
-    let total_routes = msg.list_values(HeaderName::Route).len();
+    let total_routes = match msg.first(HeaderName::Route) {
+        Some(_) => msg.list_values(HeaderName::Route).len(),
+        None => 0,
+    };
     let mut saw_max_forwards = false;
     let mut saw_content_length = false;
     for h in msg.headers() {
@@ -83,13 +93,13 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
                 via_done = true;
                 let rewritten = edits.top_via.as_deref().unwrap_or_default();
                 let rest = list_after_first(msg.value(h));
-                let mut v = String::with_capacity(rewritten.len() + rest.len() + 2);
-                v.push_str(rewritten);
+                out.put_slice(b"Via: ");
+                out.put_slice(rewritten.as_bytes());
                 if !rest.is_empty() {
-                    v.push_str(", ");
-                    v.push_str(&String::from_utf8_lossy(rest));
+                    out.put_slice(b", ");
+                    out.put_slice(rest);
                 }
-                put_header(&mut out, "Via", &v);
+                out.put_slice(b"\r\n");
             }
             HeaderName::Via => {
                 via_done = true;
@@ -97,7 +107,7 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
             }
             HeaderName::MaxForwards => {
                 if !saw_max_forwards {
-                    put_header(&mut out, "Max-Forwards", &edits.max_forwards.to_string());
+                    put_number_header(&mut out, "Max-Forwards", edits.max_forwards.into());
                 }
                 saw_max_forwards = true;
             }
@@ -112,7 +122,7 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
         }
     }
     if !saw_max_forwards {
-        put_header(&mut out, "Max-Forwards", &edits.max_forwards.to_string());
+        put_number_header(&mut out, "Max-Forwards", edits.max_forwards.into());
     }
     for line in &edits.extra {
         out.put_slice(line.as_bytes());
@@ -120,7 +130,7 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits) -> Bytes {
     }
     let body = msg.body();
     if !saw_content_length {
-        put_header(&mut out, "Content-Length", &body.len().to_string());
+        put_number_header(&mut out, "Content-Length", body.len() as u64);
     }
     out.put_slice(b"\r\n");
     out.put_slice(body);
@@ -138,15 +148,16 @@ pub fn forward_response(msg: &Message) -> Bytes {
             removed = true;
             let rest = list_after_first(msg.value(h));
             if !rest.is_empty() {
-                let rest = String::from_utf8_lossy(rest);
-                put_header(&mut out, "Via", &rest);
+                out.put_slice(b"Via: ");
+                out.put_slice(rest);
+                out.put_slice(b"\r\n");
             }
             continue;
         }
         put_line(&mut out, msg.slice(h.line.clone()));
     }
     if msg.first(HeaderName::ContentLength).is_none() {
-        put_header(&mut out, "Content-Length", &msg.body().len().to_string());
+        put_number_header(&mut out, "Content-Length", msg.body().len() as u64);
     }
     out.put_slice(b"\r\n");
     out.put_slice(msg.body());
@@ -325,13 +336,18 @@ pub fn in_dialog_after_2xx(
     out.freeze()
 }
 
-/// The part of a list header value after its first element (and the comma).
+/// The part of a list header value after its first element (and the comma), from where
+/// the second element starts: the first comma outside quotes and `<...>` ends the first.
 fn list_after_first(v: &[u8]) -> &[u8] {
-    let parts = split_list(v);
-    match parts.get(1) {
-        Some(second) => v.get(second.start..).unwrap_or_default(),
-        None => &[],
-    }
+    let Some(comma) = crate::sip::syntax::find_unquoted(v, 0, b',') else {
+        return &[];
+    };
+    let rest = v.get(comma + 1..).unwrap_or_default();
+    let lws = rest
+        .iter()
+        .take_while(|&&b| crate::sip::syntax::is_lws(b))
+        .count();
+    rest.get(lws..).unwrap_or_default()
 }
 
 /// Copies a header line as received, completing a missing final CRLF.
@@ -340,6 +356,14 @@ fn put_line(out: &mut BytesMut, line: &[u8]) {
     if !line.ends_with(b"\n") {
         out.put_slice(b"\r\n");
     }
+}
+
+/// A header line whose value is a decimal number, written without `format!`.
+fn put_number_header(out: &mut BytesMut, name: &str, value: u64) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 fn put_header(out: &mut BytesMut, name: &str, value: &str) {
@@ -381,16 +405,19 @@ Content-Length: 2\r\n\r\nhi";
     fn forwarded_request_edits_only_what_it_must() {
         let m = parse(REQ);
         let edits = RequestEdits {
-            via: "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme".into(),
             top_via: Some(
                 "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport=4000;received=10.0.0.2".into(),
             ),
             max_forwards: 9,
             drop_top_routes: 1,
-            record_route: vec!["<sip:192.0.2.5;lr>".into()],
             ..Default::default()
         };
-        let out = forward_request(&m, &edits);
+        let added = Added {
+            via: "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme",
+            record_route: &["<sip:192.0.2.5;lr>".into()],
+            path: None,
+        };
+        let out = forward_request(&m, &edits, added);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.starts_with("INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKme\r\nRecord-Route: <sip:192.0.2.5;lr>\r\n"), "{text}");
         assert!(text.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport=4000;received=10.0.0.2, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKb\r\n"));
@@ -428,6 +455,25 @@ Content-Length: 2\r\n\r\nhi";
         assert_eq!(bye.to_tag(), Some(&b"bob9"[..]));
         assert_eq!(bye.from_tag(), Some(&b"1"[..]));
         assert_eq!(bye.cseq(), Some((6, crate::sip::message::Method::Bye)));
+    }
+
+    #[test]
+    fn after_the_first_list_element() {
+        for (v, rest) in [
+            (&b"a"[..], &b""[..]),
+            (b"a, b", b"b"),
+            (b"a ,\r\n  b, c", b"b, c"),
+            (b"\"x,y\" <sip:a,b>, c", b"c"),
+            (b"a,,b", b",b"),
+            (b"a,   ", b""),
+        ] {
+            assert_eq!(
+                list_after_first(v),
+                rest,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
     }
 
     #[test]

@@ -25,11 +25,25 @@ pub fn new_branch(loop_hash: u32) -> String {
     static SALT: OnceLock<u64> = OnceLock::new();
     let salt = SALT.get_or_init(rand::random::<u64>);
     let n = BRANCH_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{BRANCH_PREFIX}{loop_hash:08x}{:x}{:x}",
-        salt & 0xffff_ffff,
-        n
-    )
+    let mut branch = String::with_capacity(BRANCH_PREFIX.len() + 8 + 8 + 16);
+    branch.push_str(BRANCH_PREFIX);
+    push_hex(&mut branch, u64::from(loop_hash), 8);
+    push_hex(&mut branch, salt & 0xffff_ffff, 1);
+    push_hex(&mut branch, n, 1);
+    branch
+}
+
+/// Appends `v` in lower-case hex with at least `min_digits` digits (as `{:0N$x}`).
+pub(super) fn push_hex(out: &mut String, v: u64, min_digits: usize) {
+    let digits = (16 - v.leading_zeros() as usize / 4)
+        .max(min_digits)
+        .min(16);
+    for i in (0..digits).rev() {
+        let nibble = (v >> (4 * i)) & 0xf;
+        out.push(char::from(
+            HEX.get(nibble as usize).copied().unwrap_or(b'0'),
+        ));
+    }
 }
 
 /// A branch that is the same every time for the same received request (stateless
@@ -114,13 +128,65 @@ pub fn loop_hash(msg: &Message, hop: Hop) -> u32 {
 
 /// Whether one of our own Vias in the request carries the same loop hash (RFC 3261
 /// section 16.3 step 4): the request came back unchanged.
+///
+/// Only a Via whose text holds our branch prefix with this hash can match, so the Via
+/// lines are searched for it first and parsed only when it is there (most requests have
+/// never passed through us and are settled by one substring search per Via line).
 pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
-    let want = format!("{BRANCH_PREFIX}{hash:08x}");
+    let mut want = [0u8; BRANCH_PREFIX.len() + 8];
+    let (prefix, hex) = want.split_at_mut(BRANCH_PREFIX.len());
+    prefix.copy_from_slice(BRANCH_PREFIX.as_bytes());
+    write_hex8(hex, hash);
+    let finder = memchr::memmem::Finder::new(&want);
+    let mentioned = msg
+        .all(HeaderName::Via)
+        .any(|h| finder.find(msg.value(h)).is_some());
+    if !mentioned {
+        return false;
+    }
+    let want = std::str::from_utf8(&want).unwrap_or(BRANCH_PREFIX);
     msg.list_values(HeaderName::Via).into_iter().any(|r| {
         let Ok(v) = Via::parse(msg.slice(r)) else {
             return false;
         };
         let t = v.transport.parse().unwrap_or(Transport::Udp);
-        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
+        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(want))
     })
+}
+
+/// Writes `v` as 8 lower-case hex digits (as `{:08x}` would) into the first 8 bytes of
+/// `out`.
+fn write_hex8(out: &mut [u8], v: u32) {
+    for (i, slot) in out.iter_mut().take(8).enumerate() {
+        let nibble = (v >> (28 - 4 * i)) & 0xf;
+        *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_format_x() {
+        for v in [0u64, 1, 0xf, 0x10, 0xdead_beef, u64::MAX, 0x0012_3400] {
+            let mut s = String::new();
+            push_hex(&mut s, v, 1);
+            assert_eq!(s, format!("{v:x}"));
+            let mut s = String::new();
+            push_hex(&mut s, v, 8);
+            assert_eq!(s, format!("{v:08x}"));
+        }
+    }
+
+    #[test]
+    fn hex8_is_format_08x() {
+        for v in [0, 1, 0xdead_beef, u32::MAX, 0x0012_3400] {
+            let mut out = [0u8; 8];
+            write_hex8(&mut out, v);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:08x}"));
+        }
+    }
 }

@@ -213,10 +213,21 @@ impl LocalIdentity {
     /// Our Via value for a request sent through a listener.
     pub fn via(&self, through: Through, branch: &str) -> String {
         let (host, port) = self.host_port(through);
-        format!(
-            "SIP/2.0/{} {host}:{port};branch={branch}",
-            through.transport.via_token()
-        )
+        let token = through.transport.via_token();
+        let mut via = String::with_capacity(24 + host.len() + branch.len());
+        for part in [
+            "SIP/2.0/",
+            token,
+            " ",
+            &host,
+            ":",
+            itoa::Buffer::new().format(port),
+            ";branch=",
+            branch,
+        ] {
+            via.push_str(part);
+        }
+        via
     }
 
     /// Our Path value carrying a flow token in its user part (RFC 3327). It names this

@@ -183,11 +183,24 @@ impl Plan {
         outbound: Through,
         branch: &str,
     ) -> Bytes {
-        let mut edits = self.edits.clone();
-        edits.via = identity.via(outbound, branch);
-        if let Some(t) = self.flow_token.as_ref().filter(|_| self.path) {
-            edits.path = Some(identity.path(outbound, t, self.outbound_registration));
-        }
+        self.build_with_via(msg, identity, outbound, &identity.via(outbound, branch))
+    }
+
+    /// Writes the forwarded request for `outbound` under our Via value `via` (made by
+    /// [`LocalIdentity::via`] for `outbound`).
+    pub fn build_with_via(
+        &self,
+        msg: &Message,
+        identity: &LocalIdentity,
+        outbound: Through,
+        via: &str,
+    ) -> Bytes {
+        let path = self
+            .flow_token
+            .as_ref()
+            .filter(|_| self.path)
+            .map(|t| identity.path(outbound, t, self.outbound_registration));
+        let mut record_route = Vec::new();
         if self.record_route {
             // The entry facing a phone carries its flow token, so that in-dialog requests
             // from upstream reach the phone over its own connection, whichever side of the
@@ -199,17 +212,20 @@ impl Plan {
             );
             if self.double_record_route(identity, outbound) {
                 // RFC 5658: one entry per side when the transport or the address changes.
-                edits.record_route.push(identity.record_route(
+                record_route.push(identity.record_route(
                     outbound,
                     self.outbound_side,
                     self.outbound_flow.as_deref(),
                 ));
-                edits.record_route.push(inbound_rr);
-            } else {
-                edits.record_route.push(inbound_rr);
             }
+            record_route.push(inbound_rr);
         }
-        builder::forward_request(msg, &edits)
+        let added = builder::Added {
+            via,
+            record_route: &record_route,
+            path: path.as_deref(),
+        };
+        builder::forward_request(msg, &self.edits, added)
     }
 
     fn inbound_through(&self) -> Through {
@@ -266,20 +282,21 @@ impl Plan {
 
 /// A To tag for responses this proxy generates: the same for retransmissions.
 pub fn local_tag(msg: &Message) -> String {
-    let branch = msg
-        .top_via()
-        .and_then(|v| v.ok())
-        .and_then(|v| v.branch().map(str::as_bytes).map(<[u8]>::to_vec))
-        .unwrap_or_default();
-    format!(
-        "sp{:x}",
-        fnv1a(&[
-            msg.call_id().unwrap_or_default(),
-            msg.from_tag().unwrap_or_default(),
-            &branch
-        ]) & 0xffff_ffff_ffff
-    )
+    let via = msg.top_via().and_then(|v| v.ok());
+    let branch = via.as_ref().and_then(|v| v.branch()).unwrap_or_default();
+    let hash = fnv1a(&[
+        msg.call_id().unwrap_or_default(),
+        msg.from_tag().unwrap_or_default(),
+        branch.as_bytes(),
+    ]) & 0xffff_ffff_ffff;
+    let mut tag = String::with_capacity(LOCAL_TAG_PREFIX.len() + 12);
+    tag.push_str(LOCAL_TAG_PREFIX);
+    branch::push_hex(&mut tag, hash, 1);
+    tag
 }
+
+/// How every To tag of [`local_tag`] begins.
+pub const LOCAL_TAG_PREFIX: &str = "sp";
 
 /// A received request with what the transport knows about it.
 #[derive(Debug, Clone, Copy)]

@@ -11,13 +11,29 @@ use super::Reject;
 
 /// Header checks of RFC 3261 section 16.3 step 1 and section 8.2.
 pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> {
-    for (name, what) in [
-        (HeaderName::From, "From"),
-        (HeaderName::To, "To"),
-        (HeaderName::CallId, "Call-ID"),
-        (HeaderName::CSeq, "CSeq"),
+    // One pass over the header index counts what must appear exactly once.
+    let mut counts = [0usize; 5];
+    for h in msg.headers() {
+        let slot = match h.name {
+            HeaderName::From => 0,
+            HeaderName::To => 1,
+            HeaderName::CallId => 2,
+            HeaderName::CSeq => 3,
+            HeaderName::MaxForwards => 4,
+            _ => continue,
+        };
+        if let Some(c) = counts.get_mut(slot) {
+            *c += 1;
+        }
+    }
+    let [from, to, call_id, cseq, max_forwards] = counts;
+    for (count, what) in [
+        (from, "From"),
+        (to, "To"),
+        (call_id, "Call-ID"),
+        (cseq, "CSeq"),
     ] {
-        match msg.count(name) {
+        match count {
             1 => {}
             0 => {
                 return Err(Reject {
@@ -35,7 +51,7 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
             }
         }
     }
-    if msg.count(HeaderName::MaxForwards) > 1 {
+    if max_forwards > 1 {
         return Err(Reject::new(400, "Multiple Max-Forwards"));
     }
     for name in [HeaderName::From, HeaderName::To] {
@@ -72,9 +88,18 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
     if branch == MAGIC_COOKIE {
         return Err(Reject::new(400, "Missing Transaction Identifier"));
     }
-    for v in msg.list_values(HeaderName::Via) {
-        if Via::parse(msg.slice(v)).is_err() {
-            return Err(Reject::new(400, "Malformed Via"));
+    // The top Via is `via`, parsed already; the others are checked here. A request that
+    // has not passed through another proxy has no other (one Via line, one value).
+    let mut via_lines = msg.all(HeaderName::Via);
+    let single = via_lines
+        .next()
+        .is_some_and(|h| crate::sip::syntax::find_unquoted(msg.value(h), 0, b',').is_none())
+        && via_lines.next().is_none();
+    if !single {
+        for v in msg.list_values(HeaderName::Via).into_iter().skip(1) {
+            if Via::parse(msg.slice(v)).is_err() {
+                return Err(Reject::new(400, "Malformed Via"));
+            }
         }
     }
     Ok(())

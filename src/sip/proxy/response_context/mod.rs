@@ -289,7 +289,7 @@ impl ResponseContext {
         let plan = self.plan.as_ref()?;
         let branch_id = plan.new_branch();
         let via = identity.via(through, &branch_id);
-        let bytes = plan.build(&self.request, identity, through, &branch_id);
+        let bytes = plan.build_with_via(&self.request, identity, through, &via);
         let reliable = through.transport.is_reliable();
         let client = if self.is_invite() {
             Client::Invite(ClientInvite::new(now, reliable, self.timers, bytes.clone()))
