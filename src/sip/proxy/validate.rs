@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::sip::message::{name_addr_uri, HeaderName, Message, Method};
+use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::via::{Via, MAGIC_COOKIE};
 
 use super::Reject;
@@ -107,14 +107,22 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
 
 /// A From/To/Contact value: quotes balanced; a display name that is not quoted is tokens
 /// and spaces only; no white space just inside `<` and `>`; an addr-spec without `<>` has
-/// no `?headers` (RFC 3261 section 20 and RFC 4475 sections 3.1.2.13-15).
+/// no `?headers` (RFC 3261 section 20 and RFC 4475 sections 3.1.2.13-15). The URI must be
+/// there as `name_addr_uri` finds it.
+///
+/// One scan finds the first `<...>` outside quoted strings and whether the quotes balance
+/// (the checks every request's From and To get).
 fn name_addr_ok(v: &[u8]) -> bool {
     use crate::sip::syntax::{is_lws, is_token_char, trim};
-    let Some(uri) = name_addr_uri(v).filter(|_| quotes_balanced(v)) else {
+    let Some(Scan { angle, balanced }) = scan(v) else {
         return false;
     };
-    match crate::sip::message::angle_span(v) {
+    if !balanced {
+        return false;
+    }
+    match angle {
         Some((open, close)) => {
+            let uri_ok = v.get(open + 1..close).is_some();
             let display = trim(v.get(..open).unwrap_or_default());
             let display_ok = display.first() == Some(&b'"')
                 || display.iter().all(|&b| is_token_char(b) || is_lws(b));
@@ -124,9 +132,87 @@ fn name_addr_ok(v: &[u8]) -> bool {
                 .and_then(|i| v.get(i))
                 .copied()
                 .unwrap_or(b'<');
-            display_ok && !is_lws(first) && !is_lws(last)
+            uri_ok && display_ok && !is_lws(first) && !is_lws(last)
         }
-        None => !uri.contains(&b'?'),
+        None => {
+            // An addr-spec: no `<` at all, a URI up to the first `;`, without `?`.
+            if memchr::memchr(b'<', v).is_some() {
+                return false;
+            }
+            let end = memchr::memchr(b';', v).unwrap_or(v.len());
+            let uri = trim(v.get(..end).unwrap_or_default());
+            !uri.is_empty() && !uri.contains(&b'?')
+        }
+    }
+}
+
+/// What one pass over a name-addr value finds.
+struct Scan {
+    /// The first `<` outside quotes and the first `>` after it (as `angle_span`).
+    angle: Option<(usize, usize)>,
+    /// Whether every quoted string is closed.
+    balanced: bool,
+}
+
+/// Scans `v` once, jumping between the bytes that matter (`"`, `\`, `<`, `>`).
+fn scan(v: &[u8]) -> Option<Scan> {
+    let mut open = None;
+    let mut i = 0;
+    loop {
+        let rest = v.get(i..)?;
+        // Outside a quoted string: the next quote or bracket.
+        let Some(at) = memchr::memchr3(b'"', b'<', b'>', rest) else {
+            let angle = None;
+            return Some(Scan {
+                angle,
+                balanced: true,
+            });
+        };
+        i += at;
+        match v.get(i) {
+            Some(b'"') => {
+                // Inside: up to the closing quote, skipping escaped characters.
+                i += 1;
+                loop {
+                    let rest = v.get(i..)?;
+                    let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
+                        return Some(Scan {
+                            angle: None,
+                            balanced: false,
+                        });
+                    };
+                    i += at;
+                    if v.get(i) == Some(&b'"') {
+                        i += 1;
+                        break;
+                    }
+                    i += 2;
+                    if i > v.len() {
+                        return Some(Scan {
+                            angle: None,
+                            balanced: false,
+                        });
+                    }
+                }
+            }
+            Some(b'<') => {
+                if open.is_none() {
+                    open = Some(i);
+                }
+                i += 1;
+            }
+            _ => {
+                if let Some(o) = open {
+                    // The URI is found; the rest only has to balance its quotes.
+                    let balanced = quotes_balanced(v.get(i..)?);
+                    return Some(Scan {
+                        angle: Some((o, i)),
+                        balanced,
+                    });
+                }
+                i += 1;
+            }
+        }
     }
 }
 
@@ -143,4 +229,70 @@ fn quotes_balanced(v: &[u8]) -> bool {
         }
     }
     !in_quote
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checks as they were written before [`scan`]: three passes.
+    fn name_addr_ok_reference(v: &[u8]) -> bool {
+        use crate::sip::syntax::{is_lws, is_token_char, trim};
+        let Some(uri) = crate::sip::message::name_addr_uri(v).filter(|_| quotes_balanced(v)) else {
+            return false;
+        };
+        match crate::sip::message::angle_span(v) {
+            Some((open, close)) => {
+                let display = trim(v.get(..open).unwrap_or_default());
+                let display_ok = display.first() == Some(&b'"')
+                    || display.iter().all(|&b| is_token_char(b) || is_lws(b));
+                let first = v.get(open + 1).copied().unwrap_or(b'>');
+                let last = close
+                    .checked_sub(1)
+                    .and_then(|i| v.get(i))
+                    .copied()
+                    .unwrap_or(b'<');
+                display_ok && !is_lws(first) && !is_lws(last)
+            }
+            None => !uri.contains(&b'?'),
+        }
+    }
+
+    #[test]
+    fn one_scan_agrees_with_the_three_passes() {
+        let cases: &[&[u8]] = &[
+            b"<sip:a@b>;tag=1",
+            b"\"A \\\"x\\\" B\" <sip:a@b>;tag=1",
+            b"\"unclosed <sip:a@b>",
+            b"sip:a@b;tag=2",
+            b"sip:a@b?x=y",
+            b"Bob <sip:b@c>",
+            b"Bob Smith <sip:b@c>",
+            b"B@b <sip:b@c>",
+            b"< sip:a@b>",
+            b"<sip:a@b >",
+            b"<sip:a@b",
+            b"sip:a@b>",
+            b"\"a<b>\" <sip:x@y>;p=\"q\"",
+            b"<sip:x@y>;p=\"unclosed",
+            b"\"\\",
+            b"\"x\\\"",
+            b"",
+            b"   ",
+            b";tag=1",
+            b"<>",
+            b"<sip:a@b> <sip:c@d>",
+            b"\"\" <sip:a@b>",
+            b"x <sip:a@b>>",
+            b"x >< <sip:a@b>",
+        ];
+        for v in cases {
+            assert_eq!(
+                name_addr_ok(v),
+                name_addr_ok_reference(v),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 }
