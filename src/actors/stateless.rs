@@ -96,12 +96,12 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
             return;
         }
     };
-    let received_branch = msg
-        .top_via()
-        .and_then(Result::ok)
-        .and_then(|v| v.branch().map(|b| b.as_bytes().to_vec()))
+    let top_via = msg.top_via().and_then(Result::ok);
+    let received_branch = top_via
+        .as_ref()
+        .and_then(|v| v.branch())
         .unwrap_or_default();
-    let branch = proxy::stateless_branch(plan.loop_hash, &received_branch);
+    let branch = proxy::stateless_branch(plan.loop_hash, received_branch.as_bytes());
     let hp = match &plan.destination {
         proxy::Destination::Pair(i) => live.upstreams.active_member(*i).cloned(),
         proxy::Destination::Host(hp) => Some(hp.clone()),

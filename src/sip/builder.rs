@@ -168,19 +168,25 @@ pub fn forward_response(msg: &Message) -> Bytes {
 /// From, To (with `to_tag` added when it has none and the code is above 100), Call-ID, CSeq.
 pub fn response(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &[String]) -> Bytes {
     let mut out = BytesMut::with_capacity(512);
-    let _ = write!(Writer(&mut out), "SIP/2.0 {code} {reason}\r\n");
+    out.put_slice(b"SIP/2.0 ");
+    out.put_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\n");
+    let add_tag = code > 100 && req.to_tag().is_none();
     for h in req.headers() {
         match h.name {
             HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                 put_line(&mut out, req.slice(h.line.clone()));
             }
             HeaderName::To => {
-                let value = String::from_utf8_lossy(req.value(h));
-                if code > 100 && req.to_tag().is_none() {
-                    put_header(&mut out, "To", &format!("{value};tag={to_tag}"));
-                } else {
-                    put_header(&mut out, "To", &value);
+                out.put_slice(b"To: ");
+                out.put_slice(req.value(h));
+                if add_tag {
+                    out.put_slice(b";tag=");
+                    out.put_slice(to_tag.as_bytes());
                 }
+                out.put_slice(b"\r\n");
             }
             _ => {}
         }

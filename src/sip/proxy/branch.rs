@@ -49,10 +49,12 @@ pub(super) fn push_hex(out: &mut String, v: u64, min_digits: usize) {
 /// A branch that is the same every time for the same received request (stateless
 /// forwarding of ACK for 2xx, RFC 3261 section 16.11).
 pub fn stateless_branch(loop_hash: u32, received_branch: &[u8]) -> String {
-    format!(
-        "{BRANCH_PREFIX}{loop_hash:08x}s{:016x}",
-        fnv1a(&[received_branch])
-    )
+    let mut branch = String::with_capacity(BRANCH_PREFIX.len() + 8 + 1 + 16);
+    branch.push_str(BRANCH_PREFIX);
+    push_hex(&mut branch, u64::from(loop_hash), 8);
+    branch.push('s');
+    push_hex(&mut branch, fnv1a(&[received_branch]), 16);
+    branch
 }
 
 /// FNV-1a over several byte strings (with a separator), for branches and tags.
@@ -179,6 +181,16 @@ mod tests {
             push_hex(&mut s, v, 8);
             assert_eq!(s, format!("{v:08x}"));
         }
+    }
+
+    #[test]
+    fn branches_read_as_before() {
+        assert_eq!(
+            stateless_branch(0xab, b"z9hG4bK1"),
+            format!("{BRANCH_PREFIX}{:08x}s{:016x}", 0xab, fnv1a(&[b"z9hG4bK1"]))
+        );
+        let b = new_branch(0x1234);
+        assert!(b.starts_with(&format!("{BRANCH_PREFIX}00001234")), "{b}");
     }
 
     #[test]

@@ -286,10 +286,11 @@ impl LocalIdentity {
         let host = host.strip_suffix('.').unwrap_or(host);
         let listens_on = |p: u16| self.listeners.iter().any(|l| l.address.port() == p);
         // A listener's own advertised address (a public address per interface).
+        let host_ip = host.parse::<IpAddr>().ok();
         let advertised_by_a_listener = self.listeners.iter().any(|l| {
             l.advertised.as_ref().is_some_and(|(h, p)| {
-                let same_host = match (h.parse::<IpAddr>(), host.parse::<IpAddr>()) {
-                    (Ok(a), Ok(b)) => a == b,
+                let same_host = match (h.parse::<IpAddr>(), host_ip) {
+                    (Ok(a), Some(b)) => a == b,
                     _ => h.eq_ignore_ascii_case(host),
                 };
                 same_host && port.unwrap_or(t.default_port()) == p.unwrap_or(l.address.port())
@@ -298,15 +299,14 @@ impl LocalIdentity {
         if advertised_by_a_listener {
             return true;
         }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            let ours = self.advertised_host.parse::<IpAddr>().ok() == Some(ip)
-                || self.listeners.iter().any(|l| {
-                    let bound = l.address.ip();
-                    bound == ip
-                        || (bound.is_unspecified()
-                            && bound.is_ipv4() == ip.is_ipv4()
-                            && (ip.is_loopback() || self.addresses.contains(&ip)))
-                });
+        if let Some(ip) = host_ip {
+            let ours = self.listeners.iter().any(|l| {
+                let bound = l.address.ip();
+                bound == ip
+                    || (bound.is_unspecified()
+                        && bound.is_ipv4() == ip.is_ipv4()
+                        && (ip.is_loopback() || self.addresses.contains(&ip)))
+            }) || self.advertised_host.parse::<IpAddr>().ok() == Some(ip);
             return ours && listens_on(port.unwrap_or(t.default_port()));
         }
         if host.eq_ignore_ascii_case(&self.advertised_host) {
