@@ -147,6 +147,34 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// The methods counted under their own name in `requests` (any other is `other`).
+const KNOWN_METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "MESSAGE",
+    "PUBLISH",
+];
+
+/// Series of the per-message families, each made on its first use (so that the exposition
+/// lists only what was seen, as the families alone do) and then kept.
+#[derive(Default)]
+struct HotSeries {
+    /// `requests` per known method, then `other`.
+    requests: [std::sync::OnceLock<Counter>; KNOWN_METHODS.len() + 1],
+    /// `responses` per origin (relayed, local) and class (6 each).
+    responses: [std::sync::OnceLock<Counter>; 12],
+}
+
 /// Every metric the proxy keeps.
 pub struct Metrics {
     registry: Registry,
@@ -154,6 +182,9 @@ pub struct Metrics {
     pub requests: Family<MethodLabels, Counter>,
     /// Responses sent toward clients, by class and origin.
     pub responses: Family<ResponseLabels, Counter>,
+    /// The series of `requests` and `responses` each message counts in, found in their
+    /// families once and kept (a family lookup locks and hashes the labels).
+    hot: HotSeries,
     /// 503 responses sent toward clients, every reason.
     pub responses_503: Counter,
     /// Messages that could not be parsed or framed, by reason.
@@ -226,6 +257,7 @@ impl Metrics {
         let m = Metrics {
             requests: Family::default(),
             responses: Family::default(),
+            hot: HotSeries::default(),
             responses_503: Counter::default(),
             parse_errors: Family::default(),
             dropped: Family::default(),
@@ -415,41 +447,41 @@ impl Metrics {
 
     /// Counts a request.
     pub fn request(&self, method: &str) {
-        const KNOWN: [&str; 14] = [
-            "INVITE",
-            "ACK",
-            "BYE",
-            "CANCEL",
-            "OPTIONS",
-            "REGISTER",
-            "SUBSCRIBE",
-            "NOTIFY",
-            "REFER",
-            "INFO",
-            "UPDATE",
-            "PRACK",
-            "MESSAGE",
-            "PUBLISH",
-        ];
-        let method = KNOWN
+        let slot = KNOWN_METHODS
             .iter()
-            .find(|m| **m == method)
-            .copied()
-            .unwrap_or("other");
-        self.requests.get_or_create(&MethodLabels { method }).inc();
+            .position(|m| *m == method)
+            .unwrap_or(KNOWN_METHODS.len());
+        let method = KNOWN_METHODS.get(slot).copied().unwrap_or("other");
+        match self.hot.requests.get(slot) {
+            Some(series) => series
+                .get_or_init(|| {
+                    self.requests
+                        .get_or_create(&MethodLabels { method })
+                        .clone()
+                })
+                .inc(),
+            None => self.requests.get_or_create(&MethodLabels { method }).inc(),
+        };
     }
 
-    /// Counts a response sent toward a client.
+    /// Counts a response sent toward a client (`origin`: `relayed` or `local`).
     pub fn response(&self, code: u16, origin: &'static str) {
         if code == 503 {
             self.responses_503.inc();
         }
-        self.responses
-            .get_or_create(&ResponseLabels {
-                class: StatusClass::of(code),
-                origin,
-            })
-            .inc();
+        let class = StatusClass::of(code);
+        let labels = || ResponseLabels { class, origin };
+        let row = match origin {
+            "relayed" => Some(0),
+            "local" => Some(1),
+            _ => None,
+        };
+        match row.and_then(|r| self.hot.responses.get(r * 6 + class as usize)) {
+            Some(series) => series
+                .get_or_init(|| self.responses.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.responses.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Counts a message dropped without an answer, and logs it (debug) with its reason.
@@ -487,5 +519,37 @@ impl Metrics {
         self.actor_failures
             .get_or_create(&KindLabels { kind })
             .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_series_count_in_their_families_and_only_seen_ones_are_listed() {
+        let m = Metrics::new();
+        m.request("INVITE");
+        m.request("INVITE");
+        m.request("FOO");
+        m.response(180, "relayed");
+        m.response(503, "local");
+        m.response(503, "local");
+        let text = m.encode();
+        assert!(
+            text.contains("sippool_requests_received_total{method=\"INVITE\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("sippool_requests_received_total{method=\"other\"} 1"));
+        assert!(
+            !text.contains("method=\"BYE\""),
+            "unseen methods are not listed"
+        );
+        assert!(
+            text.contains("class=\"1xx\",origin=\"relayed\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("class=\"5xx\",origin=\"local\"} 2"));
+        assert!(!text.contains("class=\"2xx\""));
     }
 }
