@@ -70,6 +70,8 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// `("ab", "c")` and `("a", "bc")` differ.
 struct Fnv1a(u64);
 
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
 impl Default for Fnv1a {
     fn default() -> Self {
         Fnv1a(0xcbf2_9ce4_8422_2325)
@@ -78,10 +80,11 @@ impl Default for Fnv1a {
 
 impl Fnv1a {
     fn part(&mut self, p: &[u8]) {
-        for &b in p.iter().chain(std::iter::once(&0xffu8)) {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut h = self.0;
+        for &b in p {
+            h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
         }
+        self.0 = (h ^ 0xff).wrapping_mul(FNV_PRIME);
     }
 }
 
@@ -191,6 +194,18 @@ mod tests {
         );
         let b = new_branch(0x1234);
         assert!(b.starts_with(&format!("{BRANCH_PREFIX}00001234")), "{b}");
+    }
+
+    #[test]
+    fn fnv1a_of_known_input() {
+        // FNV-1a 64 of "a" then the 0xff separator, computed by hand from the definition.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in [b'a', 0xff] {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        assert_eq!(fnv1a(&[b"a"]), h);
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
     }
 
     #[test]

@@ -66,10 +66,15 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
         if crate::sip::syntax::trim(v) == b"*" {
             continue;
         }
-        for r in crate::sip::syntax::split_list(v) {
-            if !name_addr_ok(v.get(r).unwrap_or_default()) {
-                return Err(Reject::new(400, "Malformed Contact"));
-            }
+        let ok = match memchr::memchr(b',', v) {
+            // One value (most requests): no list to split.
+            None => name_addr_ok(crate::sip::syntax::trim(v)),
+            Some(_) => crate::sip::syntax::split_list(v)
+                .into_iter()
+                .all(|r| name_addr_ok(v.get(r).unwrap_or_default())),
+        };
+        if !ok {
+            return Err(Reject::new(400, "Malformed Contact"));
         }
     }
     if msg.call_id().is_some_and(|c| c.is_empty()) {
@@ -91,10 +96,10 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
     // The top Via is `via`, parsed already; the others are checked here. A request that
     // has not passed through another proxy has no other (one Via line, one value).
     let mut via_lines = msg.all(HeaderName::Via);
-    let single = via_lines
-        .next()
-        .is_some_and(|h| crate::sip::syntax::find_unquoted(msg.value(h), 0, b',').is_none())
-        && via_lines.next().is_none();
+    let single = via_lines.next().is_some_and(|h| {
+        let v = msg.value(h);
+        memchr::memchr(b',', v).is_none() || crate::sip::syntax::find_unquoted(v, 0, b',').is_none()
+    }) && via_lines.next().is_none();
     if !single {
         for v in msg.list_values(HeaderName::Via).into_iter().skip(1) {
             if Via::parse(msg.slice(v)).is_err() {
