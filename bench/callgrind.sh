@@ -15,7 +15,7 @@
 # CTL_SOCK in the run's proxy directory, DS_PING_S, FR_TIMER_MS from the harness's environment),
 # but through run.sh's custom mode so that valgrind can wrap it: `valgrind --tool=callgrind
 # --trace-children=yes`, one out file and one log per process (%p). Its Ir is the sum over all
-# its processes (12: main, 4 UDP and 2 TCP workers, TCP main, timers, ctl); every process must
+# its processes (12 with this config, as the harness README says); every process must
 # leave a log with "Collected" and an out file, and their number must be KAM_PROCS (default 12),
 # else no figure. Forked children inherit the main process's start-up count (callgrind does not
 # zero costs at fork), about 11M Ir each: the same in both runs, so it cancels out as well.
