@@ -19,6 +19,13 @@
 # leave a log with "Collected" and an out file, and their number must be KAM_PROCS (default 12),
 # else no figure. Forked children inherit the main process's start-up count (callgrind does not
 # zero costs at fork), about 11M Ir each: the same in both runs, so it cancels out as well.
+# Valgrind slows Kamailio down but not to its fr_timer (FR_TIMER_MS=1000, as in run.sh): in the
+# sitting of 2026-11-30 (2 busy cores) its slowest INVITE->200 took 426 ms, with no retransmission
+# and every INVITE answered by the primary (no timeout, no failover), so both proxies keep the
+# harness's 1 s timers. Should calls fail under callgrind, the script gives no figure (below).
+# That sitting, 1000 calls at 50/s on BENCH_NET=127.0.8, each proxy twice: Kamailio 5.6.3
+# 271,123 and 271,178 Ir per call (about 266k in its 4 UDP workers, 4.5k in a timer process);
+# sippool e19be7c 223,246 and 222,642, i.e. 0.82 of Kamailio's.
 #
 #   bench/callgrind.sh [BINARY]       default target/release/sippool (build it first)
 #   PROXY=kamailio bench/callgrind.sh [KAMAILIO]
