@@ -446,3 +446,55 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
         _ => source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::proxy::{LocalIdentity, Side};
+
+    /// Toward a server, a worker's own socket (and its port in our Via); toward anyone
+    /// else, and in Record-Route and Path, the listener.
+    #[tokio::test]
+    async fn a_workers_requests_to_servers_leave_by_its_own_socket() {
+        let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let own = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (l_addr, own_addr) = (listen.local_addr().unwrap(), own.local_addr().unwrap());
+        let t = Transports::default();
+        t.register_udp(listen);
+        assert!(!t.register_worker_udp(0, "127.0.0.9:5060".parse().unwrap(), own.clone()));
+        assert!(t.register_worker_udp(0, l_addr, own));
+        let server: SocketAddr = "127.0.0.2:5060".parse().unwrap();
+        let local = |s: Option<Arc<UdpSocket>>| s.and_then(|s| s.local_addr().ok());
+        assert_eq!(local(t.udp_toward(&server, true)), Some(own_addr));
+        assert_eq!(local(t.udp_toward(&server, false)), Some(l_addr));
+        assert_eq!(local(t.udp_for(&server)), Some(l_addr));
+        let mut listener = Listener::new(Transport::Udp, l_addr);
+        listener.worker_ports = vec![own_addr.port()];
+        let id = LocalIdentity::new("127.0.0.1", vec![listener.clone()]);
+        let through = t.through(
+            std::slice::from_ref(&listener),
+            Transport::Udp,
+            server,
+            true,
+        );
+        assert_eq!(through.local, Some(own_addr));
+        assert_eq!(
+            id.via(through, "z9hG4bK1"),
+            format!("SIP/2.0/UDP {own_addr};branch=z9hG4bK1")
+        );
+        assert_eq!(
+            id.record_route(through, Side::Servers, None),
+            format!("<sip:{l_addr};lr>")
+        );
+        assert!(id
+            .path(through, "tok", false)
+            .contains(&format!("@{l_addr};lr>")));
+        assert!(id.is_local("127.0.0.1", Some(own_addr.port()), Transport::Udp));
+        let phone = t.through(&[listener], Transport::Udp, server, false);
+        assert_eq!(phone.local, Some(l_addr));
+        assert_eq!(
+            id.via(phone, "z9hG4bK2"),
+            format!("SIP/2.0/UDP {l_addr};branch=z9hG4bK2")
+        );
+    }
+}
