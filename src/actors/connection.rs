@@ -109,7 +109,7 @@ pub fn start_connection(core: &Arc<Core>, conn: NewConn) -> Result<ConnHandle, S
 pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<ConnOrUdp, SendError> {
     match target.transport {
         Transport::Udp => {
-            let server = core.live().upstreams.is_upstream(target.addr.ip());
+            let server = |ip| core.live().upstreams.is_upstream(ip);
             let sock = core
                 .transports
                 .udp_toward(&target.addr, server)

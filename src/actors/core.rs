@@ -288,7 +288,7 @@ impl Core {
             &live.identity.listeners,
             target.transport,
             target.addr,
-            live.upstreams.is_upstream(target.addr.ip()),
+            |ip| live.upstreams.is_upstream(ip),
         )
     }
 

@@ -502,7 +502,7 @@ async fn send_on(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
         }
     }
     if b.target.transport == crate::sip::transport::Transport::Udp {
-        let server = core.live().upstreams.is_upstream(b.target.addr.ip());
+        let server = |ip| core.live().upstreams.is_upstream(ip);
         if let Some(sock) = core.transports.udp_toward(&b.target.addr, server) {
             return send_udp(&sock, b.target.addr, bytes).is_ok();
         }

@@ -4,7 +4,7 @@
 //! address for requests we originate; responses always go back on the connection the
 //! request came in on, carried in [`ReplyPath`]) and the UDP sockets of the listeners.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -270,19 +270,27 @@ impl Transports {
     /// wildcard one); else the family's first. A listener's socket: for responses, and
     /// requests toward phones.
     pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
-        self.udp_entry(dest, false).map(|(_, s)| s)
+        self.udp_entry(dest, |_| false).map(|(_, s)| s)
     }
 
-    /// The UDP socket a request to `dest` leaves by: toward a `server`, the calling
-    /// worker's own socket on the address of the listener [`Self::udp_for`] picks, when
-    /// workers have sockets of their own (the responses then come back to this worker);
-    /// else that listener's socket.
-    pub fn udp_toward(&self, dest: &SocketAddr, server: bool) -> Option<Arc<UdpSocket>> {
-        self.udp_entry(dest, server).map(|(_, s)| s)
+    /// The UDP socket a request to `dest` leaves by: toward a server (`is_server`, asked
+    /// only when workers have sockets of their own), the calling worker's own socket on
+    /// the address of the listener [`Self::udp_for`] picks (the responses then come back
+    /// to this worker); else that listener's socket.
+    pub fn udp_toward(
+        &self,
+        dest: &SocketAddr,
+        is_server: impl FnOnce(IpAddr) -> bool,
+    ) -> Option<Arc<UdpSocket>> {
+        self.udp_entry(dest, is_server).map(|(_, s)| s)
     }
 
     /// [`Self::udp_toward`] with the socket's local address, as it was registered.
-    fn udp_entry(&self, dest: &SocketAddr, own: bool) -> Option<(SocketAddr, Arc<UdpSocket>)> {
+    fn udp_entry(
+        &self,
+        dest: &SocketAddr,
+        is_server: impl FnOnce(IpAddr) -> bool,
+    ) -> Option<(SocketAddr, Arc<UdpSocket>)> {
         let v = self.udp.read().ok()?;
         let family = || v.iter().filter(|e| e.local.is_ipv4() == dest.is_ipv4());
         let chosen = if family().nth(1).is_some() {
@@ -296,12 +304,13 @@ impl Transports {
             Some(local) => family().find(|e| e.local == local),
             None => family().next(),
         }?;
-        let mine = match own {
-            true => usize::try_from(super::workers::current())
+        let mine = match entry.own.is_empty() {
+            true => None,
+            false => usize::try_from(super::workers::current())
                 .ok()
                 .and_then(|w| entry.own.get(w))
-                .and_then(Option::as_ref),
-            false => None,
+                .and_then(Option::as_ref)
+                .filter(|_| is_server(dest.ip())),
         };
         Some(match mine {
             Some((local, sock)) => (*local, sock.clone()),
@@ -310,7 +319,7 @@ impl Transports {
     }
 
     /// The listener a message to `dest` over `transport` leaves by (see
-    /// [`Self::udp_toward`], with the worker's own socket toward a `server`; for streams,
+    /// [`Self::udp_toward`], with the worker's own socket toward a server; for streams,
     /// the listener of that transport bound to the source address the kernel would use),
     /// for the Via, Record-Route and Path written into it.
     pub fn through(
@@ -318,10 +327,10 @@ impl Transports {
         listeners: &[Listener],
         transport: Transport,
         dest: SocketAddr,
-        server: bool,
+        is_server: impl FnOnce(IpAddr) -> bool,
     ) -> Through {
         let local = if transport == Transport::Udp {
-            self.udp_entry(&dest, server).map(|(local, _)| local)
+            self.udp_entry(&dest, is_server).map(|(local, _)| local)
         } else {
             let of = || {
                 listeners
@@ -465,8 +474,8 @@ mod tests {
         assert!(t.register_worker_udp(0, l_addr, own));
         let server: SocketAddr = "127.0.0.2:5060".parse().unwrap();
         let local = |s: Option<Arc<UdpSocket>>| s.and_then(|s| s.local_addr().ok());
-        assert_eq!(local(t.udp_toward(&server, true)), Some(own_addr));
-        assert_eq!(local(t.udp_toward(&server, false)), Some(l_addr));
+        assert_eq!(local(t.udp_toward(&server, |_| true)), Some(own_addr));
+        assert_eq!(local(t.udp_toward(&server, |_| false)), Some(l_addr));
         assert_eq!(local(t.udp_for(&server)), Some(l_addr));
         let mut listener = Listener::new(Transport::Udp, l_addr);
         listener.worker_ports = vec![own_addr.port()];
@@ -475,7 +484,7 @@ mod tests {
             std::slice::from_ref(&listener),
             Transport::Udp,
             server,
-            true,
+            |_| true,
         );
         assert_eq!(through.local, Some(own_addr));
         assert_eq!(
@@ -490,7 +499,7 @@ mod tests {
             .path(through, "tok", false)
             .contains(&format!("@{l_addr};lr>")));
         assert!(id.is_local("127.0.0.1", Some(own_addr.port()), Transport::Udp));
-        let phone = t.through(&[listener], Transport::Udp, server, false);
+        let phone = t.through(&[listener], Transport::Udp, server, |_| false);
         assert_eq!(phone.local, Some(l_addr));
         assert_eq!(
             id.via(phone, "z9hG4bK2"),
