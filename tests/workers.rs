@@ -112,3 +112,208 @@ fn workers_and_a_work_stealing_runtime_do_not_go_together() {
         .expect("auto is valid");
     assert!(s.workers >= 1);
 }
+
+/// The top Via's sent-by of a request, as an address.
+fn via_sent_by(m: &SipMsg) -> std::net::SocketAddr {
+    let top = m.all("via").into_iter().next().expect("a Via");
+    let sent_by = top.split_whitespace().nth(1).expect("sent-by");
+    sent_by
+        .split(';')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an IP address and port")
+}
+
+/// A UDP server that answers as RFC 3261 section 18.2.2 says without `rport`: to the
+/// address in the top Via, not to the source. Each request it got, with its source, goes
+/// to the returned channel.
+async fn via_answering_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(std::net::SocketAddr, SipMsg)>,
+) {
+    let sock = tokio::net::UdpSocket::bind((loopback(UPSTREAM), 0))
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Some(req) = SipMsg::parse(&buf[..n]) else {
+                continue;
+            };
+            let contact = format!("<sip:uas@{addr}>");
+            let to = via_sent_by(&req);
+            let answers: &[(u16, &str)] = match req.method() {
+                Some("ACK") | None => &[],
+                Some("INVITE") => &[(180, "Ringing"), (200, "OK")],
+                Some(_) => &[(200, "OK")],
+            };
+            for (code, reason) in answers {
+                let text = response(&req, *code, reason, &contact);
+                let _ = sock.send_to(text.as_bytes(), to).await;
+            }
+            if tx.send((from, req)).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn responses_come_back_to_the_worker_that_sent_the_request() {
+    let (server, mut requests) = via_answering_server().await;
+    let extra = format!(
+        "{}[runtime]\nworkers = 2\n",
+        pair(&format!("{server};transport=udp"), "127.0.2.254:9")
+    );
+    let p = proxy(&["udp"], &extra).await;
+    let addr = p.local_addr(Transport::Udp).expect("udp");
+    // Phones on many source ports: the kernel spreads their requests over both workers.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        calls.spawn(async move {
+            let mut phone = Phone::udp(addr).await;
+            phone.call("sip:agent@site.example").await;
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("every call completes");
+    }
+    // Every request reached the server from a worker's own socket on the listener's
+    // address, whose port its Via names; Record-Route names the listener.
+    let mut sources = std::collections::HashSet::new();
+    while let Ok((from, req)) = requests.try_recv() {
+        assert_eq!(from.ip(), addr.ip(), "{}", req.start);
+        assert_ne!(
+            from.port(),
+            addr.port(),
+            "not the listener's socket: {}",
+            req.text()
+        );
+        assert_eq!(
+            via_sent_by(&req),
+            from,
+            "the Via names the socket it came from"
+        );
+        if req.method() == Some("INVITE") {
+            let rr = req.all("record-route").join(",");
+            assert!(rr.contains(&addr.to_string()), "{rr}");
+        }
+        sources.insert(from);
+    }
+    assert_eq!(sources.len(), 2, "one socket per worker: {sources:?}");
+    let metrics = p.core().metrics.encode();
+    for w in ["0", "1"] {
+        let n = sample(
+            &metrics,
+            &format!("sippool_datagrams_received_total{{worker=\"{w}\"}}"),
+        );
+        assert!(n > 0.0, "worker {w} received nothing:\n{metrics}");
+    }
+    // Each response reached the worker whose transaction waited for it.
+    assert_eq!(
+        sample(&metrics, "sippool_worker_handoffs_total"),
+        0.0,
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+/// The phone registers through the proxy (the registrar answers 200); the Path the
+/// registrar saw.
+async fn register(phone: &mut Phone, up: &mut Upstream) -> String {
+    let req = phone.request(
+        "REGISTER",
+        "sip:site.example",
+        &unique("reg"),
+        &unique("z9hG4bKr"),
+        "",
+        "",
+    );
+    phone.send(&req).await;
+    let path = up
+        .recv_method("REGISTER")
+        .await
+        .header("path")
+        .expect("Path added")
+        .to_string();
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    path
+}
+
+#[tokio::test]
+async fn a_flow_on_one_workers_connection_is_reached_from_another_worker() {
+    let mut up = Upstream::udp(Behaviour::Answer).await;
+    let extra = format!(
+        "{}[runtime]\nworkers = 2\n",
+        pair(&up.uri(), "127.0.2.254:9")
+    );
+    let p = proxy(&["udp", "tcp"], &extra).await;
+    let udp = p.local_addr(Transport::Udp).expect("udp");
+    let tcp = p.local_addr(Transport::Tcp).expect("tcp");
+    // Two phones over TCP: their connections go to the workers in turn, one each.
+    let mut phones = Vec::new();
+    for _ in 0..2 {
+        let mut phone = Phone::tcp(tcp).await;
+        let path = register(&mut phone, &mut up).await;
+        phones.push((phone, path));
+    }
+    let received = |p: &sippool::actors::Proxy| -> Vec<f64> {
+        let metrics = p.core().metrics.encode();
+        ["0", "1"]
+            .iter()
+            .map(|w| {
+                sample(
+                    &metrics,
+                    &format!("sippool_datagrams_received_total{{worker=\"{w}\"}}"),
+                )
+            })
+            .collect()
+    };
+    let metrics = p.core().metrics.encode();
+    for w in ["0", "1"] {
+        let n = sample(
+            &metrics,
+            &format!("sippool_worker_connections{{worker=\"{w}\"}}"),
+        );
+        assert_eq!(n, 1.0, "worker {w}:\n{metrics}");
+    }
+    let before = received(&p);
+    // The server calls each phone along its Path, from one socket: both requests reach
+    // the same worker, and each is sent over its phone's connection, one of them on the
+    // other worker.
+    let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
+        .await
+        .expect("bind");
+    let server_addr = server.local_addr().expect("addr");
+    for (phone, path) in &mut phones {
+        let call_id = unique("down");
+        let invite = server_invite(server_addr, phone, path, &call_id);
+        server.send_to(invite.as_bytes(), udp).await.expect("send");
+        let got = loop {
+            let m = phone.recv().await;
+            if m.method() == Some("INVITE") {
+                break m;
+            }
+        };
+        assert_eq!(got.header("call-id"), Some(call_id.as_str()));
+        phone
+            .send(&response(
+                &got,
+                200,
+                "OK",
+                &format!("<sip:alice@{};transport=tcp>", phone.addr),
+            ))
+            .await;
+        assert_eq!(server_final(&server, &call_id).await.status(), Some(200));
+    }
+    let after = received(&p);
+    let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        got.contains(&2.0) && got.contains(&0.0),
+        "one worker got both of the server's requests: {got:?}"
+    );
+    p.stop().await;
+}

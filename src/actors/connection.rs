@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{KindLabels, Metrics, WorkerLabels};
 use crate::sip::transport::Transport;
 
 use super::core::Core;
@@ -47,6 +47,10 @@ fn release(core: &Core, h: &ConnHandle) {
         kind: h.transport.uri_param(),
     };
     core.metrics.connections.get_or_create(&kind).dec();
+    core.metrics
+        .worker_connections
+        .get_or_create(&WorkerLabels { worker: h.worker })
+        .dec();
     if h.has_flow() {
         core.metrics.flows.get_or_create(&kind).dec();
     }
@@ -89,18 +93,26 @@ pub fn start_connection(core: &Arc<Core>, conn: NewConn) -> Result<ConnHandle, S
             kind: conn.transport.uri_param(),
         })
         .inc();
+    core.metrics
+        .worker_connections
+        .get_or_create(&WorkerLabels {
+            worker: handle.worker,
+        })
+        .inc();
     task::spawn(core.clone(), handle.clone(), conn.stream);
     Ok(handle)
 }
 
-/// Sends a request toward `target`: UDP from a listen socket, TCP over an open connection to
+/// Sends a request toward `target`: UDP from a listen socket (toward a server, the worker's
+/// own socket: see `Transports::udp_toward`), TCP over an open connection to
 /// that address or a new one.
 pub async fn send(core: &Arc<Core>, target: Target, bytes: Bytes) -> Result<ConnOrUdp, SendError> {
     match target.transport {
         Transport::Udp => {
+            let server = |ip| core.live().upstreams.is_upstream(ip);
             let sock = core
                 .transports
-                .udp_for(&target.addr)
+                .udp_toward(&target.addr, server)
                 .ok_or(SendError::NoTransport)?;
             send_udp(&sock, target.addr, bytes)?;
             Ok(ConnOrUdp::Udp)
@@ -241,7 +253,7 @@ pub enum ConnOrUdp {
 }
 
 /// Accepts TCP connections on a bound listener until the owning actor stops it; each is
-/// admitted on a task of its own (see [`admit`]).
+/// admitted on a task of its own (see [`admit`]), on the worker whose turn it is.
 pub fn spawn_accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
@@ -264,9 +276,42 @@ pub fn spawn_accept_loop(
                 drop(stream);
                 continue;
             }
-            tokio::spawn(admit(core.clone(), stream, peer, opts.clone()));
+            place(&core, stream, peer, &opts);
         }
     })
+}
+
+/// Starts admitting an accepted connection on the worker whose turn it is (see
+/// `workers::Placement`); that worker owns it from then on. With one worker, here.
+fn place(
+    core: &Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    opts: &Arc<crate::config::Listener>,
+) {
+    let (core, opts) = (core.clone(), opts.clone());
+    let Some((worker, rt)) = core.transports.placement.next() else {
+        tokio::spawn(admit(core, stream, peer, opts));
+        return;
+    };
+    if worker == super::workers::current() {
+        tokio::spawn(admit(core, stream, peer, opts));
+        return;
+    }
+    // Off this runtime's reactor, onto the worker's.
+    let std = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(event = "accept_failed", %peer, error = %e);
+            return;
+        }
+    };
+    rt.spawn(async move {
+        match TcpStream::from_std(std) {
+            Ok(stream) => admit(core, stream, peer, opts).await,
+            Err(e) => tracing::warn!(event = "accept_failed", %peer, error = %e),
+        }
+    });
 }
 
 /// One accepted connection: on a PROXY protocol listener, its header first (the client's

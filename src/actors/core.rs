@@ -284,8 +284,12 @@ impl Core {
         live: &Live,
         target: super::transport::Target,
     ) -> crate::sip::proxy::Through {
-        self.transports
-            .through(&live.identity.listeners, target.transport, target.addr)
+        self.transports.through(
+            &live.identity.listeners,
+            target.transport,
+            target.addr,
+            |ip| live.upstreams.is_upstream(ip),
+        )
     }
 
     /// Where a flow of this process leads (the token was checked by

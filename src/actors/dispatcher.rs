@@ -49,6 +49,9 @@ fn route(core: &Arc<Core>, inbound: Inbound) {
             let Some(tx) = core.txns.client.get(&key).map(|r| r.clone()) else {
                 return forward_stray_response(core, &inbound.msg);
             };
+            if tx.worker() != super::workers::current() {
+                core.metrics.worker_handoffs.inc();
+            }
             if let Err(TxMsg::Response(back)) = tx.send(TxMsg::Response(Box::new((key, inbound)))) {
                 forward_stray_response(core, &back.1.msg);
             }

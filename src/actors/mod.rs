@@ -37,7 +37,7 @@ pub(crate) mod tls;
 pub(crate) mod transaction;
 pub(crate) mod transport;
 pub(crate) mod udp;
-mod workers;
+pub(crate) mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,23 +119,7 @@ impl Proxy {
             }
             sockets.push(bound);
         }
-        // One more socket per UDP listener for every worker beyond the first, on the
-        // address the first was bound to (its port resolved).
-        let mut extra: Vec<Vec<std::net::UdpSocket>> = Vec::new();
-        for _ in 1..settings.workers {
-            let mut mine = Vec::new();
-            for l in settings
-                .listeners
-                .iter()
-                .filter(|l| l.transport == Transport::Udp)
-            {
-                mine.push(
-                    bind_udp(l.address, l.dscp, true)
-                        .map_err(|e| cannot_start(l, " a worker's socket", &e))?,
-                );
-            }
-            extra.push(mine);
-        }
+        let extra = bind_worker_sockets(&mut settings)?;
         let http_listener = match settings.http {
             None => None,
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -165,9 +149,9 @@ impl Proxy {
         let health = reload::HealthTree::start(&core, root.get_cell())
             .await
             .map_err(|e| StartError(format!("health actors cannot start: {e}")))?;
-        let workers = match extra.is_empty() {
-            true => None,
-            false => Some(
+        let workers = match extra.len() > 1 {
+            false => None,
+            true => Some(
                 workers::Workers::start(&core, extra)
                     .map_err(|e| StartError(format!("workers cannot start: {e}")))?,
             ),
@@ -364,6 +348,45 @@ fn cannot_start(l: &Listener, what: &str, e: &std::io::Error) -> StartError {
         "SIP listener {} {} cannot start{what}: {e}",
         l.transport, l.address
     ))
+}
+
+/// The sockets of every worker (none with one worker): for each UDP listener, one more
+/// socket on its address for every worker beyond the first (`SO_REUSEPORT`), and one of
+/// each worker's own on the listener's IP address, whose port goes into the listener's
+/// [`Listener::worker_ports`].
+fn bind_worker_sockets(settings: &mut Settings) -> Result<Vec<workers::WorkerSockets>, StartError> {
+    let mut all = Vec::new();
+    if settings.workers < 2 {
+        return Ok(all);
+    }
+    for worker in 0..settings.workers {
+        let mut mine = workers::WorkerSockets {
+            listen: Vec::new(),
+            own: Vec::new(),
+        };
+        for l in settings
+            .listeners
+            .iter_mut()
+            .filter(|l| l.transport == Transport::Udp)
+        {
+            if worker > 0 {
+                mine.listen.push(
+                    bind_udp(l.address, l.dscp, true)
+                        .map_err(|e| cannot_start(l, " a worker's socket", &e))?,
+                );
+            }
+            let own = bind_udp(SocketAddr::new(l.address.ip(), 0), l.dscp, false)
+                .map_err(|e| cannot_start(l, " a worker's own socket", &e))?;
+            let port = own
+                .local_addr()
+                .map_err(|e| StartError(e.to_string()))?
+                .port();
+            l.worker_ports.push(port);
+            mine.own.push((l.address, own));
+        }
+        all.push(mine);
+    }
+    Ok(all)
 }
 
 /// A UDP listen socket; `reuse_port` when several workers each bind one to the address.

@@ -138,7 +138,8 @@ pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
             },
         );
         let bytes = plan.build(msg, &live.identity, through, &branch);
-        match core.transports.udp_for(&addr) {
+        let server = |ip| live.upstreams.is_upstream(ip);
+        match core.transports.udp_toward(&addr, server) {
             Some(sock) => {
                 let _ = send_udp(&sock, addr, bytes);
             }

@@ -54,11 +54,14 @@ pub struct TxHandle {
 }
 
 impl TxHandle {
-    /// A new mailbox: its address, and the receiving end for the transaction's task.
+    /// A new mailbox: its address, and the receiving end for the transaction's task,
+    /// which runs on the calling worker.
     pub fn new() -> (TxHandle, UnboundedReceiver<TxMsg>) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let (tx, rx) = unbounded_channel();
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & COUNT_MASK;
+        let worker = u64::from(super::workers::current().min(0xffff));
+        let id = (worker << WORKER_SHIFT) | n;
         (TxHandle { id, tx }, rx)
     }
 
@@ -67,11 +70,20 @@ impl TxHandle {
         self.id
     }
 
+    /// The worker whose runtime runs the transaction (kept in the top bits of its id).
+    pub fn worker(&self) -> u32 {
+        u32::try_from(self.id >> WORKER_SHIFT).unwrap_or(u32::MAX)
+    }
+
     /// Hands a message to the transaction; `Err` gives it back when it has ended.
     pub fn send(&self, msg: TxMsg) -> Result<(), TxMsg> {
         self.tx.send(msg).map_err(|e| e.0)
     }
 }
+
+/// A transaction's id: its worker in the top 16 bits, a process-wide count below.
+const WORKER_SHIFT: u32 = 48;
+const COUNT_MASK: u64 = (1 << WORKER_SHIFT) - 1;
 
 /// What is kept of a transaction after its actor ended (see [`Transactions::lingering`]).
 #[derive(Debug)]

@@ -502,7 +502,8 @@ async fn send_on(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
         }
     }
     if b.target.transport == crate::sip::transport::Transport::Udp {
-        if let Some(sock) = core.transports.udp_for(&b.target.addr) {
+        let server = |ip| core.live().upstreams.is_upstream(ip);
+        if let Some(sock) = core.transports.udp_toward(&b.target.addr, server) {
             return send_udp(&sock, b.target.addr, bytes).is_ok();
         }
         return false;

@@ -4,7 +4,7 @@
 //! address for requests we originate; responses always go back on the connection the
 //! request came in on, carried in [`ReplyPath`]) and the UDP sockets of the listeners.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -57,6 +57,8 @@ pub struct ConnHandle {
     pub local: Option<SocketAddr>,
     /// We opened it (toward a server); when it dies under a transaction, we reopen it.
     pub outbound: bool,
+    /// The worker whose runtime runs its task (`runtime.workers`; 0: the proxy's own).
+    pub worker: u32,
     shared: Arc<ConnShared>,
 }
 
@@ -96,7 +98,7 @@ impl ReplyPath {
 }
 
 impl ConnHandle {
-    /// A handle on a new, open connection.
+    /// A handle on a new, open connection, whose task runs on the calling worker.
     pub fn new(
         id: u64,
         peer: SocketAddr,
@@ -110,6 +112,7 @@ impl ConnHandle {
             transport,
             local,
             outbound,
+            worker: super::workers::current(),
             shared: Arc::default(),
         }
     }
@@ -202,7 +205,7 @@ pub enum SendError {
 /// Sockets and connections shared by every actor.
 #[derive(Debug, Default)]
 pub struct Transports {
-    udp: RwLock<Vec<(SocketAddr, Arc<UdpSocket>)>>,
+    udp: RwLock<Vec<UdpEntry>>,
     conns: DashMap<(Transport, SocketAddr), ConnHandle>,
     next_conn_id: AtomicU64,
     open: AtomicUsize,
@@ -210,55 +213,124 @@ pub struct Transports {
     by_id: DashMap<u64, ConnHandle>,
     /// Source addresses toward destinations, when a family has several UDP sockets.
     sources: super::egress::SourceCache,
+    /// Which worker's runtime an accepted connection runs on.
+    pub(crate) placement: super::workers::Placement,
+}
+
+/// A UDP listener's socket, and the workers' own sockets on its address.
+#[derive(Debug)]
+struct UdpEntry {
+    /// The listener's bound address.
+    local: SocketAddr,
+    sock: Arc<UdpSocket>,
+    /// By worker: the socket its requests toward servers leave by, and that socket's
+    /// address (empty with one worker).
+    own: Vec<Option<(SocketAddr, Arc<UdpSocket>)>>,
 }
 
 impl Transports {
     /// Adds a bound UDP socket.
     pub fn register_udp(&self, sock: Arc<UdpSocket>) {
         if let (Ok(mut v), Ok(local)) = (self.udp.write(), sock.local_addr()) {
-            v.push((local, sock));
+            v.push(UdpEntry {
+                local,
+                sock,
+                own: Vec::new(),
+            });
         }
+    }
+
+    /// Adds a worker's own socket on the address of the UDP listener bound to `listener`
+    /// (see [`Self::udp_toward`]); false when no such listener is registered.
+    pub fn register_worker_udp(
+        &self,
+        worker: u32,
+        listener: SocketAddr,
+        sock: Arc<UdpSocket>,
+    ) -> bool {
+        let (Ok(mut v), Ok(local), Ok(w)) =
+            (self.udp.write(), sock.local_addr(), usize::try_from(worker))
+        else {
+            return false;
+        };
+        let Some(e) = v.iter_mut().find(|e| e.local == listener) else {
+            return false;
+        };
+        if e.own.len() <= w {
+            e.own.resize(w + 1, None);
+        }
+        if let Some(slot) = e.own.get_mut(w) {
+            *slot = Some((local, sock));
+        }
+        true
     }
 
     /// The UDP socket a datagram to `dest` leaves by: of its address family, and when the
     /// family has several, the one bound to the address the kernel would send from (or a
-    /// wildcard one); else the family's first.
+    /// wildcard one); else the family's first. A listener's socket: for responses, and
+    /// requests toward phones.
     pub fn udp_for(&self, dest: &SocketAddr) -> Option<Arc<UdpSocket>> {
-        self.udp_entry(dest).map(|(_, s)| s)
+        self.udp_entry(dest, |_| false).map(|(_, s)| s)
     }
 
-    /// [`Self::udp_for`] with the socket's local address, as it was registered.
-    fn udp_entry(&self, dest: &SocketAddr) -> Option<(SocketAddr, Arc<UdpSocket>)> {
+    /// The UDP socket a request to `dest` leaves by: toward a server (`is_server`, asked
+    /// only when workers have sockets of their own), the calling worker's own socket on
+    /// the address of the listener [`Self::udp_for`] picks (the responses then come back
+    /// to this worker); else that listener's socket.
+    pub fn udp_toward(
+        &self,
+        dest: &SocketAddr,
+        is_server: impl FnOnce(IpAddr) -> bool,
+    ) -> Option<Arc<UdpSocket>> {
+        self.udp_entry(dest, is_server).map(|(_, s)| s)
+    }
+
+    /// [`Self::udp_toward`] with the socket's local address, as it was registered.
+    fn udp_entry(
+        &self,
+        dest: &SocketAddr,
+        is_server: impl FnOnce(IpAddr) -> bool,
+    ) -> Option<(SocketAddr, Arc<UdpSocket>)> {
         let v = self.udp.read().ok()?;
-        let family = || {
-            v.iter()
-                .filter(|(local, _)| local.is_ipv4() == dest.is_ipv4())
-        };
+        let family = || v.iter().filter(|e| e.local.is_ipv4() == dest.is_ipv4());
         let chosen = if family().nth(1).is_some() {
             self.sources
                 .source_for(dest.ip())
-                .and_then(|src| super::egress::pick(family().map(|(l, _)| *l), src))
+                .and_then(|src| super::egress::pick(family().map(|e| e.local), src))
         } else {
             None
         };
-        match chosen {
-            Some(local) => family().find(|(l, _)| *l == local),
+        let entry = match chosen {
+            Some(local) => family().find(|e| e.local == local),
             None => family().next(),
-        }
-        .map(|(l, s)| (*l, s.clone()))
+        }?;
+        let mine = match entry.own.is_empty() {
+            true => None,
+            false => usize::try_from(super::workers::current())
+                .ok()
+                .and_then(|w| entry.own.get(w))
+                .and_then(Option::as_ref)
+                .filter(|_| is_server(dest.ip())),
+        };
+        Some(match mine {
+            Some((local, sock)) => (*local, sock.clone()),
+            None => (entry.local, entry.sock.clone()),
+        })
     }
 
     /// The listener a message to `dest` over `transport` leaves by (see
-    /// [`Self::udp_for`]; for streams, the listener of that transport bound to the source
-    /// address the kernel would use), for the Via, Record-Route and Path written into it.
+    /// [`Self::udp_toward`], with the worker's own socket toward a server; for streams,
+    /// the listener of that transport bound to the source address the kernel would use),
+    /// for the Via, Record-Route and Path written into it.
     pub fn through(
         &self,
         listeners: &[Listener],
         transport: Transport,
         dest: SocketAddr,
+        is_server: impl FnOnce(IpAddr) -> bool,
     ) -> Through {
         let local = if transport == Transport::Udp {
-            self.udp_entry(&dest).map(|(local, _)| local)
+            self.udp_entry(&dest, is_server).map(|(local, _)| local)
         } else {
             let of = || {
                 listeners
@@ -381,5 +453,57 @@ pub fn response_destination(msg: &Message, source: SocketAddr, reply: &ReplyPath
     match msg.top_via() {
         Some(Ok(v)) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
         _ => source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::proxy::{LocalIdentity, Side};
+
+    /// Toward a server, a worker's own socket (and its port in our Via); toward anyone
+    /// else, and in Record-Route and Path, the listener.
+    #[tokio::test]
+    async fn a_workers_requests_to_servers_leave_by_its_own_socket() {
+        let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let own = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (l_addr, own_addr) = (listen.local_addr().unwrap(), own.local_addr().unwrap());
+        let t = Transports::default();
+        t.register_udp(listen);
+        assert!(!t.register_worker_udp(0, "127.0.0.9:5060".parse().unwrap(), own.clone()));
+        assert!(t.register_worker_udp(0, l_addr, own));
+        let server: SocketAddr = "127.0.0.2:5060".parse().unwrap();
+        let local = |s: Option<Arc<UdpSocket>>| s.and_then(|s| s.local_addr().ok());
+        assert_eq!(local(t.udp_toward(&server, |_| true)), Some(own_addr));
+        assert_eq!(local(t.udp_toward(&server, |_| false)), Some(l_addr));
+        assert_eq!(local(t.udp_for(&server)), Some(l_addr));
+        let mut listener = Listener::new(Transport::Udp, l_addr);
+        listener.worker_ports = vec![own_addr.port()];
+        let id = LocalIdentity::new("127.0.0.1", vec![listener.clone()]);
+        let through = t.through(
+            std::slice::from_ref(&listener),
+            Transport::Udp,
+            server,
+            |_| true,
+        );
+        assert_eq!(through.local, Some(own_addr));
+        assert_eq!(
+            id.via(through, "z9hG4bK1"),
+            format!("SIP/2.0/UDP {own_addr};branch=z9hG4bK1")
+        );
+        assert_eq!(
+            id.record_route(through, Side::Servers, None),
+            format!("<sip:{l_addr};lr>")
+        );
+        assert!(id
+            .path(through, "tok", false)
+            .contains(&format!("@{l_addr};lr>")));
+        assert!(id.is_local("127.0.0.1", Some(own_addr.port()), Transport::Udp));
+        let phone = t.through(&[listener], Transport::Udp, server, |_| false);
+        assert_eq!(phone.local, Some(l_addr));
+        assert_eq!(
+            id.via(phone, "z9hG4bK2"),
+            format!("SIP/2.0/UDP {l_addr};branch=z9hG4bK2")
+        );
     }
 }

@@ -229,6 +229,11 @@ pub struct Metrics {
     pub stun_requests: Family<OutcomeLabels, Counter>,
     /// Datagrams received on UDP listeners, by worker (how the kernel spreads them).
     pub datagrams: Family<WorkerLabels, Counter>,
+    /// Open stream connections, by the worker that runs them.
+    pub worker_connections: Family<WorkerLabels, Gauge>,
+    /// Responses that reached another worker than the one running their transaction,
+    /// handed over through its mailbox.
+    pub worker_handoffs: Counter,
     /// Branches given up for the other pair member that answered late, by what was done
     /// (`cancelled`: CANCEL after a provisional; `ended`: ACK and BYE after a 2xx).
     pub ghost_branches: Family<OutcomeLabels, Counter>,
@@ -283,6 +288,8 @@ impl Metrics {
             tls_reloads: Family::default(),
             stun_requests: Family::default(),
             datagrams: Family::default(),
+            worker_connections: Family::default(),
+            worker_handoffs: Counter::default(),
             ghost_branches: Family::default(),
             unreachable: Family::default(),
             relays: Family::default(),
@@ -407,6 +414,16 @@ impl Metrics {
             "datagrams_received",
             "Datagrams received on UDP listeners, by worker (runtime.workers; 0: the proxy's own runtime)",
             m.datagrams.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Open stream connections, by the worker (runtime.workers) that runs them",
+            m.worker_connections.clone(),
+        );
+        registry.register(
+            "worker_handoffs",
+            "Responses that reached another worker than their transaction's, handed over to it",
+            m.worker_handoffs.clone(),
         );
         registry.register(
             "ghost_branches",

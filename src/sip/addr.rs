@@ -131,6 +131,11 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol v2 header (a stream listener behind
     /// an L4 load balancer): the client's address is taken from it.
     pub proxy_protocol: bool,
+    /// The ports of the workers' own sockets on this (UDP) listener's address, one per
+    /// worker (`runtime.workers`; empty with one): a worker's requests toward servers
+    /// leave by its own and its Via names that port, so their responses come back to it.
+    /// Record-Route and Path name the listener.
+    pub worker_ports: Vec<u16>,
 }
 
 impl Listener {
@@ -142,6 +147,7 @@ impl Listener {
             advertised: None,
             dscp: None,
             proxy_protocol: false,
+            worker_ports: Vec::new(),
         }
     }
 }

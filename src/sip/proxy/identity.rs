@@ -171,7 +171,8 @@ impl LocalIdentity {
     }
 
     /// The listener a message goes through: the one bound to `through.local` (or a
-    /// wildcard one on its port), else the first of its transport, else the first.
+    /// wildcard one on its port, or the one a worker's own socket there sends for), else
+    /// the first of its transport, else the first.
     pub fn listener(&self, through: Through) -> Option<&Listener> {
         let of_transport = || {
             self.listeners
@@ -181,13 +182,16 @@ impl LocalIdentity {
         through
             .local
             .and_then(|local| {
-                of_transport().find(|l| l.address == local).or_else(|| {
-                    of_transport().find(|l| {
-                        l.address.ip().is_unspecified()
-                            && l.address.port() == local.port()
-                            && l.address.is_ipv4() == local.is_ipv4()
+                of_transport()
+                    .find(|l| l.address == local)
+                    .or_else(|| {
+                        of_transport().find(|l| {
+                            l.address.ip().is_unspecified()
+                                && l.address.port() == local.port()
+                                && l.address.is_ipv4() == local.is_ipv4()
+                        })
                     })
-                })
+                    .or_else(|| of_transport().find(|l| is_worker_socket(l, local)))
             })
             .or_else(|| of_transport().next())
             .or_else(|| self.listeners.first())
@@ -210,9 +214,20 @@ impl LocalIdentity {
         (host, port)
     }
 
-    /// Our Via value for a request sent through a listener.
+    /// Our Via value for a request sent through a listener: from a worker's own socket
+    /// ([`Listener::worker_ports`]), with that socket's port, unless the listener
+    /// advertises a port of its own (only that one is reachable).
     pub fn via(&self, through: Through, branch: &str) -> String {
         let (host, port) = self.host_port(through);
+        let port = match (through.local, self.listener(through)) {
+            (Some(local), Some(l))
+                if is_worker_socket(l, local)
+                    && l.advertised.as_ref().is_none_or(|(_, p)| p.is_none()) =>
+            {
+                local.port()
+            }
+            _ => port,
+        };
         let token = through.transport.via_token();
         let mut via = String::with_capacity(24 + host.len() + branch.len());
         for part in [
@@ -284,7 +299,11 @@ impl LocalIdentity {
     pub fn is_local(&self, host: &str, port: Option<u16>, t: Transport) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.strip_suffix('.').unwrap_or(host);
-        let listens_on = |p: u16| self.listeners.iter().any(|l| l.address.port() == p);
+        let listens_on = |p: u16| {
+            self.listeners
+                .iter()
+                .any(|l| l.address.port() == p || l.worker_ports.contains(&p))
+        };
         // A listener's own advertised address (a public address per interface).
         let host_ip = host.parse::<IpAddr>().ok();
         let advertised_by_a_listener = self.listeners.iter().any(|l| {
@@ -323,6 +342,11 @@ impl LocalIdentity {
         let t = uri.transport().unwrap_or(Transport::Udp);
         self.is_local(uri.host, uri.port, t)
     }
+}
+
+/// Whether `local` is a worker's own socket on the listener's address.
+fn is_worker_socket(l: &Listener, local: SocketAddr) -> bool {
+    l.address.ip() == local.ip() && l.worker_ports.contains(&local.port())
 }
 
 /// The Route value that sends a request to another instance of the pool at `to`, on top of
