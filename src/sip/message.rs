@@ -84,6 +84,17 @@ pub enum HeaderName {
 impl HeaderName {
     /// Classifies a header name, compact forms (RFC 3261 section 7.3.3) included.
     pub fn classify(name: &[u8]) -> HeaderName {
+        // The names known are tokens: only a token can be one of them.
+        if is_token(name) {
+            HeaderName::classify_token(name)
+        } else {
+            HeaderName::Other
+        }
+    }
+
+    /// [`HeaderName::classify`] for a name already known to be a token (as
+    /// [`Message::parse`] finds them).
+    fn classify_token(name: &[u8]) -> HeaderName {
         if name.len() == 1 {
             return match name.first().map(u8::to_ascii_lowercase) {
                 Some(b'v') => HeaderName::Via,
@@ -95,22 +106,33 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        // One candidate per length and first letter, then one comparison with a constant.
-        let is = |long: &[u8]| syntax::eq_lower(name, long);
+        // One candidate per length and first letter, then one comparison with a constant:
+        // the case bit set on each byte of the token, which makes an upper-case letter
+        // lower case and leaves `-` (the only other character of these names) as it is; no
+        // other token character becomes a letter or `-` that way.
+        fn is<const N: usize>(name: &[u8], long: &[u8; N]) -> bool {
+            let Ok(name): Result<&[u8; N], _> = name.try_into() else {
+                return false;
+            };
+            name.iter()
+                .zip(long)
+                .fold(0u8, |diff, (&b, &l)| diff | ((b | 0x20) ^ l))
+                == 0
+        }
         match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
-            (2, Some(b't')) if is(b"to") => HeaderName::To,
-            (3, Some(b'v')) if is(b"via") => HeaderName::Via,
-            (4, Some(b'c')) if is(b"cseq") => HeaderName::CSeq,
-            (4, Some(b'f')) if is(b"from") => HeaderName::From,
-            (4, Some(b'p')) if is(b"path") => HeaderName::Path,
-            (5, Some(b'r')) if is(b"route") => HeaderName::Route,
-            (7, Some(b'c')) if is(b"call-id") => HeaderName::CallId,
-            (7, Some(b'c')) if is(b"contact") => HeaderName::Contact,
-            (12, Some(b'r')) if is(b"record-route") => HeaderName::RecordRoute,
-            (12, Some(b'm')) if is(b"max-forwards") => HeaderName::MaxForwards,
-            (13, Some(b'p')) if is(b"proxy-require") => HeaderName::ProxyRequire,
-            (14, Some(b'c')) if is(b"content-length") => HeaderName::ContentLength,
-            (19, Some(b'p')) if is(b"proxy-authorization") => HeaderName::ProxyAuthorization,
+            (2, Some(b't')) if is(name, b"to") => HeaderName::To,
+            (3, Some(b'v')) if is(name, b"via") => HeaderName::Via,
+            (4, Some(b'c')) if is(name, b"cseq") => HeaderName::CSeq,
+            (4, Some(b'f')) if is(name, b"from") => HeaderName::From,
+            (4, Some(b'p')) if is(name, b"path") => HeaderName::Path,
+            (5, Some(b'r')) if is(name, b"route") => HeaderName::Route,
+            (7, Some(b'c')) if is(name, b"call-id") => HeaderName::CallId,
+            (7, Some(b'c')) if is(name, b"contact") => HeaderName::Contact,
+            (12, Some(b'r')) if is(name, b"record-route") => HeaderName::RecordRoute,
+            (12, Some(b'm')) if is(name, b"max-forwards") => HeaderName::MaxForwards,
+            (13, Some(b'p')) if is(name, b"proxy-require") => HeaderName::ProxyRequire,
+            (14, Some(b'c')) if is(name, b"content-length") => HeaderName::ContentLength,
+            (19, Some(b'p')) if is(name, b"proxy-authorization") => HeaderName::ProxyAuthorization,
             _ => HeaderName::Other,
         }
     }
@@ -274,7 +296,7 @@ impl Message {
                 Ok((name_r, colon)) => {
                     let name = s.get(name_r).unwrap_or_default();
                     headers.push(Header {
-                        name: HeaderName::classify(name),
+                        name: HeaderName::classify_token(name),
                         line: pos..next,
                         value: trim_range(s, colon + 1..end),
                     });
@@ -538,16 +560,18 @@ fn line_at(s: &[u8], pos: usize) -> (usize, usize) {
 #[inline]
 fn header_name(s: &[u8], pos: usize, end: usize) -> Result<(Range<usize>, usize), Defect> {
     // The usual `Name:` or `Name :` in one pass; anything else the general way below.
-    let mut i = pos;
-    while i < end && s.get(i).is_some_and(|&b| syntax::is_token_char(b)) {
-        i += 1;
-    }
-    let name_end = i;
-    while i < end && s.get(i).is_some_and(|&b| b == b' ' || b == b'\t') {
-        i += 1;
-    }
-    if name_end > pos && i < end && s.get(i) == Some(&b':') {
-        return Ok((pos..name_end, i));
+    let line = s.get(pos..end).unwrap_or_default();
+    let name_len = line
+        .iter()
+        .position(|&b| !syntax::is_token_char(b))
+        .unwrap_or(line.len());
+    let after = line.get(name_len..).unwrap_or_default();
+    let blank = after
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(after.len());
+    if name_len > 0 && after.get(blank) == Some(&b':') {
+        return Ok((pos..pos + name_len, pos + name_len + blank));
     }
     let colon = syntax::find_byte(s, pos..end, b':').ok_or(Defect::bad("Malformed header line"))?;
     let name_r = trim_range(s, pos..colon);

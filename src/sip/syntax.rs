@@ -250,6 +250,7 @@ pub struct Params<'a> {
 impl Iterator for Params<'_> {
     type Item = Result<Param, BadParams>;
 
+    #[inline]
     fn next(&mut self) -> Option<Result<Param, BadParams>> {
         if self.bad {
             self.bad = false;

@@ -5,8 +5,8 @@
 //! never decoded.
 
 use crate::sip::syntax::{
-    ascii_str, eq_ic, is_host_char, is_not_uri_char, is_scheme_char, is_v6_char, params, parse_u32,
-    scan_params, slot_of, Param, Slot,
+    ascii_str, eq_ic, eq_lower, is_host_char, is_not_uri_char, is_scheme_char, is_v6_char, params,
+    parse_u32, scan_params, slot_of, Param, Slot,
 };
 use crate::sip::transport::Transport;
 
@@ -32,20 +32,28 @@ pub enum UriError {
 
 /// Reads the scheme of an absolute URI.
 pub fn scheme_of(s: &[u8]) -> Result<Scheme, UriError> {
-    let colon = memchr::memchr(b':', s).ok_or(UriError::Malformed)?;
+    // The scheme runs to the first byte that cannot be in one, which must be the colon.
+    let colon = s
+        .iter()
+        .position(|&b| !is_scheme_char(b))
+        .filter(|&c| s.get(c) == Some(&b':'))
+        .ok_or(UriError::Malformed)?;
     let scheme = s.get(..colon).ok_or(UriError::Malformed)?;
-    let first_ok = scheme.first().is_some_and(|b| b.is_ascii_alphabetic());
-    if !first_ok || !scheme.iter().all(|&b| is_scheme_char(b)) {
+    if !scheme.first().is_some_and(|b| b.is_ascii_alphabetic()) {
         return Err(UriError::Malformed);
     }
-    if s.iter().any(|&b| is_not_uri_char(b)) {
+    if s.get(colon..)
+        .unwrap_or_default()
+        .iter()
+        .any(|&b| is_not_uri_char(b))
+    {
         return Err(UriError::Malformed);
     }
-    Ok(if eq_ic(scheme, b"sip") {
+    Ok(if eq_lower(scheme, b"sip") {
         Scheme::Sip
-    } else if eq_ic(scheme, b"sips") {
+    } else if eq_lower(scheme, b"sips") {
         Scheme::Sips
-    } else if eq_ic(scheme, b"tel") {
+    } else if eq_lower(scheme, b"tel") {
         Scheme::Tel
     } else {
         Scheme::Other
@@ -101,12 +109,16 @@ impl<'a> SipUri<'a> {
             }
             (h, v6.get(close + 1..).unwrap_or_default())
         } else {
+            // The host runs to the first byte that cannot be in one, which must end it.
             let end = hostpart
                 .iter()
-                .position(|&b| matches!(b, b':' | b';' | b'?'))
+                .position(|&b| !is_host_char(b))
                 .unwrap_or(hostpart.len());
             let h = hostpart.get(..end).ok_or(UriError::Malformed)?;
-            if h.is_empty() || !h.iter().all(|&b| is_host_char(b)) {
+            let ends_ok = hostpart
+                .get(end)
+                .is_none_or(|b| matches!(b, b':' | b';' | b'?'));
+            if h.is_empty() || !ends_ok {
                 return Err(UriError::Malformed);
             }
             (h, hostpart.get(end..).unwrap_or_default())
@@ -194,7 +206,76 @@ impl<'a> SipUri<'a> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The `scheme_of` before the one-pass scheme scan.
+    fn scheme_of_ref(s: &[u8]) -> Result<Scheme, UriError> {
+        let colon = memchr::memchr(b':', s).ok_or(UriError::Malformed)?;
+        let scheme = s.get(..colon).ok_or(UriError::Malformed)?;
+        let first_ok = scheme.first().is_some_and(|b| b.is_ascii_alphabetic());
+        if !first_ok
+            || !scheme
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err(UriError::Malformed);
+        }
+        if s.iter()
+            .any(|&b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+        {
+            return Err(UriError::Malformed);
+        }
+        Ok(if eq_ic(scheme, b"sip") {
+            Scheme::Sip
+        } else if eq_ic(scheme, b"sips") {
+            Scheme::Sips
+        } else if eq_ic(scheme, b"tel") {
+            Scheme::Tel
+        } else {
+            Scheme::Other
+        })
+    }
+
+    fn uri_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"sip:".to_vec()),
+            Just(b"SIPS:".to_vec()),
+            Just(b"tel:".to_vec()),
+            Just(b"a@".to_vec()),
+            Just(b"[2001:db8::1]".to_vec()),
+            Just(b"host.example".to_vec()),
+            Just(b":5060".to_vec()),
+            Just(b";lr".to_vec()),
+            Just(b";transport=tcp".to_vec()),
+            Just(b"?h=1".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..3),
+        ];
+        proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn scheme_agrees_with_reference(s in uri_bytes()) {
+            prop_assert_eq!(scheme_of(&s), scheme_of_ref(&s));
+        }
+
+        #[test]
+        fn parse_never_panics(s in uri_bytes()) {
+            let _ = SipUri::parse(&s);
+        }
+    }
+
+    #[test]
+    fn host_ends_only_at_port_params_or_headers() {
+        assert_eq!(SipUri::parse(b"sip:a@h.example").unwrap().host, "h.example");
+        assert_eq!(SipUri::parse(b"sip:h;lr").unwrap().host, "h");
+        assert_eq!(SipUri::parse(b"sip:h?x=1").unwrap().host, "h");
+        assert!(SipUri::parse(b"sip:a@h/x").is_err());
+        assert!(SipUri::parse(b"sip:a@:5060").is_err());
+        assert!(SipUri::parse(b"sip:a@h%41").is_err());
+    }
 
     #[test]
     fn parses_common_forms() {

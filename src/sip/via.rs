@@ -68,32 +68,10 @@ impl ViaIndex {
     pub fn parse(input: &[u8]) -> Result<ViaIndex, ViaError> {
         let trimmed = trim_range(input, 0..input.len());
         let text = input.get(trimmed.clone()).ok_or(ViaError)?;
-        let mut i = 0;
-        let mut protocol = [0..0, 0..0, 0..0];
-        for (n, slot) in protocol.iter_mut().enumerate() {
-            skip_lws(text, &mut i);
-            let start = i;
-            while text.get(i).is_some_and(|&b| is_token_char(b)) {
-                i += 1;
-            }
-            if start == i {
-                return Err(ViaError);
-            }
-            *slot = start..i;
-            skip_lws(text, &mut i);
-            if n < 2 {
-                if text.get(i) != Some(&b'/') {
-                    return Err(ViaError);
-                }
-                i += 1;
-            }
-        }
-        let [name, version, transport] = protocol;
-        if !eq_ic(text.get(name).unwrap_or_default(), b"SIP")
-            || text.get(version).unwrap_or_default() != b"2.0"
-        {
-            return Err(ViaError);
-        }
+        let (transport, mut i) = match protocol_plain(text) {
+            Some(found) => found,
+            None => protocol(text)?,
+        };
         // sent-by
         let (host, host_is_v6) = if text.get(i) == Some(&b'[') {
             let close = text
@@ -110,9 +88,12 @@ impl ViaIndex {
             (r, true)
         } else {
             let start = i;
-            while text.get(i).is_some_and(|&b| is_host_char(b)) {
-                i += 1;
-            }
+            i += text
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .position(|&b| !is_host_char(b))
+                .unwrap_or(text.len().saturating_sub(i));
             if start == i {
                 return Err(ViaError);
             }
@@ -272,6 +253,57 @@ impl<'a> Via<'a> {
         push_ip(&mut out, source.ip());
         Some(out)
     }
+}
+
+/// The common `SIP/2.0/transport` with nothing between its parts: the transport's range
+/// and where it ends (LWS after it skipped); `None` for any other form.
+fn protocol_plain(text: &[u8]) -> Option<(Range<usize>, usize)> {
+    if !eq_lower(text.get(..8)?, b"sip/2.0/") {
+        return None;
+    }
+    let len = text
+        .get(8..)?
+        .iter()
+        .position(|&b| !is_token_char(b))
+        .unwrap_or(text.len() - 8);
+    if len == 0 {
+        return None;
+    }
+    let mut i = 8 + len;
+    skip_lws(text, &mut i);
+    Some((8..8 + len, i))
+}
+
+/// `SIP / 2.0 / transport`, LWS allowed around each part (RFC 3261 section 25.1): the
+/// transport's range and where it ends (LWS after it skipped).
+fn protocol(text: &[u8]) -> Result<(Range<usize>, usize), ViaError> {
+    let mut i = 0;
+    let mut parts = [0..0, 0..0, 0..0];
+    for (n, slot) in parts.iter_mut().enumerate() {
+        skip_lws(text, &mut i);
+        let start = i;
+        while text.get(i).is_some_and(|&b| is_token_char(b)) {
+            i += 1;
+        }
+        if start == i {
+            return Err(ViaError);
+        }
+        *slot = start..i;
+        skip_lws(text, &mut i);
+        if n < 2 {
+            if text.get(i) != Some(&b'/') {
+                return Err(ViaError);
+            }
+            i += 1;
+        }
+    }
+    let [name, version, transport] = parts;
+    if !eq_ic(text.get(name).unwrap_or_default(), b"SIP")
+        || text.get(version).unwrap_or_default() != b"2.0"
+    {
+        return Err(ViaError);
+    }
+    Ok((transport, i))
 }
 
 /// `text[r]` as a string, `None` when out of range or not UTF-8.

@@ -254,3 +254,31 @@ fn top_via_is_the_first_of_a_list() {
         m.list(HeaderName::Via).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn classify_agrees_with_the_table_on_one_byte_changes() {
+    let names: [&[u8]; 13] = [
+        b"via",
+        b"route",
+        b"record-route",
+        b"max-forwards",
+        b"cseq",
+        b"call-id",
+        b"from",
+        b"to",
+        b"content-length",
+        b"proxy-require",
+        b"proxy-authorization",
+        b"contact",
+        b"path",
+    ];
+    for n in names {
+        for at in 0..n.len() {
+            for b in 0..=255u8 {
+                let mut v = n.to_vec();
+                v[at] = b;
+                assert_eq!(HeaderName::classify(&v), classify_ref(&v), "{v:?}");
+            }
+        }
+    }
+}
