@@ -561,17 +561,19 @@ fn line_at(s: &[u8], pos: usize) -> (usize, usize) {
 fn header_name(s: &[u8], pos: usize, end: usize) -> Result<(Range<usize>, usize), Defect> {
     // The usual `Name:` or `Name :` in one pass; anything else the general way below.
     let line = s.get(pos..end).unwrap_or_default();
-    let name_len = line
-        .iter()
-        .position(|&b| !syntax::is_token_char(b))
-        .unwrap_or(line.len());
-    let after = line.get(name_len..).unwrap_or_default();
-    let blank = after
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(after.len());
-    if name_len > 0 && after.get(blank) == Some(&b':') {
-        return Ok((pos..pos + name_len, pos + name_len + blank));
+    let mut name_len = 0;
+    while line
+        .get(name_len)
+        .is_some_and(|&b| syntax::is_token_char(b))
+    {
+        name_len += 1;
+    }
+    let mut colon = name_len;
+    while line.get(colon).is_some_and(|&b| b == b' ' || b == b'\t') {
+        colon += 1;
+    }
+    if name_len > 0 && line.get(colon) == Some(&b':') {
+        return Ok((pos..pos + name_len, pos + colon));
     }
     let colon = syntax::find_byte(s, pos..end, b':').ok_or(Defect::bad("Malformed header line"))?;
     let name_r = trim_range(s, pos..colon);
