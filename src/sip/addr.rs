@@ -3,8 +3,8 @@
 //!
 //! Owns only parsing and printing; resolving a host name is the DNS layer's job.
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use crate::sip::transport::Transport;
@@ -115,6 +115,78 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     Ok((host.to_string(), port))
 }
 
+/// Parses an IP address literal exactly as `str::parse::<IpAddr>` does, with a quick path
+/// for the dotted-quad IPv4 form that messages carry most (anything else goes to the
+/// standard parser).
+pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    match parse_ipv4_quick(s.as_bytes()) {
+        Some(ip) => Some(IpAddr::V4(ip)),
+        None => s.parse().ok(),
+    }
+}
+
+/// A plain dotted quad (four decimal octets, no leading zeros, as the standard parser
+/// requires); `None` for anything else, which may still be an address.
+fn parse_ipv4_quick(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for slot in octets.iter_mut() {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part.first() == Some(&b'0')) {
+            return None;
+        }
+        let mut v: u16 = 0;
+        for &b in part {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(b - b'0');
+        }
+        *slot = u8::try_from(v).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
+/// Appends `ip` as `Display` writes it (IPv4 without going through the formatter).
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u16(out, u16::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Appends a decimal number (what `Display` writes, without the formatter).
+pub fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(i..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
+}
+
 /// A listen socket after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -159,4 +231,48 @@ pub struct Target {
     pub transport: Transport,
     /// Address to send to.
     pub addr: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_ip_parse_agrees_with_std() {
+        for s in [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            "1.2.3.4 ",
+            "",
+            "::1",
+            "2001:db8::9:1",
+            "::ffff:1.2.3.4",
+            "a.b.c.d",
+            "1.2.3.0004",
+            "+1.2.3.4",
+        ] {
+            assert_eq!(parse_ip(s), s.parse::<IpAddr>().ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn pushes_as_display() {
+        for ip in ["0.0.0.0", "10.200.3.45", "255.255.255.255", "2001:db8::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+        for n in [0u16, 7, 10, 99, 100, 5060, 65535] {
+            let mut s = String::new();
+            push_u16(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::sip::syntax::{self, eq_ic, is_token, parse_u32, split_list, trim_range};
+use crate::sip::syntax::{self, eq_ic, is_token, list, parse_u32, trim_range};
 use crate::sip::via::{Via, ViaError, ViaIndex};
 
 pub use crate::sip::method::Method;
@@ -84,6 +84,17 @@ pub enum HeaderName {
 impl HeaderName {
     /// Classifies a header name, compact forms (RFC 3261 section 7.3.3) included.
     pub fn classify(name: &[u8]) -> HeaderName {
+        // The names known are tokens: only a token can be one of them.
+        if is_token(name) {
+            HeaderName::classify_token(name)
+        } else {
+            HeaderName::Other
+        }
+    }
+
+    /// [`HeaderName::classify`] for a name already known to be a token (as
+    /// [`Message::parse`] finds them).
+    fn classify_token(name: &[u8]) -> HeaderName {
         if name.len() == 1 {
             return match name.first().map(u8::to_ascii_lowercase) {
                 Some(b'v') => HeaderName::Via,
@@ -95,25 +106,35 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        const NAMES: [(&[u8], HeaderName); 13] = [
-            (b"via", HeaderName::Via),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"cseq", HeaderName::CSeq),
-            (b"call-id", HeaderName::CallId),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"content-length", HeaderName::ContentLength),
-            (b"proxy-require", HeaderName::ProxyRequire),
-            (b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (b"contact", HeaderName::Contact),
-            (b"path", HeaderName::Path),
-        ];
-        NAMES
-            .iter()
-            .find(|(n, _)| n.len() == name.len() && eq_ic(n, name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        // One candidate per length and first letter, then one comparison with a constant:
+        // the case bit set on each byte of the token, which makes an upper-case letter
+        // lower case and leaves `-` (the only other character of these names) as it is; no
+        // other token character becomes a letter or `-` that way.
+        fn is<const N: usize>(name: &[u8], long: &[u8; N]) -> bool {
+            let Ok(name): Result<&[u8; N], _> = name.try_into() else {
+                return false;
+            };
+            name.iter()
+                .zip(long)
+                .fold(0u8, |diff, (&b, &l)| diff | ((b | 0x20) ^ l))
+                == 0
+        }
+        match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+            (2, Some(b't')) if is(name, b"to") => HeaderName::To,
+            (3, Some(b'v')) if is(name, b"via") => HeaderName::Via,
+            (4, Some(b'c')) if is(name, b"cseq") => HeaderName::CSeq,
+            (4, Some(b'f')) if is(name, b"from") => HeaderName::From,
+            (4, Some(b'p')) if is(name, b"path") => HeaderName::Path,
+            (5, Some(b'r')) if is(name, b"route") => HeaderName::Route,
+            (7, Some(b'c')) if is(name, b"call-id") => HeaderName::CallId,
+            (7, Some(b'c')) if is(name, b"contact") => HeaderName::Contact,
+            (12, Some(b'r')) if is(name, b"record-route") => HeaderName::RecordRoute,
+            (12, Some(b'm')) if is(name, b"max-forwards") => HeaderName::MaxForwards,
+            (13, Some(b'p')) if is(name, b"proxy-require") => HeaderName::ProxyRequire,
+            (14, Some(b'c')) if is(name, b"content-length") => HeaderName::ContentLength,
+            (19, Some(b'p')) if is(name, b"proxy-authorization") => HeaderName::ProxyAuthorization,
+            _ => HeaderName::Other,
+        }
     }
 }
 
@@ -271,21 +292,16 @@ impl Message {
                 pos = next;
                 continue;
             }
-            match syntax::find_byte(s, pos..end, b':') {
-                Some(colon) => {
-                    let name_r = trim_range(s, pos..colon);
+            match header_name(s, pos, end) {
+                Ok((name_r, colon)) => {
                     let name = s.get(name_r).unwrap_or_default();
-                    if !is_token(name) {
-                        note(Defect::bad("Malformed header name"));
-                    } else {
-                        headers.push(Header {
-                            name: HeaderName::classify(name),
-                            line: pos..next,
-                            value: trim_range(s, colon + 1..end),
-                        });
-                    }
+                    headers.push(Header {
+                        name: HeaderName::classify_token(name),
+                        line: pos..next,
+                        value: trim_range(s, colon + 1..end),
+                    });
                 }
-                None => note(Defect::bad("Malformed header line")),
+                Err(d) => note(d),
             }
             pos = next;
         }
@@ -435,14 +451,15 @@ impl Message {
     /// The values of a list header (Via, Route, Record-Route, Path, Contact) across all its
     /// lines, in order, as ranges into the message.
     pub fn list_values(&self, name: HeaderName) -> Vec<Range<usize>> {
-        let mut out = Vec::new();
-        for h in self.all(name) {
-            let v = self.value(h);
-            for r in split_list(v) {
-                out.push(h.value.start + r.start..h.value.start + r.end);
-            }
-        }
-        out
+        self.list(name).collect()
+    }
+
+    /// [`Message::list_values`] without collecting them.
+    pub fn list(&self, name: HeaderName) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.all(name).flat_map(move |h| {
+            let base = h.value.start;
+            list(self.value(h)).map(move |r| base + r.start..base + r.end)
+        })
     }
 
     /// The value of the first header with this name (case-insensitive, long form).
@@ -461,7 +478,7 @@ impl Message {
             .top_via
             .get_or_init(|| {
                 let h = self.first(HeaderName::Via)?;
-                let first = split_list(self.value(h)).into_iter().next()?;
+                let first = list(self.value(h)).next()?;
                 let range = h.value.start + first.start..h.value.start + first.end;
                 let index = ViaIndex::parse(self.slice(range.clone()));
                 Some((range, index))
@@ -538,6 +555,34 @@ fn line_at(s: &[u8], pos: usize) -> (usize, usize) {
     }
 }
 
+/// The name of the header line `s[pos..end]` (a token, LWS around it allowed) and the
+/// position of its colon; the defect to note when the line has no colon or a bad name.
+#[inline]
+fn header_name(s: &[u8], pos: usize, end: usize) -> Result<(Range<usize>, usize), Defect> {
+    // The usual `Name:` or `Name :` in one pass; anything else the general way below.
+    let line = s.get(pos..end).unwrap_or_default();
+    let mut name_len = 0;
+    while line
+        .get(name_len)
+        .is_some_and(|&b| syntax::is_token_char(b))
+    {
+        name_len += 1;
+    }
+    let mut colon = name_len;
+    while line.get(colon).is_some_and(|&b| b == b' ' || b == b'\t') {
+        colon += 1;
+    }
+    if name_len > 0 && line.get(colon) == Some(&b':') {
+        return Ok((pos..pos + name_len, pos + colon));
+    }
+    let colon = syntax::find_byte(s, pos..end, b':').ok_or(Defect::bad("Malformed header line"))?;
+    let name_r = trim_range(s, pos..colon);
+    if !is_token(s.get(name_r.clone()).unwrap_or_default()) {
+        return Err(Defect::bad("Malformed header name"));
+    }
+    Ok((name_r, colon))
+}
+
 fn parse_status_line(line: &[u8], base: usize) -> Option<StartLine> {
     let rest = line.strip_prefix(b"SIP/2.0 ")?;
     let code_bytes = rest.get(..3)?;
@@ -559,24 +604,32 @@ fn parse_status_line(line: &[u8], base: usize) -> Option<StartLine> {
 }
 
 fn parse_request_line(line: &[u8], base: usize) -> (StartLine, Option<Defect>) {
-    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    let method = parts
-        .first()
-        .and_then(|m| Method::parse(m))
+    // `METHOD SP URI SP VERSION`: exactly three non-empty parts between single spaces.
+    let mut parts = line.splitn(4, |&b| b == b' ');
+    let method_text = parts.next();
+    let uri_text = parts.next();
+    let version = parts.next();
+    let extra = parts.next();
+    let method = method_text
+        .and_then(Method::parse)
         .unwrap_or_else(|| Method::Other("".into()));
-    let uri_start = base + parts.first().map_or(0, |m| m.len() + 1);
-    let uri_len = parts.get(1).map_or(0, |u| u.len());
+    let uri_start = base + method_text.map_or(0, |m| m.len() + 1);
+    let uri_len = uri_text.map_or(0, |u| u.len());
+    let malformed = extra.is_some()
+        || [method_text, uri_text, version]
+            .iter()
+            .any(|p| p.is_none_or(|p| p.is_empty()));
     let start = StartLine::Request {
-        method: method.clone(),
+        method,
         uri: uri_start.min(base + line.len())..(uri_start + uri_len).min(base + line.len()),
     };
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+    if malformed {
         return (start, Some(Defect::bad("Malformed Request-Line")));
     }
-    if matches!(&method, Method::Other(m) if m.is_empty()) {
+    if matches!(&start, StartLine::Request { method: Method::Other(m), .. } if m.is_empty()) {
         return (start, Some(Defect::bad("Malformed Method")));
     }
-    let version = parts.get(2).copied().unwrap_or_default();
+    let version = version.unwrap_or_default();
     if version != b"SIP/2.0" {
         let d = if version.len() > 4 && eq_ic(version.get(..4).unwrap_or_default(), b"SIP/") {
             Defect {
@@ -592,116 +645,4 @@ fn parse_request_line(line: &[u8], base: usize) -> (StartLine, Option<Defect>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: &str) -> Message {
-        Message::parse(
-            Bytes::copy_from_slice(s.as_bytes()),
-            Framing::Datagram,
-            &Limits::default(),
-        )
-        .unwrap()
-    }
-
-    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
-v: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport\r\n\
-Max-Forwards: 70\r\n\
-f: Alice <sip:alice@example.com>;tag=a1\r\n\
-t: <sip:bob@example.com>\r\n\
-Call-ID : abc@192.0.2.1\r\n\
-CSeq: 1 INVITE\r\n\
-Subject: a\r\n  folded value\r\n\
-l: 4\r\n\
-\r\n\
-bodyTRAILING";
-
-    #[test]
-    fn indexes_compact_folded_and_body() {
-        let m = parse(INVITE);
-        assert!(m.defect().is_none(), "{:?}", m.defect());
-        assert_eq!(m.method(), Some(&Method::Invite));
-        assert_eq!(m.request_uri(), Some(&b"sip:bob@example.com"[..]));
-        assert_eq!(m.call_id(), Some(&b"abc@192.0.2.1"[..]));
-        assert_eq!(m.cseq(), Some((1, Method::Invite)));
-        assert_eq!(m.from_tag(), Some(&b"a1"[..]));
-        assert_eq!(m.to_tag(), None);
-        assert_eq!(m.max_forwards(), Some(Ok(70)));
-        assert_eq!(m.body(), b"body");
-        let via = m.top_via().unwrap().unwrap();
-        assert_eq!(via.branch(), Some("z9hG4bK1"));
-        let subject = m
-            .headers()
-            .iter()
-            .find(|h| m.slice(h.line.clone()).starts_with(b"Subject"))
-            .unwrap();
-        assert_eq!(m.value(subject), b"a\r\n  folded value");
-    }
-
-    #[test]
-    fn datagram_content_length_too_large_is_a_defect() {
-        let m = parse(&INVITE.replace("l: 4", "l: 9999"));
-        assert_eq!(m.defect().unwrap().code, 400);
-    }
-
-    #[test]
-    fn conflicting_and_negative_content_length() {
-        let m = parse(&INVITE.replace("l: 4", "l: 4\r\nContent-Length: 5"));
-        assert_eq!(m.defect().unwrap().reason, "Conflicting Content-Length");
-        let m = parse(&INVITE.replace("l: 4", "l: -4"));
-        assert_eq!(m.defect().unwrap().reason, "Bad Content-Length");
-    }
-
-    #[test]
-    fn request_line_defects() {
-        let m = parse(&INVITE.replace("SIP/2.0\r\nv:", "SIP/7.0\r\nv:"));
-        assert_eq!(m.defect().unwrap().code, 505);
-        let m = parse(&INVITE.replace("INVITE sip", "INVITE  sip"));
-        assert_eq!(m.defect().unwrap().code, 400);
-        let m = parse(&INVITE.replace("SIP/2.0\r\nv:", "SIP/2.0 \r\nv:"));
-        assert_eq!(m.defect().unwrap().code, 400);
-    }
-
-    #[test]
-    fn responses() {
-        let m = parse("SIP/2.0 100 \r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n");
-        assert_eq!(m.status(), Some(100));
-        assert!(Message::parse(
-            Bytes::from_static(b"SIP/2.0 4294967301 Huge\r\n\r\n"),
-            Framing::Datagram,
-            &Limits::default()
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn caps_checked() {
-        let big = "x".repeat(70_000);
-        assert_eq!(
-            Message::parse(Bytes::from(big), Framing::Datagram, &Limits::default()).unwrap_err(),
-            ParseError::TooLarge
-        );
-        let many = format!(
-            "OPTIONS sip:a@b SIP/2.0\r\n{}\r\n",
-            "X-A: 1\r\n".repeat(300)
-        );
-        assert_eq!(
-            parse(&many).defect().unwrap().reason,
-            "Too Many Header Fields"
-        );
-    }
-
-    #[test]
-    fn name_addr_helpers() {
-        assert_eq!(
-            name_addr_uri(br#""A <b>" <sip:x@y;lr>;p=1"#),
-            Some(&b"sip:x@y;lr"[..])
-        );
-        assert_eq!(name_addr_uri(b"sip:x@y;tag=1"), Some(&b"sip:x@y"[..]));
-        assert_eq!(header_param(b"sip:x@y;tag=1", b"tag"), Some(&b"1"[..]));
-        assert_eq!(
-            header_param(b"<sip:x@y;tag=no>;tag=2", b"tag"),
-            Some(&b"2"[..])
-        );
-    }
-}
+mod tests;

@@ -4,7 +4,10 @@
 //! the URI text unchanged, so a parsed [`SipUri`] borrows from the message and escapes are
 //! never decoded.
 
-use crate::sip::syntax::{eq_ic, parse_params, parse_u32, Param};
+use crate::sip::syntax::{
+    ascii_str, eq_ic, eq_lower, is_host_char, is_not_uri_char, is_scheme_char, is_v6_char, params,
+    parse_u32, scan_params, slot_of, Param, Slot,
+};
 use crate::sip::transport::Transport;
 
 /// URI schemes a proxy tells apart.
@@ -29,26 +32,28 @@ pub enum UriError {
 
 /// Reads the scheme of an absolute URI.
 pub fn scheme_of(s: &[u8]) -> Result<Scheme, UriError> {
-    let colon = memchr::memchr(b':', s).ok_or(UriError::Malformed)?;
+    // The scheme runs to the first byte that cannot be in one, which must be the colon.
+    let colon = s
+        .iter()
+        .position(|&b| !is_scheme_char(b))
+        .filter(|&c| s.get(c) == Some(&b':'))
+        .ok_or(UriError::Malformed)?;
     let scheme = s.get(..colon).ok_or(UriError::Malformed)?;
-    let first_ok = scheme.first().is_some_and(|b| b.is_ascii_alphabetic());
-    if !first_ok
-        || !scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    if !scheme.first().is_some_and(|b| b.is_ascii_alphabetic()) {
+        return Err(UriError::Malformed);
+    }
+    if s.get(colon..)
+        .unwrap_or_default()
+        .iter()
+        .any(|&b| is_not_uri_char(b))
     {
         return Err(UriError::Malformed);
     }
-    if s.iter()
-        .any(|&b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
-    {
-        return Err(UriError::Malformed);
-    }
-    Ok(if eq_ic(scheme, b"sip") {
+    Ok(if eq_lower(scheme, b"sip") {
         Scheme::Sip
-    } else if eq_ic(scheme, b"sips") {
+    } else if eq_lower(scheme, b"sips") {
         Scheme::Sips
-    } else if eq_ic(scheme, b"tel") {
+    } else if eq_lower(scheme, b"tel") {
         Scheme::Tel
     } else {
         Scheme::Other
@@ -70,9 +75,13 @@ pub struct SipUri<'a> {
     params: &'a [u8],
     /// Whether `?headers` are present.
     pub has_headers: bool,
-    /// Parsed parameters, as ranges into `params`.
-    param_list: Vec<Param>,
+    /// Where the [`KNOWN`] parameters are in `params`.
+    known: [Slot; 3],
 }
+
+/// The URI parameters a proxy reads, found while the parameter list is checked (the first
+/// of each name counts); any other is looked up again when asked for.
+const KNOWN: [&[u8]; 3] = [b"transport", b"lr", b"maddr"];
 
 impl<'a> SipUri<'a> {
     /// Parses a `sip:`/`sips:` URI.
@@ -95,30 +104,26 @@ impl<'a> SipUri<'a> {
         let (host, after_host) = if let Some(v6) = hostpart.strip_prefix(b"[") {
             let close = memchr::memchr(b']', v6).ok_or(UriError::Malformed)?;
             let h = v6.get(..close).ok_or(UriError::Malformed)?;
-            if h.is_empty()
-                || !h
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
+            if h.is_empty() || !h.iter().all(|&b| is_v6_char(b)) {
                 return Err(UriError::Malformed);
             }
             (h, v6.get(close + 1..).unwrap_or_default())
         } else {
+            // The host runs to the first byte that cannot be in one, which must end it.
             let end = hostpart
                 .iter()
-                .position(|&b| matches!(b, b':' | b';' | b'?'))
+                .position(|&b| !is_host_char(b))
                 .unwrap_or(hostpart.len());
             let h = hostpart.get(..end).ok_or(UriError::Malformed)?;
-            if h.is_empty()
-                || !h
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            {
+            let ends_ok = hostpart
+                .get(end)
+                .is_none_or(|b| matches!(b, b':' | b';' | b'?'));
+            if h.is_empty() || !ends_ok {
                 return Err(UriError::Malformed);
             }
             (h, hostpart.get(end..).unwrap_or_default())
         };
-        let host = std::str::from_utf8(host).map_err(|_| UriError::Malformed)?;
+        let host = ascii_str(host).ok_or(UriError::Malformed)?;
         let (port, after_port) = match after_host.strip_prefix(b":") {
             Some(p) => {
                 let end = p
@@ -135,35 +140,38 @@ impl<'a> SipUri<'a> {
             None => (None, after_host),
         };
         let q = memchr::memchr(b'?', after_port);
-        let params = match q {
+        let params_text = match q {
             Some(q) => after_port.get(..q).unwrap_or_default(),
             None => after_port,
         };
-        if !params.is_empty() && params.first() != Some(&b';') {
+        if !params_text.is_empty() && params_text.first() != Some(&b';') {
             return Err(UriError::Malformed);
         }
-        let param_list = parse_params(params, 0..params.len()).ok_or(UriError::Malformed)?;
+        let known = scan_params(params_text, 0..params_text.len(), &KNOWN)
+            .map_err(|_| UriError::Malformed)?;
         Ok(SipUri {
             secure,
             user,
             host,
             port,
-            params,
+            params: params_text,
             has_headers: q.is_some(),
-            param_list,
+            known,
         })
     }
 
     /// A parameter by name: `None` when absent, `Some(None)` for a flag like `lr`.
     pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
-        self.param_list.iter().find_map(|p| {
-            let n = self.params.get(p.name.clone())?;
-            if eq_ic(n, name.as_bytes()) {
-                Some(p.value.clone().and_then(|v| self.params.get(v)))
-            } else {
-                None
-            }
-        })
+        let text = self.params;
+        if let Some(i) = slot_of(&KNOWN, name.as_bytes()) {
+            let slot = self.known.get(i)?.as_ref()?;
+            return Some(slot.clone().and_then(|v| text.get(v)));
+        }
+        params(text, 0..text.len())
+            .map_while(Result::ok)
+            .find_map(|Param { name: n, value }| {
+                eq_ic(text.get(n)?, name.as_bytes()).then(|| value.and_then(|v| text.get(v)))
+            })
     }
 
     /// Whether the `lr` parameter is present (RFC 3261 loose routing).
@@ -174,8 +182,7 @@ impl<'a> SipUri<'a> {
     /// The transport the URI asks for: `transport=` or TLS for `sips:`; UDP by default.
     pub fn transport(&self) -> Result<Transport, UriError> {
         match self.param("transport") {
-            Some(Some(t)) => std::str::from_utf8(t)
-                .ok()
+            Some(Some(t)) => ascii_str(t)
                 .and_then(|t| t.parse::<Transport>().ok())
                 .ok_or(UriError::Malformed),
             _ if self.secure => Ok(Transport::Tls),
@@ -191,7 +198,7 @@ impl<'a> SipUri<'a> {
     /// The host to send to: `maddr` when present, else the host.
     pub fn target_host(&self) -> &'a str {
         match self.param("maddr") {
-            Some(Some(m)) => std::str::from_utf8(m).unwrap_or(self.host),
+            Some(Some(m)) => ascii_str(m).unwrap_or(self.host),
             _ => self.host,
         }
     }
@@ -199,7 +206,76 @@ impl<'a> SipUri<'a> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The `scheme_of` before the one-pass scheme scan.
+    fn scheme_of_ref(s: &[u8]) -> Result<Scheme, UriError> {
+        let colon = memchr::memchr(b':', s).ok_or(UriError::Malformed)?;
+        let scheme = s.get(..colon).ok_or(UriError::Malformed)?;
+        let first_ok = scheme.first().is_some_and(|b| b.is_ascii_alphabetic());
+        if !first_ok
+            || !scheme
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err(UriError::Malformed);
+        }
+        if s.iter()
+            .any(|&b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+        {
+            return Err(UriError::Malformed);
+        }
+        Ok(if eq_ic(scheme, b"sip") {
+            Scheme::Sip
+        } else if eq_ic(scheme, b"sips") {
+            Scheme::Sips
+        } else if eq_ic(scheme, b"tel") {
+            Scheme::Tel
+        } else {
+            Scheme::Other
+        })
+    }
+
+    fn uri_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"sip:".to_vec()),
+            Just(b"SIPS:".to_vec()),
+            Just(b"tel:".to_vec()),
+            Just(b"a@".to_vec()),
+            Just(b"[2001:db8::1]".to_vec()),
+            Just(b"host.example".to_vec()),
+            Just(b":5060".to_vec()),
+            Just(b";lr".to_vec()),
+            Just(b";transport=tcp".to_vec()),
+            Just(b"?h=1".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..3),
+        ];
+        proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn scheme_agrees_with_reference(s in uri_bytes()) {
+            prop_assert_eq!(scheme_of(&s), scheme_of_ref(&s));
+        }
+
+        #[test]
+        fn parse_never_panics(s in uri_bytes()) {
+            let _ = SipUri::parse(&s);
+        }
+    }
+
+    #[test]
+    fn host_ends_only_at_port_params_or_headers() {
+        assert_eq!(SipUri::parse(b"sip:a@h.example").unwrap().host, "h.example");
+        assert_eq!(SipUri::parse(b"sip:h;lr").unwrap().host, "h");
+        assert_eq!(SipUri::parse(b"sip:h?x=1").unwrap().host, "h");
+        assert!(SipUri::parse(b"sip:a@h/x").is_err());
+        assert!(SipUri::parse(b"sip:a@:5060").is_err());
+        assert!(SipUri::parse(b"sip:a@h%41").is_err());
+    }
 
     #[test]
     fn parses_common_forms() {
