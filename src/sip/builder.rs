@@ -343,17 +343,12 @@ pub fn in_dialog_after_2xx(
 }
 
 /// The part of a list header value after its first element (and the comma), from where
-/// the second element starts: the first comma outside quotes and `<...>` ends the first.
+/// the second element starts.
 fn list_after_first(v: &[u8]) -> &[u8] {
-    let Some(comma) = crate::sip::syntax::find_unquoted(v, 0, b',') else {
-        return &[];
-    };
-    let rest = v.get(comma + 1..).unwrap_or_default();
-    let lws = rest
-        .iter()
-        .take_while(|&&b| crate::sip::syntax::is_lws(b))
-        .count();
-    rest.get(lws..).unwrap_or_default()
+    match crate::sip::syntax::list(v).nth(1) {
+        Some(second) => v.get(second.start..).unwrap_or_default(),
+        None => &[],
+    }
 }
 
 /// Copies a header line as received, completing a missing final CRLF.

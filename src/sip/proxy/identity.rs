@@ -305,11 +305,11 @@ impl LocalIdentity {
                 .any(|l| l.address.port() == p || l.worker_ports.contains(&p))
         };
         // A listener's own advertised address (a public address per interface).
-        let host_ip = host.parse::<IpAddr>().ok();
+        let host_ip = crate::sip::addr::parse_ip(host);
         let advertised_by_a_listener = self.listeners.iter().any(|l| {
             l.advertised.as_ref().is_some_and(|(h, p)| {
-                let same_host = match (h.parse::<IpAddr>(), host_ip) {
-                    (Ok(a), Some(b)) => a == b,
+                let same_host = match (crate::sip::addr::parse_ip(h), host_ip) {
+                    (Some(a), Some(b)) => a == b,
                     _ => h.eq_ignore_ascii_case(host),
                 };
                 same_host && port.unwrap_or(t.default_port()) == p.unwrap_or(l.address.port())
@@ -325,7 +325,7 @@ impl LocalIdentity {
                     || (bound.is_unspecified()
                         && bound.is_ipv4() == ip.is_ipv4()
                         && (ip.is_loopback() || self.addresses.contains(&ip)))
-            }) || self.advertised_host.parse::<IpAddr>().ok() == Some(ip);
+            }) || crate::sip::addr::parse_ip(&self.advertised_host) == Some(ip);
             return ours && listens_on(port.unwrap_or(t.default_port()));
         }
         if host.eq_ignore_ascii_case(&self.advertised_host) {

@@ -69,9 +69,9 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
         let ok = match memchr::memchr(b',', v) {
             // One value (most requests): no list to split.
             None => name_addr_ok(crate::sip::syntax::trim(v)),
-            Some(_) => crate::sip::syntax::split_list(v)
-                .into_iter()
-                .all(|r| name_addr_ok(v.get(r).unwrap_or_default())),
+            Some(_) => {
+                crate::sip::syntax::list(v).all(|r| name_addr_ok(v.get(r).unwrap_or_default()))
+            }
         };
         if !ok {
             return Err(Reject::new(400, "Malformed Contact"));
@@ -98,7 +98,7 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
     let mut via_lines = msg.all(HeaderName::Via);
     let single = via_lines.next().is_some_and(|h| {
         let v = msg.value(h);
-        memchr::memchr(b',', v).is_none() || crate::sip::syntax::find_unquoted(v, 0, b',').is_none()
+        crate::sip::syntax::list(v).nth(1).is_none()
     }) && via_lines.next().is_none();
     if !single {
         for v in msg.list_values(HeaderName::Via).into_iter().skip(1) {
