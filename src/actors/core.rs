@@ -42,7 +42,7 @@ pub struct Core {
     /// connections 430 at once).
     relay_down: DashMap<SocketAddr, std::time::Instant>,
     /// Where received messages go (the dispatcher, installed at start-up).
-    inbound: OnceLock<Box<dyn Fn(Inbound) + Send + Sync>>,
+    inbound: OnceLock<Box<dyn Fn(Box<Inbound>) + Send + Sync>>,
     /// Admission control: the INVITE rate, overload episodes, the drain.
     pub admission: Admission,
     /// The dashboard's history (rates and round trips of the last minutes, switches).
@@ -178,12 +178,14 @@ impl Core {
     }
 
     /// Sets where received messages go (once, at start-up).
-    pub fn set_inbound(&self, sink: Box<dyn Fn(Inbound) + Send + Sync>) {
+    pub fn set_inbound(&self, sink: Box<dyn Fn(Box<Inbound>) + Send + Sync>) {
         let _ = self.inbound.set(sink);
     }
 
     /// Hands a received message to the dispatcher (dropped before start-up finished).
-    pub fn deliver(&self, inbound: Inbound) {
+    /// Boxed once here: the message (about 450 bytes with its context) then moves by
+    /// pointer to the transaction that takes it, instead of being copied at every step.
+    pub fn deliver(&self, inbound: Box<Inbound>) {
         if let Some(sink) = self.inbound.get() {
             sink(inbound);
         }

@@ -20,7 +20,7 @@ use super::transport::Inbound;
 
 /// What listeners and connections hand received messages to: [`dispatch`] on this core.
 /// Holds the core weakly, so that a stopped proxy's core is freed.
-pub fn sink(core: &Arc<Core>) -> Box<dyn Fn(Inbound) + Send + Sync> {
+pub fn sink(core: &Arc<Core>) -> Box<dyn Fn(Box<Inbound>) + Send + Sync> {
     let weak: Weak<Core> = Arc::downgrade(core);
     Box::new(move |inbound| {
         if let Some(core) = weak.upgrade() {
@@ -31,7 +31,7 @@ pub fn sink(core: &Arc<Core>) -> Box<dyn Fn(Inbound) + Send + Sync> {
 
 /// Routes one received message (see the module documentation): the sans-IO
 /// dispatcher says where it belongs, this does it.
-pub fn dispatch(core: &Arc<Core>, inbound: Inbound) {
+pub fn dispatch(core: &Arc<Core>, inbound: Box<Inbound>) {
     if inbound.msg.is_response() {
         core.live().upstreams.note_heard(inbound.source);
     } else {
@@ -42,7 +42,7 @@ pub fn dispatch(core: &Arc<Core>, inbound: Inbound) {
     route(core, inbound);
 }
 
-fn route(core: &Arc<Core>, inbound: Inbound) {
+fn route(core: &Arc<Core>, inbound: Box<Inbound>) {
     match sip_dispatch(&inbound.msg, &core.txns, Instant::now()) {
         Dispatch::Probe(key) => to_probe(core, &key, &inbound.msg),
         Dispatch::ClientTransaction(key) => {
@@ -52,24 +52,24 @@ fn route(core: &Arc<Core>, inbound: Inbound) {
             if tx.worker() != super::workers::current() {
                 core.metrics.worker_handoffs.inc();
             }
-            if let Err(TxMsg::Response(back)) = tx.send(TxMsg::Response(Box::new((key, inbound)))) {
-                forward_stray_response(core, &back.1.msg);
+            if let Err(TxMsg::Response(back)) = tx.send(TxMsg::Response(inbound)) {
+                forward_stray_response(core, &back.msg);
             }
         }
         Dispatch::StrayResponse => forward_stray_response(core, &inbound.msg),
         Dispatch::Cancel(invite) => {
             if let Some(tx) = core.txns.server.get(&invite).map(|r| r.clone()) {
-                let _ = tx.send(TxMsg::Cancel(Box::new(inbound)));
+                let _ = tx.send(TxMsg::Cancel(inbound));
             }
         }
         Dispatch::ServerTransaction(key) => {
             let Some(tx) = core.txns.server.get(&key).map(|r| r.clone()) else {
                 return route(core, inbound);
             };
-            if let Err(TxMsg::Request(inbound)) = tx.send(TxMsg::Request(Box::new(inbound))) {
+            if let Err(TxMsg::Request(inbound)) = tx.send(TxMsg::Request(inbound)) {
                 // The transaction just ended: it lingers, or this is a new one.
                 core.txns.server.remove_if(&key, |_, v| v.id() == tx.id());
-                route(core, *inbound);
+                route(core, inbound);
             }
         }
         Dispatch::Absorb(key) => core.txns.absorb(&key),
@@ -103,7 +103,7 @@ fn to_probe(core: &Core, key: &ClientKey, msg: &Message) {
         .probe_response(key.branch(), code, retry_after);
 }
 
-fn new_transaction(core: &Arc<Core>, key: ServerKey, inbound: Inbound) {
+fn new_transaction(core: &Arc<Core>, key: ServerKey, inbound: Box<Inbound>) {
     let msg = &inbound.msg;
     let initial_invite = msg.method() == Some(&Method::Invite) && msg.to_tag().is_none();
     let out_of_dialog =

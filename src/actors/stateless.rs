@@ -61,7 +61,7 @@ pub fn forward_stray_response(core: &Core, msg: &Message) {
 /// ACK that matches no server transaction: the ACK for a 2xx, forwarded statelessly
 /// (RFC 3261 section 16.11) with a branch that is the same for its retransmissions. An
 /// ACK for a response this proxy generated statelessly carries our To tag: absorbed.
-pub fn forward_ack(core: &Arc<Core>, inbound: Inbound) {
+pub fn forward_ack(core: &Arc<Core>, inbound: Box<Inbound>) {
     let msg = &inbound.msg;
     if msg.to_tag().is_some_and(|t| {
         t.starts_with(proxy::LOCAL_TAG_PREFIX.as_bytes()) && t == proxy::local_tag(msg).as_bytes()

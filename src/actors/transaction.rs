@@ -68,11 +68,11 @@ pub struct TxState {
 
 /// Starts the transaction of `key` for its first request, as a task of its own fed by a
 /// mailbox that the tables point at (see the module documentation).
-pub fn spawn(core: &Arc<Core>, key: ServerKey, first: Inbound) {
+pub fn spawn(core: &Arc<Core>, key: ServerKey, first: Box<Inbound>) {
     let (handle, mailbox) = TxHandle::new();
     core.metrics.transactions.inc();
     core.txns.server.insert(key.clone(), handle.clone());
-    let _ = handle.send(TxMsg::Request(Box::new(first)));
+    let _ = handle.send(TxMsg::Request(first));
     let id = handle.id();
     // Boxed: an async fn's future keeps its arguments apart from its locals, so a state
     // passed inline would be carried twice by every transaction's task (4.3 KiB instead
@@ -177,14 +177,14 @@ impl TxState {
                     .is_some_and(|c| c.handle_retransmission(&inbound.msg, now));
                 if stray_ack {
                     // An ACK for a 2xx that reused the INVITE's branch: not ours to absorb.
-                    forward_ack(&self.core, *inbound);
+                    forward_ack(&self.core, inbound);
                 }
             }
             TxMsg::Cancel(inbound) => self.on_cancel(&inbound, now),
-            TxMsg::Response(matched) => {
-                let (key, inbound) = *matched;
+            TxMsg::Response(inbound) => {
                 relayed_from = Some(inbound.received);
-                if let Some(c) = &mut self.ctx {
+                let key = ClientKey::of_response(&inbound.msg);
+                if let (Some(c), Some(key)) = (&mut self.ctx, key) {
                     c.handle_response(&key, &inbound.msg, self.live.upstreams.as_ref(), now);
                 }
             }

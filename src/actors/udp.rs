@@ -132,13 +132,13 @@ pub fn handle_datagram(
     }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         match Message::parse(data, Framing::Datagram, &core.live().limits) {
-            Ok(msg) => core.deliver(Inbound {
+            Ok(msg) => core.deliver(Box::new(Inbound {
                 msg,
                 transport: Transport::Udp,
                 source,
                 reply: ReplyPath::Udp(sock.clone(), local),
                 received: std::time::Instant::now(),
-            }),
+            })),
             Err(e) => core.metrics.parse_failed(parse_reason(e)),
         }
     }));

@@ -318,13 +318,13 @@ impl Conn {
                 Ok(Some(Frame::Message(bytes))) => {
                     self.partial_since = None;
                     match Message::parse(bytes, Framing::Stream, &self.core.live().limits) {
-                        Ok(msg) => self.core.deliver(Inbound {
+                        Ok(msg) => self.core.deliver(Box::new(Inbound {
                             msg,
                             transport: self.handle.transport,
                             source: self.handle.peer,
                             reply: ReplyPath::Stream(self.handle.clone()),
                             received: std::time::Instant::now(),
-                        }),
+                        })),
                         Err(e) => self.core.metrics.parse_failed(super::parse_reason(e)),
                     }
                 }
