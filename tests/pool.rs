@@ -91,25 +91,8 @@ async fn reach_phone(server: &tokio::net::UdpSocket, phone: &mut Phone, path: &s
         .and_then(|h| h.split(';').next())
         .expect("Path host");
     let instance: SocketAddr = host.parse().expect("Path names an address");
-    let call_id = unique("to-phone");
-    let invite = server_invite(server.local_addr().unwrap(), phone, path, &call_id);
-    server.send_to(invite.as_bytes(), instance).await.unwrap();
-    let got = loop {
-        let m = phone.recv().await;
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
-    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
-    phone
-        .send(&response(
-            &got,
-            200,
-            "OK",
-            &format!("<sip:alice@{}>", phone.addr),
-        ))
-        .await;
-    assert_eq!(server_final(server, &call_id).await.status(), Some(200));
+    let contact = format!("<sip:alice@{}>", phone.addr);
+    call_phone_along_path(server, instance, phone, path, &contact).await;
 }
 
 #[tokio::test]

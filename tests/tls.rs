@@ -152,7 +152,7 @@ async fn phone_registered_over_tls_is_reached_over_its_own_connection() {
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
     // REGISTER over TLS: the registrar sees a Path naming this instance and this connection.
-    let path = register(&mut phone, &mut up).await;
+    let path = register_with_path(&mut phone, &mut up).await;
     assert!(
         // The entry names the side that faces the registrar (UDP here): it must reach us.
         // No `ob`: this is not an outbound (reg-id) registration.
@@ -256,7 +256,7 @@ async fn an_idle_tls_flow_outlives_the_idle_timeout_and_still_reaches_the_phone(
     let tls = p.local_addr(Transport::Tls).unwrap();
     let udp = p.local_addr(Transport::Udp).unwrap();
     let mut phone = tls_phone(tls, &s.ca, None).await;
-    let path = register(&mut phone, &mut up).await;
+    let path = register_with_path(&mut phone, &mut up).await;
     // Another phone, without a flow, is heard from after the first one last spoke.
     let mut other = tls_phone(tls, &s.ca, None).await;
     assert_eq!(
@@ -651,29 +651,6 @@ async fn sighup_reloads_the_certificate_of_a_running_process() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(child);
-}
-
-/// The phone registers through the proxy (the registrar answers 200); the Path the
-/// registrar saw.
-async fn register(phone: &mut Phone, up: &mut Upstream) -> String {
-    phone
-        .send(&phone.request(
-            "REGISTER",
-            "sip:site.example",
-            &unique("reg"),
-            &unique("z9hG4bKr"),
-            "",
-            "",
-        ))
-        .await;
-    let path = up
-        .recv_method("REGISTER")
-        .await
-        .header("path")
-        .expect("Path added")
-        .to_string();
-    assert_eq!(phone.recv_final().await.0.status(), Some(200));
-    path
 }
 
 /// A server beside `up` sends an INVITE along `path` to the proxy's UDP listener; the

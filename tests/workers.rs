@@ -221,28 +221,6 @@ async fn responses_come_back_to_the_worker_that_sent_the_request() {
     p.stop().await;
 }
 
-/// The phone registers through the proxy (the registrar answers 200); the Path the
-/// registrar saw.
-async fn register(phone: &mut Phone, up: &mut Upstream) -> String {
-    let req = phone.request(
-        "REGISTER",
-        "sip:site.example",
-        &unique("reg"),
-        &unique("z9hG4bKr"),
-        "",
-        "",
-    );
-    phone.send(&req).await;
-    let path = up
-        .recv_method("REGISTER")
-        .await
-        .header("path")
-        .expect("Path added")
-        .to_string();
-    assert_eq!(phone.recv_final().await.0.status(), Some(200));
-    path
-}
-
 #[tokio::test]
 async fn a_flow_on_one_workers_connection_is_reached_from_another_worker() {
     let mut up = Upstream::udp(Behaviour::Answer).await;
@@ -257,7 +235,7 @@ async fn a_flow_on_one_workers_connection_is_reached_from_another_worker() {
     let mut phones = Vec::new();
     for _ in 0..2 {
         let mut phone = Phone::tcp(tcp).await;
-        let path = register(&mut phone, &mut up).await;
+        let path = register_with_path(&mut phone, &mut up).await;
         phones.push((phone, path));
     }
     let received = |p: &sippool::actors::Proxy| -> Vec<f64> {
@@ -287,27 +265,9 @@ async fn a_flow_on_one_workers_connection_is_reached_from_another_worker() {
     let server = tokio::net::UdpSocket::bind((up.addr.ip(), 0))
         .await
         .expect("bind");
-    let server_addr = server.local_addr().expect("addr");
     for (phone, path) in &mut phones {
-        let call_id = unique("down");
-        let invite = server_invite(server_addr, phone, path, &call_id);
-        server.send_to(invite.as_bytes(), udp).await.expect("send");
-        let got = loop {
-            let m = phone.recv().await;
-            if m.method() == Some("INVITE") {
-                break m;
-            }
-        };
-        assert_eq!(got.header("call-id"), Some(call_id.as_str()));
-        phone
-            .send(&response(
-                &got,
-                200,
-                "OK",
-                &format!("<sip:alice@{};transport=tcp>", phone.addr),
-            ))
-            .await;
-        assert_eq!(server_final(&server, &call_id).await.status(), Some(200));
+        let contact = format!("<sip:alice@{};transport=tcp>", phone.addr);
+        call_phone_along_path(&server, udp, phone, path, &contact).await;
     }
     let after = received(&p);
     let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();

@@ -766,6 +766,51 @@ pub async fn server_final(sock: &tokio::net::UdpSocket, call_id: &str) -> SipMsg
     }
 }
 
+/// The phone registers through the proxy (the registrar `up` answers 200); the Path the
+/// registrar saw.
+pub async fn register_with_path(phone: &mut Phone, up: &mut Upstream) -> String {
+    let req = phone.request(
+        "REGISTER",
+        "sip:site.example",
+        &unique("reg"),
+        &unique("z9hG4bKr"),
+        "",
+        "",
+    );
+    phone.send(&req).await;
+    let path = up
+        .recv_method("REGISTER")
+        .await
+        .header("path")
+        .expect("Path added")
+        .to_string();
+    assert_eq!(phone.recv_final().await.0.status(), Some(200));
+    path
+}
+
+/// The server socket sends an INVITE along `path` to `to` (an instance's listener); the
+/// phone must receive it, answers 200 with `contact`, and the 200 must reach the server.
+pub async fn call_phone_along_path(
+    server: &UdpSocket,
+    to: SocketAddr,
+    phone: &mut Phone,
+    path: &str,
+    contact: &str,
+) {
+    let call_id = unique("to-phone");
+    let invite = server_invite(server.local_addr().expect("addr"), phone, path, &call_id);
+    server.send_to(invite.as_bytes(), to).await.expect("send");
+    let got = loop {
+        let m = phone.recv().await;
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    assert_eq!(got.header("call-id"), Some(call_id.as_str()));
+    phone.send(&response(&got, 200, "OK", contact)).await;
+    assert_eq!(server_final(server, &call_id).await.status(), Some(200));
+}
+
 /// A response to `req` built the way a UAS does (RFC 3261 section 8.2.6).
 pub fn response(req: &SipMsg, code: u16, reason: &str, contact: &str) -> String {
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
