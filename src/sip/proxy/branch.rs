@@ -138,10 +138,9 @@ pub fn loop_hash(msg: &Message, hop: Hop) -> u32 {
 /// lines are searched for it first and parsed only when it is there (most requests have
 /// never passed through us and are settled by one substring search per Via line).
 pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
-    let mut want = [0u8; BRANCH_PREFIX.len() + 8];
-    let (prefix, hex) = want.split_at_mut(BRANCH_PREFIX.len());
-    prefix.copy_from_slice(BRANCH_PREFIX.as_bytes());
-    write_hex8(hex, hash);
+    let mut want = String::with_capacity(BRANCH_PREFIX.len() + 8);
+    want.push_str(BRANCH_PREFIX);
+    push_hex(&mut want, u64::from(hash), 8);
     let finder = memchr::memmem::Finder::new(&want);
     let mentioned = msg
         .all(HeaderName::Via)
@@ -149,23 +148,13 @@ pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> boo
     if !mentioned {
         return false;
     }
-    let want = std::str::from_utf8(&want).unwrap_or(BRANCH_PREFIX);
     msg.list_values(HeaderName::Via).into_iter().any(|r| {
         let Ok(v) = Via::parse(msg.slice(r)) else {
             return false;
         };
         let t = v.transport.parse().unwrap_or(Transport::Udp);
-        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(want))
+        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
     })
-}
-
-/// Writes `v` as 8 lower-case hex digits (as `{:08x}` would) into the first 8 bytes of
-/// `out`.
-fn write_hex8(out: &mut [u8], v: u32) {
-    for (i, slot) in out.iter_mut().take(8).enumerate() {
-        let nibble = (v >> (28 - 4 * i)) & 0xf;
-        *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
-    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -206,14 +195,5 @@ mod tests {
         }
         assert_eq!(fnv1a(&[b"a"]), h);
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
-    }
-
-    #[test]
-    fn hex8_is_format_08x() {
-        for v in [0, 1, 0xdead_beef, u32::MAX, 0x0012_3400] {
-            let mut out = [0u8; 8];
-            write_hex8(&mut out, v);
-            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:08x}"));
-        }
     }
 }
