@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::sip::builder;
 use crate::sip::message::{HeaderName, Message};
+use crate::sip::proxy::response_context::Origin;
 use crate::sip::proxy::{self, Decision, Received};
 use crate::sip::transport::Transport;
 use crate::sip::via::Via;
@@ -164,7 +165,7 @@ pub fn respond_stateless(core: &Core, inbound: &Inbound, code: u16, reason: &str
     let bytes = builder::response(&inbound.msg, code, reason, &tag, &extra);
     let dest = response_destination(&inbound.msg, inbound.source, &inbound.reply);
     if send_reply(&inbound.reply, dest, bytes).is_ok() {
-        core.metrics.response(code, "local");
+        core.metrics.response(code, Origin::Local);
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::metrics::KindLabels;
 use crate::sip::builder;
-use crate::sip::proxy::response_context::{Action, Evidence, ResponseContext};
+use crate::sip::proxy::response_context::{Action, Evidence, Origin, ResponseContext};
 use crate::sip::proxy::{self, Decision, Received};
 use crate::sip::transaction::{ClientKey, ServerKey};
 
@@ -282,7 +282,7 @@ impl TxState {
         let ok = builder::response(&cancel.msg, 200, "OK", &tag, &[]);
         let dest = response_destination(&cancel.msg, cancel.source, &cancel.reply);
         if send_reply(&cancel.reply, dest, ok).is_ok() {
-            self.core.metrics.response(200, "local");
+            self.core.metrics.response(200, Origin::Local);
         }
         if let Some(c) = &mut self.ctx {
             c.handle_cancel(now);
@@ -350,7 +350,7 @@ impl TxState {
                 } => {
                     let Some(reply) = &self.reply else { continue };
                     if send_reply(reply, self.dest, bytes).is_ok() {
-                        core.metrics.response(code, origin.as_str());
+                        core.metrics.response(code, origin);
                         if let (proxy::response_context::Origin::Relayed, Some(at)) =
                             (origin, relayed_from)
                         {

@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::sip::proxy::response_context::Origin;
+
 /// Status class of a response.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum StatusClass {
@@ -481,19 +483,21 @@ impl Metrics {
         };
     }
 
-    /// Counts a response sent toward a client (`origin`: `relayed` or `local`).
-    pub fn response(&self, code: u16, origin: &'static str) {
+    /// Counts a response sent toward a client.
+    pub fn response(&self, code: u16, origin: Origin) {
         if code == 503 {
             self.responses_503.inc();
         }
         let class = StatusClass::of(code);
-        let labels = || ResponseLabels { class, origin };
-        let row = match origin {
-            "relayed" => Some(0),
-            "local" => Some(1),
-            _ => None,
+        let labels = || ResponseLabels {
+            class,
+            origin: origin.as_str(),
         };
-        match row.and_then(|r| self.hot.responses.get(r * 6 + class as usize)) {
+        let row = match origin {
+            Origin::Relayed => 0,
+            Origin::Local => 1,
+        };
+        match self.hot.responses.get(row * 6 + class as usize) {
             Some(series) => series
                 .get_or_init(|| self.responses.get_or_create(&labels()).clone())
                 .inc(),
@@ -549,9 +553,9 @@ mod tests {
         m.request("INVITE");
         m.request("INVITE");
         m.request("FOO");
-        m.response(180, "relayed");
-        m.response(503, "local");
-        m.response(503, "local");
+        m.response(180, Origin::Relayed);
+        m.response(503, Origin::Local);
+        m.response(503, Origin::Local);
         let text = m.encode();
         assert!(
             text.contains("sippool_requests_received_total{method=\"INVITE\"} 2"),
