@@ -66,14 +66,7 @@ pub(super) fn check_headers(msg: &Message, via: &Via<'_>) -> Result<(), Reject> 
         if crate::sip::syntax::trim(v) == b"*" {
             continue;
         }
-        let ok = match memchr::memchr(b',', v) {
-            // One value (most requests): no list to split.
-            None => name_addr_ok(crate::sip::syntax::trim(v)),
-            Some(_) => {
-                crate::sip::syntax::list(v).all(|r| name_addr_ok(v.get(r).unwrap_or_default()))
-            }
-        };
-        if !ok {
+        if !crate::sip::syntax::list(v).all(|r| name_addr_ok(v.get(r).unwrap_or_default())) {
             return Err(Reject::new(400, "Malformed Contact"));
         }
     }
