@@ -120,22 +120,26 @@ impl Locator {
     /// Where to send for `hp`: the IP literal itself, a cached answer, or a fresh lookup.
     /// `None` when the name does not resolve.
     pub async fn locate(&self, hp: &HostPort) -> Option<Target> {
+        if let Some(target) = self.locate_now(hp) {
+            return Some(target);
+        }
+        let (target, until) = self.lookup(hp).await?;
+        self.cache.insert(hp.to_string(), (target, until));
+        Some(target)
+    }
+
+    /// What [`Self::locate`] answers without asking DNS: the IP literal itself or a cached
+    /// answer still valid; `None` when it would have to ask. A transaction tries this
+    /// first, and awaits a lookup only when it must.
+    pub fn locate_now(&self, hp: &HostPort) -> Option<Target> {
         if let Some(addr) = hp.socket_addr() {
             return Some(Target {
                 transport: hp.transport,
                 addr,
             });
         }
-        let key = hp.to_string();
-        let now = Instant::now();
-        if let Some(e) = self.cache.get(&key) {
-            if e.1 > now {
-                return Some(e.0);
-            }
-        }
-        let (target, until) = self.lookup(hp).await?;
-        self.cache.insert(key, (target, until));
-        Some(target)
+        let e = self.cache.get(&hp.to_string())?;
+        (e.1 > Instant::now()).then_some(e.0)
     }
 
     /// Every target for `hp` in the order a client tries them (RFC 3263 section 4.3: the

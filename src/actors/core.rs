@@ -321,6 +321,18 @@ impl Core {
     /// its certificate must carry.
     pub async fn locate(&self, live: &Live, hp: &HostPort) -> Option<super::transport::Target> {
         let target = live.locator.locate(hp).await?;
+        Some(self.located(hp, target))
+    }
+
+    /// What [`Self::locate`] answers without a DNS lookup (an IP literal, a cached answer),
+    /// `None` when it must ask.
+    pub fn locate_now(&self, live: &Live, hp: &HostPort) -> Option<super::transport::Target> {
+        let target = live.locator.locate_now(hp)?;
+        Some(self.located(hp, target))
+    }
+
+    /// Notes the name a TLS server located for `hp` must prove.
+    fn located(&self, hp: &HostPort, target: super::transport::Target) -> super::transport::Target {
         if target.transport == Transport::Tls
             && self
                 .tls_names
@@ -329,7 +341,7 @@ impl Core {
         {
             self.tls_names.insert(target.addr, hp.host.as_str().into());
         }
-        Some(target)
+        target
     }
 
     /// The name a TLS server at `addr` must prove, from the host it was located by.

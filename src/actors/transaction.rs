@@ -366,10 +366,18 @@ impl TxState {
                     }
                 }
                 Action::Locate(hp) => {
-                    // Boxed: resolving is a large future (DNS), and an unboxed one would
-                    // make every transaction actor's task carry it for its whole life.
-                    let sent = match Box::pin(core.locate(&live, &hp)).await {
-                        Some(target) => Box::pin(self.open_branch(target, None, now)).await,
+                    // An address or a cached answer needs no lookup. The lookup is boxed:
+                    // resolving is a large future (DNS), and an unboxed one would make
+                    // every transaction's task carry it for its whole life.
+                    let target = match core.locate_now(&live, &hp) {
+                        Some(target) => Some(target),
+                        None => Box::pin(core.locate(&live, &hp)).await,
+                    };
+                    let sent = match target {
+                        Some(target) => {
+                            let opened = self.open_branch(target, None, now);
+                            self.branch_sent(opened).await
+                        }
                         None => {
                             tracing::warn!(event = "host_not_resolved", host = %hp.host);
                             false
@@ -383,7 +391,10 @@ impl TxState {
                 }
                 Action::Flow(flow) => {
                     let opened = match core.flow_target(&flow) {
-                        Some((target, conn)) => Box::pin(self.open_branch(target, conn, now)).await,
+                        Some((target, conn)) => {
+                            let opened = self.open_branch(target, conn, now);
+                            self.branch_sent(opened).await
+                        }
                         None => false,
                     };
                     if let (false, Some(c)) = (opened, &mut self.ctx) {
@@ -446,15 +457,16 @@ impl TxState {
     }
 
     /// Starts the context's branch toward `target` (over `conn` when a flow names one) and
-    /// sends the request; false when it could not be sent.
-    async fn open_branch(
+    /// sends the request when that needs no wait: `Ok(false)` when it could not be sent,
+    /// `Err` with the bytes when a connection must be opened first ([`Self::branch_sent`]).
+    fn open_branch(
         &mut self,
         target: Target,
         conn: Option<ConnHandle>,
         now: Instant,
-    ) -> bool {
+    ) -> Result<bool, Bytes> {
         let Some(ctx) = &mut self.ctx else {
-            return false;
+            return Ok(false);
         };
         // The listener it leaves by: a flow's own, else the one routing picks.
         let through = match &conn {
@@ -470,47 +482,75 @@ impl TxState {
             now,
         ) else {
             // Answered meanwhile: nothing to send, nothing failed.
-            return true;
+            return Ok(true);
         };
         self.core
             .txns
             .client
             .insert(key.clone(), self.handle.clone());
         self.keys.push(key.clone());
-        let mut link = Link { key, target, conn };
-        let ok = send_on(&self.core, &mut link, bytes).await;
+        if self.links.capacity() == 0 {
+            // Most transactions have one branch: no room for four.
+            self.links.reserve_exact(1);
+        }
+        self.links.push(Link { key, target, conn });
+        match self.links.last() {
+            Some(link) => send_now(&self.core, link, bytes),
+            None => Ok(false),
+        }
+    }
+
+    /// Finishes sending a branch's first request ([`Self::open_branch`]): opens its
+    /// connection when it needs one, and notes the latency; false when it failed.
+    async fn branch_sent(&mut self, opened: Result<bool, Bytes>) -> bool {
+        let ok = match (opened, self.links.last_mut()) {
+            (Ok(sent), _) => sent,
+            // Boxed, as in `send_on`: only a branch that must open a connection pays.
+            (Err(bytes), Some(link)) => Box::pin(connect_and_send(&self.core, link, bytes)).await,
+            (Err(_), None) => false,
+        };
         if ok {
             self.core
                 .metrics
                 .latency
                 .observe(self.received.elapsed().as_secs_f64());
         }
-        if self.links.capacity() == 0 {
-            // Most transactions have one branch: no room for four.
-            self.links.reserve_exact(1);
-        }
-        self.links.push(link);
         ok
     }
 }
 
-/// Sends on a branch, over the connection it already uses when it has one.
+/// Sends on a branch, over the connection it already uses when it has one. Only opening a
+/// connection awaits.
 async fn send_on(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
+    match send_now(core, b, bytes) {
+        Ok(sent) => sent,
+        // Boxed: opening a connection (TLS included) is a large future, and an unboxed
+        // one would make every transaction's task carry and move it.
+        Err(bytes) => Box::pin(connect_and_send(core, b, bytes)).await,
+    }
+}
+
+/// Sends on a branch without waiting: over its connection, or by UDP. `Err` gives the
+/// bytes back when a connection must be opened first.
+fn send_now(core: &Core, b: &Link, bytes: Bytes) -> Result<bool, Bytes> {
     if let Some(c) = &b.conn {
         if c.send(bytes.clone()) {
-            return true;
+            return Ok(true);
         }
     }
-    if b.target.transport == crate::sip::transport::Transport::Udp {
-        let server = |ip| core.live().upstreams.is_upstream(ip);
-        if let Some(sock) = core.transports.udp_toward(&b.target.addr, server) {
-            return send_udp(&sock, b.target.addr, bytes).is_ok();
-        }
-        return false;
+    if b.target.transport != crate::sip::transport::Transport::Udp {
+        return Err(bytes);
     }
-    // Boxed: opening a connection (TLS included) is a large future, and an unboxed one
-    // would make every transaction actor carry and move it.
-    match Box::pin(connection::send(core, b.target, bytes)).await {
+    let server = |ip| core.live().upstreams.is_upstream(ip);
+    Ok(core
+        .transports
+        .udp_toward(&b.target.addr, server)
+        .is_some_and(|sock| send_udp(&sock, b.target.addr, bytes).is_ok()))
+}
+
+/// Opens (or finds) a connection toward the branch's target and sends on it.
+async fn connect_and_send(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
+    match connection::send(core, b.target, bytes).await {
         Ok(ConnOrUdp::Conn(h)) => {
             b.conn = Some(h);
             true

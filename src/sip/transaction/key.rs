@@ -4,7 +4,10 @@
 //! (section 17.1.3).
 //!
 //! Owns only the identity of a transaction: what is compared, and how. Keys are small owned
-//! values (they outlive the message in the tables); nothing here formats text.
+//! values (they outlive the message in the tables); nothing here formats text. Their text
+//! (branches, sent-by hosts) is kept inline when it is short, as it nearly always is: a key
+//! is made for every message and cloned into the tables, and a heap string per field was
+//! a fifth of the allocations per call (issue 18).
 
 use crate::sip::message::{Message, Method};
 
@@ -31,11 +34,95 @@ impl KeyMethod {
     }
 }
 
+/// The text of a key field: inline up to [`KeyText::INLINE`] bytes (this proxy's branches
+/// are 26-28 bytes, phones' and servers' 17-35, an IPv6 sent-by at most 39 with its
+/// brackets), on the heap beyond. Compared and hashed as its text, whichever way it is
+/// held: a text is inline exactly when it fits, so equal texts are held alike.
+#[derive(Clone)]
+enum KeyText {
+    Inline {
+        len: u8,
+        bytes: [u8; KeyText::INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl KeyText {
+    /// The most bytes kept inline: the enum is then 40 bytes, as large as its tag, a
+    /// length and this (a heap string's pointer and length fit in the same room).
+    const INLINE: usize = 38;
+
+    fn new(s: &str) -> KeyText {
+        let mut bytes = [0u8; KeyText::INLINE];
+        match (bytes.get_mut(..s.len()), u8::try_from(s.len())) {
+            (Some(room), Ok(len)) => {
+                room.copy_from_slice(s.as_bytes());
+                KeyText::Inline { len, bytes }
+            }
+            _ => KeyText::Heap(s.into()),
+        }
+    }
+
+    /// `s` in lower case (host names compare without case), without a copy on the heap
+    /// when it fits inline.
+    fn lowercase(s: &str) -> KeyText {
+        let mut t = KeyText::new(s);
+        match &mut t {
+            KeyText::Inline { len, bytes } => {
+                if let Some(b) = bytes.get_mut(..usize::from(*len)) {
+                    b.make_ascii_lowercase();
+                }
+            }
+            KeyText::Heap(h) => h.make_ascii_lowercase(),
+        }
+        t
+    }
+
+    /// The text's bytes: what keys compare and hash (no UTF-8 check on that path).
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyText::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            KeyText::Heap(h) => h.as_bytes(),
+        }
+    }
+
+    /// The text (it was made from a `str`, whole, so its bytes are UTF-8).
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for KeyText {
+    fn eq(&self, other: &KeyText) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for KeyText {}
+
+impl std::hash::Hash for KeyText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::fmt::Display for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How the request names its transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Id {
     /// RFC 3261: the top Via's branch, which starts with the magic cookie.
-    Branch(Box<str>),
+    Branch(KeyText),
     /// RFC 2543 (no magic cookie): Call-ID, From tag and CSeq number.
     Rfc2543 {
         call_id: Box<[u8]>,
@@ -49,7 +136,7 @@ enum Id {
 pub struct ServerKey {
     id: Id,
     /// The top Via's sent-by host (lower case: host names compare case-insensitively) ...
-    host: Box<str>,
+    host: KeyText,
     /// ... and port (5060 when absent, as the existing tables always had it).
     port: u16,
     method: KeyMethod,
@@ -61,7 +148,7 @@ impl ServerKey {
         let via = msg.top_via()?.ok()?;
         let method = KeyMethod::of(msg.method()?);
         let id = if via.has_rfc3261_branch() {
-            Id::Branch(via.branch()?.into())
+            Id::Branch(KeyText::new(via.branch()?))
         } else {
             Id::Rfc2543 {
                 call_id: msg.call_id().unwrap_or_default().into(),
@@ -71,7 +158,7 @@ impl ServerKey {
         };
         Some(ServerKey {
             id,
-            host: via.host.to_ascii_lowercase().into(),
+            host: KeyText::lowercase(via.host),
             port: via.port.unwrap_or(5060),
             method,
         })
@@ -94,7 +181,7 @@ impl ServerKey {
     /// The branch, for an RFC 3261 key (logs).
     pub fn branch(&self) -> Option<&str> {
         match &self.id {
-            Id::Branch(b) => Some(b),
+            Id::Branch(b) => Some(b.as_str()),
             Id::Rfc2543 { .. } => None,
         }
     }
@@ -124,12 +211,12 @@ impl std::fmt::Display for ServerKey {
 /// in its Via. The CSeq method is not part of it: our branches are unique per client
 /// transaction, and a CANCEL we send gets a branch of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientKey(Box<str>);
+pub struct ClientKey(KeyText);
 
 impl ClientKey {
     /// The key for a branch we wrote.
     pub fn new(branch: &str) -> ClientKey {
-        ClientKey(branch.into())
+        ClientKey(KeyText::new(branch))
     }
 
     /// The key a response names: its top Via's branch.
@@ -139,7 +226,7 @@ impl ClientKey {
 
     /// The branch.
     pub fn branch(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -198,6 +285,39 @@ mod tests {
         assert_eq!(a.branch(), None);
         let cancel = ServerKey::of(&msg("CANCEL", "h:5060", "7 CANCEL")).unwrap();
         assert_eq!(cancel.cancelled_invite(), Some(a));
+    }
+
+    #[test]
+    fn key_text_is_inline_when_it_fits_and_compares_as_text_either_way() {
+        let fits = "a".repeat(KeyText::INLINE);
+        let long = "a".repeat(KeyText::INLINE + 1);
+        assert!(matches!(KeyText::new(&fits), KeyText::Inline { .. }));
+        assert!(matches!(KeyText::new(&long), KeyText::Heap(_)));
+        for s in ["", "z9hG4bK1", fits.as_str(), long.as_str()] {
+            assert_eq!(KeyText::new(s).as_str(), s);
+        }
+        assert_ne!(KeyText::new(&fits), KeyText::new(&long));
+        assert_eq!(
+            KeyText::lowercase("HoSt.Example"),
+            KeyText::new("host.example")
+        );
+        let upper = "A".repeat(KeyText::INLINE + 2);
+        assert_eq!(
+            KeyText::lowercase(&upper).as_str(),
+            upper.to_ascii_lowercase()
+        );
+        assert_eq!(std::mem::size_of::<KeyText>(), 40);
+        // A long branch and a long host work as keys as short ones do.
+        let via = format!("{}:5060;branch=z9hG4bK{long}", "H".repeat(50));
+        let a = ServerKey::of(&msg("BYE", &via, "2 BYE")).unwrap();
+        let b = ServerKey::of(&msg(
+            "BYE",
+            &via.to_ascii_lowercase().replace("z9hg4bk", "z9hG4bK"),
+            "2 BYE",
+        ))
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.branch(), Some(format!("z9hG4bK{long}").as_str()));
     }
 
     #[test]
