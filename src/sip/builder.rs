@@ -6,12 +6,11 @@
 //! by a [`RequestEdits`] plan made by `sip::proxy`.
 
 use std::fmt::Write as _;
-use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::sip::message::{HeaderName, Message};
-use crate::sip::syntax::split_list;
+use crate::sip::syntax::list;
 
 /// How a forwarded request differs from the received one.
 #[derive(Debug, Clone, Default)]
@@ -82,7 +81,7 @@ pub fn forward_request(msg: &Message, edits: &RequestEdits, added: Added<'_>) ->
     let mut via_done = false;
     let mut routes_seen = 0usize;
     let total_routes = match msg.first(HeaderName::Route) {
-        Some(_) => msg.list_values(HeaderName::Route).len(),
+        Some(_) => msg.list(HeaderName::Route).count(),
         None => 0,
     };
     let mut saw_max_forwards = false;
@@ -210,26 +209,28 @@ fn put_kept_routes(
     total: usize,
 ) {
     let value = msg.value(h);
-    let parts = split_list(value);
-    let keep: Vec<Range<usize>> = parts
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| {
-            let n = *seen + i;
-            n >= edits.drop_top_routes && !(edits.drop_last_route && n + 1 == total)
-        })
-        .map(|(_, r)| r.clone())
-        .collect();
-    if keep.len() == parts.len() {
+    let first = *seen;
+    let kept = |i: usize| {
+        let n = first + i;
+        n >= edits.drop_top_routes && !(edits.drop_last_route && n + 1 == total)
+    };
+    let parts = list(value).count();
+    *seen += parts;
+    let keep = (0..parts).filter(|&i| kept(i)).count();
+    if keep == parts {
         put_line(out, msg.slice(h.line.clone()));
-    } else if !keep.is_empty() {
-        let joined: Vec<String> = keep
-            .iter()
-            .map(|r| String::from_utf8_lossy(value.get(r.clone()).unwrap_or_default()).into_owned())
-            .collect();
-        put_header(out, "Route", &joined.join(", "));
+    } else if keep > 0 {
+        out.put_slice(b"Route: ");
+        let mut written = 0;
+        for (_, r) in list(value).enumerate().filter(|&(i, _)| kept(i)) {
+            if written > 0 {
+                out.put_slice(b", ");
+            }
+            out.put_slice(value.get(r).unwrap_or_default());
+            written += 1;
+        }
+        out.put_slice(b"\r\n");
     }
-    *seen += parts.len();
 }
 
 /// The CANCEL for a forwarded INVITE (RFC 3261 section 9.1): the same Request-URI, top Via

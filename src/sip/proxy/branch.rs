@@ -138,10 +138,16 @@ pub fn loop_hash(msg: &Message, hop: Hop) -> u32 {
 /// lines are searched for it first and parsed only when it is there (most requests have
 /// never passed through us and are settled by one substring search per Via line).
 pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
-    let mut want = String::with_capacity(BRANCH_PREFIX.len() + 8);
-    want.push_str(BRANCH_PREFIX);
-    push_hex(&mut want, u64::from(hash), 8);
-    let finder = memchr::memmem::Finder::new(&want);
+    // The prefix and the hash's 8 hex digits, on the stack: this runs for every request.
+    let mut want = [0u8; BRANCH_PREFIX.len() + 8];
+    let (prefix, digits) = want.split_at_mut(BRANCH_PREFIX.len());
+    prefix.copy_from_slice(BRANCH_PREFIX.as_bytes());
+    for (i, d) in digits.iter_mut().enumerate() {
+        let nibble = (hash >> (4 * (7 - i))) & 0xf;
+        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    let want = &want[..];
+    let finder = memchr::memmem::Finder::new(want);
     let mentioned = msg
         .all(HeaderName::Via)
         .any(|h| finder.find(msg.value(h)).is_some());
@@ -153,7 +159,8 @@ pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> boo
             return false;
         };
         let t = v.transport.parse().unwrap_or(Transport::Udp);
-        identity.is_local(v.host, v.port, t) && v.branch().is_some_and(|b| b.starts_with(&want))
+        identity.is_local(v.host, v.port, t)
+            && v.branch().is_some_and(|b| b.as_bytes().starts_with(want))
     })
 }
 

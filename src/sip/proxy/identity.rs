@@ -229,7 +229,8 @@ impl LocalIdentity {
             _ => port,
         };
         let token = through.transport.via_token();
-        let mut via = String::with_capacity(24 + host.len() + branch.len());
+        // "SIP/2.0/", the token, a space, ':', the port and ";branch=": at most 30.
+        let mut via = String::with_capacity(30 + host.len() + branch.len());
         for part in [
             "SIP/2.0/",
             token,

@@ -124,6 +124,24 @@ fn loose_routing_removes_our_route_entries() {
 }
 
 #[test]
+fn our_route_entry_leaves_the_rest_of_its_line() {
+    let m = req(
+        "Route: <sip:192.0.2.10;lr>, <sip:203.0.113.9;lr>,<sip:203.0.113.7;lr>\r\n",
+        "sip:bob@203.0.113.1",
+    );
+    let Decision::Forward(plan) = decide_from(&m, "10.9.9.9:5060", false) else {
+        panic!()
+    };
+    let out = plan.build(&m, &identity(), Transport::Udp.into(), "z9hG4bKspx");
+    let text = std::str::from_utf8(&out).unwrap();
+    assert!(
+        text.contains("\r\nRoute: <sip:203.0.113.9;lr>, <sip:203.0.113.7;lr>\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("<sip:192.0.2.10;lr>"), "{text}");
+}
+
+#[test]
 fn max_forwards_zero_and_bad() {
     let m = req("", "sip:b@y").clone();
     let zero = Message::parse(

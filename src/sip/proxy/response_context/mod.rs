@@ -304,8 +304,8 @@ impl ResponseContext {
         let key = ClientKey::new(&branch_id);
         let rr_sent = self
             .request
-            .list_values(crate::sip::message::HeaderName::RecordRoute)
-            .len()
+            .list(crate::sip::message::HeaderName::RecordRoute)
+            .count()
             + plan.record_route_count(identity, through);
         self.branch = Some(Branch {
             key: key.clone(),
