@@ -221,13 +221,12 @@ fn put_kept_routes(
         put_line(out, msg.slice(h.line.clone()));
     } else if keep > 0 {
         out.put_slice(b"Route: ");
-        let mut written = 0;
-        for (_, r) in list(value).enumerate().filter(|&(i, _)| kept(i)) {
+        let values = list(value).enumerate().filter(|&(i, _)| kept(i));
+        for (written, (_, r)) in values.enumerate() {
             if written > 0 {
                 out.put_slice(b", ");
             }
             out.put_slice(value.get(r).unwrap_or_default());
-            written += 1;
         }
         out.put_slice(b"\r\n");
     }
