@@ -138,7 +138,11 @@ pub fn loop_hash(msg: &Message, hop: Hop) -> u32 {
 /// lines are searched for it first and parsed only when it is there (most requests have
 /// never passed through us and are settled by one substring search per Via line).
 pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> bool {
-    // The prefix and the hash's 8 hex digits, on the stack: this runs for every request.
+    // Our branch prefix, then the hash's 8 hex digits: a Via of ours carries both. The
+    // prefix's searcher is built once (building one costs more than a search).
+    static PREFIX: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    let finder = PREFIX.get_or_init(|| memchr::memmem::Finder::new(BRANCH_PREFIX.as_bytes()));
     let mut want = [0u8; BRANCH_PREFIX.len() + 8];
     let (prefix, digits) = want.split_at_mut(BRANCH_PREFIX.len());
     prefix.copy_from_slice(BRANCH_PREFIX.as_bytes());
@@ -147,14 +151,16 @@ pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> boo
         *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
     }
     let want = &want[..];
-    let finder = memchr::memmem::Finder::new(want);
-    let mentioned = msg
-        .all(HeaderName::Via)
-        .any(|h| finder.find(msg.value(h)).is_some());
+    let mentioned = msg.all(HeaderName::Via).any(|h| {
+        let v = msg.value(h);
+        finder
+            .find_iter(v)
+            .any(|at| v.get(at..).is_some_and(|rest| rest.starts_with(want)))
+    });
     if !mentioned {
         return false;
     }
-    msg.list_values(HeaderName::Via).into_iter().any(|r| {
+    msg.list(HeaderName::Via).any(|r| {
         let Ok(v) = Via::parse(msg.slice(r)) else {
             return false;
         };
