@@ -131,9 +131,24 @@ enum Id {
     },
 }
 
+/// A key's hash, computed once when the key is made: the tables hash a key on every
+/// lookup, insert and removal (about 25 times per call), and hashing its text each time
+/// cost more than the lookups. Seeded once per process (foldhash), so that keys an
+/// attacker chooses (branches) do not collide on purpose.
+fn digest_of(fields: impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    STATE
+        .get_or_init(foldhash::fast::RandomState::default)
+        .hash_one(fields)
+}
+
 /// The key of a server transaction (RFC 3261 section 17.2.3).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerKey {
+    /// The hash of the fields below ([`digest_of`]); compared first, so that unequal keys
+    /// differ at once.
+    digest: u64,
     id: Id,
     /// The top Via's sent-by host (lower case: host names compare case-insensitively) ...
     host: KeyText,
@@ -156,20 +171,34 @@ impl ServerKey {
                 cseq: msg.cseq().map_or(0, |(n, _)| n),
             }
         };
-        Some(ServerKey {
+        Some(ServerKey::sealed(
             id,
-            host: KeyText::lowercase(via.host),
-            port: via.port.unwrap_or(5060),
+            KeyText::lowercase(via.host),
+            via.port.unwrap_or(5060),
             method,
-        })
+        ))
+    }
+
+    fn sealed(id: Id, host: KeyText, port: u16, method: KeyMethod) -> ServerKey {
+        ServerKey {
+            digest: digest_of((&id, &host, port, &method)),
+            id,
+            host,
+            port,
+            method,
+        }
     }
 
     /// For a CANCEL's key, the key of the INVITE transaction it cancels (section 9.2: same
     /// branch and sent-by, method INVITE); `None` for any other key.
     pub fn cancelled_invite(&self) -> Option<ServerKey> {
-        (self.method == KeyMethod::Cancel).then(|| ServerKey {
-            method: KeyMethod::Invite,
-            ..self.clone()
+        (self.method == KeyMethod::Cancel).then(|| {
+            ServerKey::sealed(
+                self.id.clone(),
+                self.host.clone(),
+                self.port,
+                KeyMethod::Invite,
+            )
         })
     }
 
@@ -184,6 +213,12 @@ impl ServerKey {
             Id::Branch(b) => Some(b.as_str()),
             Id::Rfc2543 { .. } => None,
         }
+    }
+}
+
+impl std::hash::Hash for ServerKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
     }
 }
 
@@ -210,13 +245,27 @@ impl std::fmt::Display for ServerKey {
 /// The key of a client transaction (RFC 3261 section 17.1.3): the branch this proxy wrote
 /// in its Via. The CSeq method is not part of it: our branches are unique per client
 /// transaction, and a CANCEL we send gets a branch of its own.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientKey(KeyText);
+/// Hashed once, as a [`ServerKey`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    digest: u64,
+    branch: KeyText,
+}
+
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
+}
 
 impl ClientKey {
     /// The key for a branch we wrote.
     pub fn new(branch: &str) -> ClientKey {
-        ClientKey(KeyText::new(branch))
+        let branch = KeyText::new(branch);
+        ClientKey {
+            digest: digest_of(&branch),
+            branch,
+        }
     }
 
     /// The key a response names: its top Via's branch.
@@ -226,7 +275,7 @@ impl ClientKey {
 
     /// The branch.
     pub fn branch(&self) -> &str {
-        self.0.as_str()
+        self.branch.as_str()
     }
 }
 
