@@ -190,7 +190,12 @@ async fn each_listener_writes_its_own_advertised_address() {
                 "advertised_host = \"203.0.113.9\"\nadvertised_port = 5080",
             ),
         ],
-        &pair(&up.uri(), "127.0.0.1:9;transport=udp"),
+        // One worker: the Via names the listener's own port (with several, the sending
+        // worker's: tests/workers.rs).
+        &format!(
+            "{}[runtime]\nworkers = 1\n",
+            pair(&up.uri(), "127.0.0.1:9;transport=udp")
+        ),
     )
     .await;
     let addrs: Vec<SocketAddr> = p

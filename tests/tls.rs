@@ -551,7 +551,7 @@ async fn optional_client_auth_serves_anonymous_clients_and_checks_offered_certif
 async fn tls_handshakes_in_progress_are_capped() {
     let (s, p, _up) = tls_proxy(
         None,
-        "[limits]\nmax_tls_handshakes = 2\ntls_handshake_timeout_ms = 10000\n",
+        "[limits]\nmax_tls_handshakes = 2\ntls_handshake_timeout_ms = 10000\n[runtime]\nworkers = 2\n",
     )
     .await;
     let tls = p.local_addr(Transport::Tls).unwrap();
@@ -561,11 +561,20 @@ async fn tls_handshakes_in_progress_are_capped() {
             "tls_handshakes",
         )
     };
-    // Two clients that connect and never say hello hold both handshake places.
+    // Two clients that connect and never say hello hold both handshake places (once
+    // admitted: with several workers a connection is admitted on its worker's runtime).
     let stalled = [
         tokio::net::TcpStream::connect(tls).await.unwrap(),
         tokio::net::TcpStream::connect(tls).await.unwrap(),
     ];
+    let start = std::time::Instant::now();
+    while p.core().tls_handshakes_in_progress() < 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the stalled clients were never admitted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // A third is turned away at once (closed before its handshake).
     let start = std::time::Instant::now();
     loop {

@@ -375,4 +375,12 @@ impl Core {
     pub fn tls_handshake_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.tls_handshakes.clone().try_acquire_owned().ok()
     }
+
+    /// TLS handshakes holding a place now (at most `limits.max_tls_handshakes`).
+    pub fn tls_handshakes_in_progress(&self) -> usize {
+        let cap = self
+            .tls_handshake_cap
+            .load(std::sync::atomic::Ordering::Relaxed);
+        cap.saturating_sub(self.tls_handshakes.available_permits())
+    }
 }

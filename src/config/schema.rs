@@ -216,8 +216,9 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// Shared-nothing workers: each a thread with its own single-threaded runtime and its
     /// own `SO_REUSEPORT` socket per UDP listener, running the transactions of the
-    /// datagrams it receives. A number, or `"auto"` (one per available core). 1 (the
-    /// default): everything on one runtime. Not with `worker_threads` above 1.
+    /// datagrams it receives. A number, or `"auto"` (the default: one per available
+    /// core, and 1 when `worker_threads` is set above 1). 1: everything on one runtime.
+    /// A number above 1 does not go with `worker_threads` above 1.
     pub workers: Workers,
     /// On SIGTERM/SIGINT, how long transactions in flight may take to finish (seconds).
     pub drain_timeout_s: u64,
@@ -227,7 +228,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             worker_threads: 1,
-            workers: Workers::Count(1),
+            workers: Workers::Named("auto".into()),
             drain_timeout_s: 30,
         }
     }

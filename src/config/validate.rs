@@ -347,6 +347,8 @@ impl Config {
         }
         let workers = match &self.runtime.workers {
             super::schema::Workers::Count(n) if (1..=256).contains(n) => *n,
+            // A work-stealing runtime asked for by `worker_threads` is the choice made.
+            super::schema::Workers::Named(a) if a == "auto" && self.runtime.worker_threads > 1 => 1,
             super::schema::Workers::Named(a) if a == "auto" => {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(256))
             }

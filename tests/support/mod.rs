@@ -855,6 +855,12 @@ pub async fn proxy_at(ip: IpAddr, listen: &[&str], extra: &str) -> Proxy {
         ));
     }
     toml.push_str(extra);
+    if !extra.contains("[runtime]") {
+        // One worker, whatever the host's cores: these tests check what happens in which
+        // order on one runtime. Several workers ("auto", the default) are tested by
+        // tests/workers.rs, tests that ask for them, and every e2e run.
+        toml.push_str("\n[runtime]\nworkers = 1\n");
+    }
     let settings = Config::from_toml_str(&toml)
         .expect("config")
         .validate()
@@ -920,6 +926,34 @@ async fn http_exchange(addr: SocketAddr, req: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Whether `cond` holds within [`WAIT`], checked every 5 ms: with several workers, what a
+/// connection or transaction on another worker's thread does after the peer saw its effect
+/// (a close, a reply) lands a moment later.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > WAIT {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// One sample of the proxy's metrics once it has reached `at_least`, or its value after
+/// [`WAIT`]: with several workers, a message handled on another worker's thread is counted
+/// there, maybe just after the reply the test waited for.
+pub async fn sample_reaching(p: &Proxy, series: &str, at_least: f64) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = sample(&p.core().metrics.encode(), series);
+        if v >= at_least || start.elapsed() > WAIT {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The value of one sample in OpenMetrics text (`name{labels} value`).
