@@ -194,11 +194,14 @@ impl Core {
     /// The network refused a datagram sent to `dest` (ICMP port or host unreachable): the
     /// transactions sent there fail over at once, and when `dest` is a pair member its
     /// probe counts it as a missed probe.
+    /// Every error is counted; a burst about one destination is told to the transactions
+    /// (and logged) once per quarter second.
     pub fn unreachable(&self, dest: SocketAddr, reason: &'static str) {
-        tracing::info!(event = "destination_unreachable", %dest, reason);
         crate::metrics::Metrics::count(&self.metrics.unreachable, reason);
         self.live().upstreams.report_unreachable(dest, reason);
-        self.txns.unreachable(dest);
+        if self.txns.unreachable(dest, std::time::Instant::now()) {
+            tracing::info!(event = "destination_unreachable", %dest, reason);
+        }
     }
 
     /// Whether the proxy is up: its dispatcher is installed (connections start only then).
