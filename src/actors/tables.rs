@@ -162,7 +162,7 @@ impl Transactions {
     }
 
     /// A destination is unreachable: each transaction with a client branch hears of it,
-    /// once per [`UNREACHABLE_COALESCE`] for the same destination however many errors
+    /// once per 250 ms (`UNREACHABLE_COALESCE`) for the same destination however many errors
     /// come. False when it was told too recently to tell again.
     pub fn unreachable(&self, dest: SocketAddr, now: Instant) -> bool {
         let recent = self
