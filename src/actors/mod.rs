@@ -24,6 +24,7 @@ pub(crate) mod fault;
 pub(crate) mod host;
 pub(crate) mod icmp;
 pub(crate) mod live;
+pub(crate) mod mailbox;
 mod probe_net;
 pub(crate) mod proxy_protocol;
 pub(crate) mod reload;

@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::health::messages::PROBE_BRANCH_PREFIX;
 use crate::sip::dispatch::TransactionTables;
 use crate::sip::transaction::{ClientKey, ServerKey};
 
+use super::mailbox::{mailbox, Receiver, Sender};
 use super::transport::{send_reply, Inbound, ReplyPath};
 
 /// The tables' hasher: foldhash, seeded per process. SipHash (the std default) cost a few
@@ -50,15 +50,15 @@ pub enum TxMsg {
 #[derive(Debug, Clone)]
 pub struct TxHandle {
     id: u64,
-    tx: UnboundedSender<TxMsg>,
+    tx: Sender<TxMsg>,
 }
 
 impl TxHandle {
     /// A new mailbox: its address, and the receiving end for the transaction's task,
     /// which runs on the calling worker.
-    pub fn new() -> (TxHandle, UnboundedReceiver<TxMsg>) {
+    pub fn new() -> (TxHandle, Receiver<TxMsg>) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let (tx, rx) = unbounded_channel();
+        let (tx, rx) = mailbox();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & COUNT_MASK;
         let worker = u64::from(super::workers::current().min(0xffff));
         let id = (worker << WORKER_SHIFT) | n;
@@ -77,7 +77,7 @@ impl TxHandle {
 
     /// Hands a message to the transaction; `Err` gives it back when it has ended.
     pub fn send(&self, msg: TxMsg) -> Result<(), TxMsg> {
-        self.tx.send(msg).map_err(|e| e.0)
+        self.tx.send(msg)
     }
 }
 
@@ -217,14 +217,14 @@ impl TransactionTables for Transactions {
 mod tests {
     use super::*;
 
-    fn client(t: &Transactions, branch: &str) -> UnboundedReceiver<TxMsg> {
+    fn client(t: &Transactions, branch: &str) -> Receiver<TxMsg> {
         let (handle, rx) = TxHandle::new();
         t.client.insert(ClientKey::new(branch), handle);
         rx
     }
 
-    fn told(rx: &mut UnboundedReceiver<TxMsg>) -> usize {
-        std::iter::from_fn(|| rx.try_recv().ok())
+    fn told(rx: &mut Receiver<TxMsg>) -> usize {
+        std::iter::from_fn(|| rx.try_recv())
             .filter(|m| matches!(m, TxMsg::Unreachable(_)))
             .count()
     }

@@ -21,7 +21,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::metrics::KindLabels;
 use crate::sip::builder;
@@ -32,6 +31,7 @@ use crate::sip::transaction::{ClientKey, ServerKey};
 use super::connection::{self, ConnOrUdp};
 use super::core::Core;
 use super::live::Live;
+use super::mailbox::Receiver;
 use super::stateless::forward_ack;
 use super::tables::{Lingering, TxHandle, TxMsg};
 use super::transport::{
@@ -114,17 +114,14 @@ pub fn spawn(core: &Arc<Core>, key: ServerKey, first: Box<Inbound>) {
 /// The transaction's life: one message at a time from its mailbox, and its one timer (the
 /// earliest instant its context asks to be woken), until it is done or only absorbing
 /// retransmissions is left.
-async fn run(mut state: Box<TxState>, mut mailbox: UnboundedReceiver<TxMsg>) {
+async fn run(mut state: Box<TxState>, mut mailbox: Receiver<TxMsg>) {
     let timer = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(timer);
     let mut armed = false;
     loop {
         let msg = tokio::select! {
             biased;
-            m = mailbox.recv() => match m {
-                Some(m) => m,
-                None => return,
-            },
+            m = mailbox.recv() => m,
             // Re-armed (or not) below, from what the context asks after this message.
             () = &mut timer, if armed => TxMsg::Timer,
         };
@@ -598,7 +595,7 @@ mod tests {
             "locate ({locate} bytes) is no longer worth boxing: {handle}"
         );
         // The whole task: the state, the mailbox, the timer and the handler's future.
-        type RunArgs = (Box<TxState>, UnboundedReceiver<TxMsg>);
+        type RunArgs = (Box<TxState>, Receiver<TxMsg>);
         let task = returned_size(|(s, r): RunArgs| run(s, r));
         assert!(task < 1000, "the transaction's task future is {task} bytes");
     }
