@@ -136,6 +136,16 @@ async fn run(mut state: Box<TxState>, mut mailbox: Receiver<TxMsg>) {
     }
 }
 
+/// How far [`TxState::open_branch`] got without waiting.
+enum Opened {
+    /// The request was sent (true) or could not be (false).
+    Sent(bool),
+    /// The transaction was answered meanwhile: nothing to send.
+    Nothing,
+    /// A connection must be opened first; these are the bytes to send on it.
+    Connect(Bytes),
+}
+
 /// What a transaction does after a message.
 enum Next {
     /// Ends (done, or a lingering entry absorbs what is left).
@@ -454,16 +464,10 @@ impl TxState {
     }
 
     /// Starts the context's branch toward `target` (over `conn` when a flow names one) and
-    /// sends the request when that needs no wait: `Ok(false)` when it could not be sent,
-    /// `Err` with the bytes when a connection must be opened first ([`Self::branch_sent`]).
-    fn open_branch(
-        &mut self,
-        target: Target,
-        conn: Option<ConnHandle>,
-        now: Instant,
-    ) -> Result<bool, Bytes> {
+    /// sends the request when that needs no wait ([`Self::branch_sent`] finishes).
+    fn open_branch(&mut self, target: Target, conn: Option<ConnHandle>, now: Instant) -> Opened {
         let Some(ctx) = &mut self.ctx else {
-            return Ok(false);
+            return Opened::Sent(false);
         };
         // The listener it leaves by: a flow's own, else the one routing picks.
         let through = match &conn {
@@ -478,8 +482,7 @@ impl TxState {
             self.live.upstreams.as_ref(),
             now,
         ) else {
-            // Answered meanwhile: nothing to send, nothing failed.
-            return Ok(true);
+            return Opened::Nothing;
         };
         self.core
             .txns
@@ -491,20 +494,29 @@ impl TxState {
             self.links.reserve_exact(1);
         }
         self.links.push(Link { key, target, conn });
-        match self.links.last() {
-            Some(link) => send_now(&self.core, link, bytes),
-            None => Ok(false),
+        match self
+            .links
+            .last()
+            .map(|link| send_now(&self.core, link, bytes))
+        {
+            Some(Ok(sent)) => Opened::Sent(sent),
+            Some(Err(bytes)) => Opened::Connect(bytes),
+            None => Opened::Sent(false),
         }
     }
 
     /// Finishes sending a branch's first request ([`Self::open_branch`]): opens its
     /// connection when it needs one, and notes the latency; false when it failed.
-    async fn branch_sent(&mut self, opened: Result<bool, Bytes>) -> bool {
+    async fn branch_sent(&mut self, opened: Opened) -> bool {
         let ok = match (opened, self.links.last_mut()) {
-            (Ok(sent), _) => sent,
+            // Answered meanwhile: nothing to send, nothing failed, nothing forwarded.
+            (Opened::Nothing, _) => return true,
+            (Opened::Sent(sent), _) => sent,
             // Boxed, as in `send_on`: only a branch that must open a connection pays.
-            (Err(bytes), Some(link)) => Box::pin(connect_and_send(&self.core, link, bytes)).await,
-            (Err(_), None) => false,
+            (Opened::Connect(bytes), Some(link)) => {
+                Box::pin(connect_and_send(&self.core, link, bytes)).await
+            }
+            (Opened::Connect(_), None) => false,
         };
         if ok {
             self.core
