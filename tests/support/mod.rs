@@ -946,14 +946,13 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// [`WAIT`]: with several workers, a message handled on another worker's thread is counted
 /// there, maybe just after the reply the test waited for.
 pub async fn sample_reaching(p: &Proxy, series: &str, at_least: f64) -> f64 {
-    let start = std::time::Instant::now();
-    loop {
-        let v = sample(&p.core().metrics.encode(), series);
-        if v >= at_least || start.elapsed() > WAIT {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut v = 0.0;
+    eventually(|| {
+        v = sample(&p.core().metrics.encode(), series);
+        v >= at_least
+    })
+    .await;
+    v
 }
 
 /// The value of one sample in OpenMetrics text (`name{labels} value`).

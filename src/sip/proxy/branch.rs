@@ -38,12 +38,15 @@ pub(super) fn push_hex(out: &mut String, v: u64, min_digits: usize) {
     let digits = (16 - v.leading_zeros() as usize / 4)
         .max(min_digits)
         .min(16);
-    for i in (0..digits).rev() {
+    out.extend(hex_digits(v, digits).map(char::from));
+}
+
+/// The last `digits` hex digits of `v` (at most 16), most significant first, lower case.
+fn hex_digits(v: u64, digits: usize) -> impl Iterator<Item = u8> {
+    (0..digits.min(16)).rev().map(move |i| {
         let nibble = (v >> (4 * i)) & 0xf;
-        out.push(char::from(
-            HEX.get(nibble as usize).copied().unwrap_or(b'0'),
-        ));
-    }
+        HEX.get(nibble as usize).copied().unwrap_or(b'0')
+    })
 }
 
 /// A branch that is the same every time for the same received request (stateless
@@ -146,9 +149,8 @@ pub(super) fn is_loop(msg: &Message, identity: &LocalIdentity, hash: u32) -> boo
     let mut want = [0u8; BRANCH_PREFIX.len() + 8];
     let (prefix, digits) = want.split_at_mut(BRANCH_PREFIX.len());
     prefix.copy_from_slice(BRANCH_PREFIX.as_bytes());
-    for (i, d) in digits.iter_mut().enumerate() {
-        let nibble = (hash >> (4 * (7 - i))) & 0xf;
-        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    for (d, h) in digits.iter_mut().zip(hex_digits(u64::from(hash), 8)) {
+        *d = h;
     }
     let want = &want[..];
     let mentioned = msg.all(HeaderName::Via).any(|h| {
