@@ -15,6 +15,7 @@
 //! The protocol itself stays in `sip` (sans-IO); actors feed it messages and time.
 
 pub(crate) mod admission;
+pub(crate) mod cell;
 pub(crate) mod connection;
 pub(crate) mod core;
 pub(crate) mod dispatcher;
@@ -24,7 +25,6 @@ pub(crate) mod fault;
 pub(crate) mod host;
 pub(crate) mod icmp;
 pub(crate) mod live;
-pub(crate) mod mailbox;
 mod probe_net;
 pub(crate) mod proxy_protocol;
 pub(crate) mod reload;
@@ -34,6 +34,7 @@ pub(crate) mod stateless;
 pub(crate) mod status;
 pub(crate) mod tables;
 pub(crate) mod tcp;
+pub(crate) mod timer_wheel;
 pub(crate) mod tls;
 pub(crate) mod transaction;
 pub(crate) mod transport;

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -16,8 +17,8 @@ use crate::health::messages::PROBE_BRANCH_PREFIX;
 use crate::sip::dispatch::TransactionTables;
 use crate::sip::transaction::{ClientKey, ServerKey};
 
-use super::mailbox::{mailbox, Receiver, Sender};
-use super::transport::{send_reply, Inbound, ReplyPath};
+use super::cell::Deliver;
+use super::transport::{send_reply, ConnHandle, Inbound, ReplyPath, Target};
 
 /// The tables' hasher: foldhash, seeded per process. SipHash (the std default) cost a few
 /// thousand instructions per call over the many small writes of a transaction key;
@@ -37,6 +38,8 @@ pub enum TxMsg {
     Response(Box<Inbound>),
     /// A timer may be due.
     Timer,
+    /// What the transaction waited for.
+    Resumed(Box<Resumed>),
     /// This stream connection closed; the transaction checks whether its branch used it.
     ConnectionLost(u64),
     /// The network refused a datagram sent to this address (ICMP unreachable); the
@@ -45,24 +48,65 @@ pub enum TxMsg {
     Unreachable(Box<SocketAddr>),
 }
 
-/// The mailbox of a running transaction, which the tables point at: cheap to clone, and
-/// sending fails (giving the message back) once the transaction has ended.
-#[derive(Debug, Clone)]
+/// What a transaction waited for (a suspension, see `actors::cell`), handed back to it.
+#[derive(Debug)]
+pub enum Resumed {
+    /// The server's address was looked up (`None`: not found).
+    Located(Option<Target>),
+    /// A connection was opened (or found) toward the branch's target and the bytes were
+    /// sent on it: `None` when that failed, `Some(None)` when it went by UDP.
+    Connected {
+        /// The branch.
+        key: ClientKey,
+        /// The connection, if any.
+        conn: Option<Option<ConnHandle>>,
+        /// Why it was opened.
+        why: Connect,
+    },
+}
+
+/// Why a transaction opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// To send a branch's first request; `flow`: the branch goes over a phone's flow.
+    First {
+        /// The branch goes over a phone's flow (a failure is 430, not the other member).
+        flow: bool,
+    },
+    /// To send on a branch again (its CANCEL or ACK).
+    Again,
+    /// The branch's connection closed; it was reopened to send the request again.
+    Reopen,
+}
+
+/// The address of a running transaction, which the tables point at: cheap to clone, and
+/// sending fails (giving the message back) once the transaction has ended. The message is
+/// handled by the sending thread unless another is handling the transaction already
+/// (`actors::cell`).
+#[derive(Clone)]
 pub struct TxHandle {
     id: u64,
-    tx: Sender<TxMsg>,
+    cell: Arc<dyn Deliver<TxMsg>>,
+}
+
+impl std::fmt::Debug for TxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxHandle").field("id", &self.id).finish()
+    }
 }
 
 impl TxHandle {
-    /// A new mailbox: its address, and the receiving end for the transaction's task,
-    /// which runs on the calling worker.
-    pub fn new() -> (TxHandle, Receiver<TxMsg>) {
+    /// A new transaction's id, unique in the process, naming the calling worker.
+    pub fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let (tx, rx) = mailbox();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & COUNT_MASK;
         let worker = u64::from(super::workers::current().min(0xffff));
-        let id = (worker << WORKER_SHIFT) | n;
-        (TxHandle { id, tx }, rx)
+        (worker << WORKER_SHIFT) | n
+    }
+
+    /// The address of transaction `id`, which `cell` runs.
+    pub fn new(id: u64, cell: Arc<dyn Deliver<TxMsg>>) -> TxHandle {
+        TxHandle { id, cell }
     }
 
     /// Which transaction this is (unique in the process).
@@ -70,14 +114,14 @@ impl TxHandle {
         self.id
     }
 
-    /// The worker whose runtime runs the transaction (kept in the top bits of its id).
+    /// The worker that started the transaction (kept in the top bits of its id).
     pub fn worker(&self) -> u32 {
         u32::try_from(self.id >> WORKER_SHIFT).unwrap_or(u32::MAX)
     }
 
     /// Hands a message to the transaction; `Err` gives it back when it has ended.
     pub fn send(&self, msg: TxMsg) -> Result<(), TxMsg> {
-        self.tx.send(msg)
+        self.cell.deliver(msg)
     }
 }
 
@@ -178,12 +222,18 @@ impl Transactions {
     }
 
     /// Sends a message, once each, to every transaction with a client branch.
+    /// The handles are taken out of the table first: a transaction handles the message
+    /// there and then, and may change the table.
     fn tell_branches(&self, msg: impl Fn() -> TxMsg) {
         let mut told = HashSet::new();
-        for e in self.client.iter() {
-            if told.insert(e.value().id()) {
-                let _ = e.value().send(msg());
-            }
+        let handles: Vec<TxHandle> = self
+            .client
+            .iter()
+            .filter(|e| told.insert(e.value().id()))
+            .map(|e| e.value().clone())
+            .collect();
+        for h in handles {
+            let _ = h.send(msg());
         }
     }
 }
@@ -217,23 +267,35 @@ impl TransactionTables for Transactions {
 mod tests {
     use super::*;
 
-    fn client(t: &Transactions, branch: &str) -> Receiver<TxMsg> {
-        let (handle, rx) = TxHandle::new();
-        t.client.insert(ClientKey::new(branch), handle);
-        rx
+    /// A transaction that counts the unreachability it is told of.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl Deliver<TxMsg> for Counter {
+        fn deliver(&self, msg: TxMsg) -> Result<(), TxMsg> {
+            if matches!(msg, TxMsg::Unreachable(_)) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
     }
 
-    fn told(rx: &mut Receiver<TxMsg>) -> usize {
-        std::iter::from_fn(|| rx.try_recv())
-            .filter(|m| matches!(m, TxMsg::Unreachable(_)))
-            .count()
+    fn client(t: &Transactions, branch: &str) -> Arc<Counter> {
+        let counter = Arc::new(Counter::default());
+        let handle = TxHandle::new(TxHandle::next_id(), counter.clone());
+        t.client.insert(ClientKey::new(branch), handle);
+        counter
+    }
+
+    fn told(c: &Counter) -> usize {
+        c.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     #[test]
     fn a_burst_of_icmp_errors_tells_each_transaction_once() {
         let t = Transactions::default();
-        let mut a = client(&t, "z9hG4bKspa");
-        let mut b = client(&t, "z9hG4bKspb");
+        let a = client(&t, "z9hG4bKspa");
+        let b = client(&t, "z9hG4bKspb");
         let gone: SocketAddr = "192.0.2.7:5062".parse().unwrap();
         let other: SocketAddr = "192.0.2.8:5060".parse().unwrap();
         let now = Instant::now();
@@ -242,11 +304,11 @@ mod tests {
             let later = now + std::time::Duration::from_micros(i * 100);
             assert!(!t.unreachable(gone, later), "told again {i}");
         }
-        assert_eq!((told(&mut a), told(&mut b)), (1, 1));
+        assert_eq!((told(&a), told(&b)), (1, 1));
         // Another destination is told at once; the same one again once the time is past.
         assert!(t.unreachable(other, now));
         assert!(t.unreachable(gone, now + UNREACHABLE_COALESCE));
-        assert_eq!((told(&mut a), told(&mut b)), (2, 2));
+        assert_eq!((told(&a), told(&b)), (3, 3));
         // The sweep forgets what is past.
         t.sweep_lingering(now + 2 * UNREACHABLE_COALESCE);
         assert!(t.unreachable_told.is_empty());

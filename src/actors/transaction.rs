@@ -7,20 +7,20 @@
 //! context messages and time and performs its actions, and lives until the context is done
 //! or only absorbing retransmissions is left (then a table entry lingers in its place).
 //!
-//! The actor is a plain task with one mailbox ([`TxHandle`]) and one timer, not a ractor
-//! actor: tens of thousands run at once, and ractor's four channels, its supervision
-//! mailbox and its delayed-message task per timer cost more than the transaction itself
-//! (issue 17). Supervision is kept: a panic in one transaction ends that task only; it is
-//! logged (`transaction_failed`) and counted, its table entries go with its state, and
-//! every other transaction carries on.
+//! The actor has no task of its own ([`super::cell`]): the thread that receives one of its
+//! messages handles it there and then, its timer is on the thread's wheel, and what it
+//! must wait for (a DNS lookup, a connection to open) runs as a task that hands the
+//! outcome back ([`Resumed`]). Tens of thousands run at once, and a task each (spawned,
+//! woken through a mailbox, polled, dropped) cost as much as the transaction's own work
+//! (issue 18); ractor's actors cost more still (issue 17). Supervision is kept: a panic in
+//! one transaction ends that transaction only; it is logged (`transaction_failed`) and
+//! counted, its table entries go with its state, and every other transaction carries on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
 
 use crate::metrics::KindLabels;
 use crate::sip::builder;
@@ -28,12 +28,12 @@ use crate::sip::proxy::response_context::{Action, Evidence, Origin, ResponseCont
 use crate::sip::proxy::{self, Decision, Received};
 use crate::sip::transaction::{ClientKey, ServerKey};
 
+use super::cell::{Behaviour, Cell, Me, Step, Suspension};
 use super::connection::{self, ConnOrUdp};
 use super::core::Core;
 use super::live::Live;
-use super::mailbox::Receiver;
 use super::stateless::forward_ack;
-use super::tables::{Lingering, TxHandle, TxMsg};
+use super::tables::{Connect, Lingering, Resumed, TxHandle, TxMsg};
 use super::transport::{
     response_destination, send_reply, send_udp, ConnHandle, Inbound, ReplyPath, Target,
 };
@@ -52,8 +52,8 @@ pub struct TxState {
     /// change the pairs, timers or upstreams under it).
     live: Arc<Live>,
     key: ServerKey,
-    /// Its own mailbox's address (what the client table points at for its branches).
-    handle: TxHandle,
+    /// Its id (what its table entries carry).
+    id: u64,
     ctx: Option<ResponseContext>,
     /// How responses reach the client, and where.
     reply: Option<ReplyPath>,
@@ -64,75 +64,65 @@ pub struct TxState {
     links: Vec<Link>,
     /// Client keys this transaction put in the table (removed when it ends).
     keys: Vec<ClientKey>,
+    /// When the response being relayed arrived, while its actions are performed (latency;
+    /// kept over a suspension).
+    relayed_from: Option<Instant>,
 }
 
-/// Starts the transaction of `key` for its first request, as a task of its own fed by a
-/// mailbox that the tables point at (see the module documentation).
+/// Starts the transaction of `key` for its first request (see the module documentation).
 pub fn spawn(core: &Arc<Core>, key: ServerKey, first: Box<Inbound>) {
-    let (handle, mailbox) = TxHandle::new();
+    let id = TxHandle::next_id();
     core.metrics.transactions.inc();
-    core.txns.server.insert(key.clone(), handle.clone());
-    let _ = handle.send(TxMsg::Request(first));
-    let id = handle.id();
-    // Boxed: an async fn's future keeps its arguments apart from its locals, so a state
-    // passed inline would be carried twice by every transaction's task (4.3 KiB instead
-    // of 0.7 KiB plus the state).
-    let state = Box::new(TxState {
+    let cell = Cell::new(TxState {
         live: core.snapshot(),
         core: core.clone(),
-        key,
-        handle,
+        key: key.clone(),
+        id,
         ctx: None,
         reply: None,
         dest: SocketAddr::from(([0, 0, 0, 0], 0)),
         received: Instant::now(),
         links: Vec::new(),
         keys: Vec::new(),
+        relayed_from: None,
     });
-    let core = core.clone();
-    tokio::spawn(async move {
-        let outcome = AssertUnwindSafe(run(state, mailbox)).catch_unwind().await;
-        // A panic ends this transaction only; its state, dropped with the failed future,
-        // has taken its table entries and its count with it (`Drop for TxState`).
-        if let Err(panic) = outcome {
-            core.metrics
-                .actor_failures
-                .get_or_create(&KindLabels {
-                    kind: "transaction",
-                })
-                .inc();
-            let error = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(event = "transaction_failed", id, %error);
-        }
-    });
+    let handle = TxHandle::new(id, cell);
+    core.txns.server.insert(key, handle.clone());
+    let _ = handle.send(TxMsg::Request(first));
 }
 
-/// The transaction's life: one message at a time from its mailbox, and its one timer (the
-/// earliest instant its context asks to be woken), until it is done or only absorbing
-/// retransmissions is left.
-async fn run(mut state: Box<TxState>, mut mailbox: Receiver<TxMsg>) {
-    let timer = tokio::time::sleep(std::time::Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed = false;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            m = mailbox.recv() => m,
-            // Re-armed (or not) below, from what the context asks after this message.
-            () = &mut timer, if armed => TxMsg::Timer,
-        };
-        match state.handle(msg).await {
-            Next::Done => return,
-            Next::WakeAt(at) => {
-                timer.as_mut().reset(tokio::time::Instant::from_std(at));
-                armed = true;
-            }
-            Next::Wait => armed = false,
+impl Behaviour for TxState {
+    type Msg = TxMsg;
+
+    fn timer() -> TxMsg {
+        TxMsg::Timer
+    }
+
+    fn handle(&mut self, msg: TxMsg, me: &Me<'_, Self>) -> Step<TxMsg> {
+        match self.on_message(msg, me) {
+            Next::Done => Step::Done,
+            Next::WakeAt(at) => Step::WakeAt(at),
+            Next::Wait => Step::Wait,
+            Next::Suspend(s) => Step::Suspend(s),
         }
+    }
+
+    /// A panic ends this transaction only; its state, dropped next, takes its table
+    /// entries and its count with it (`Drop for TxState`).
+    fn failed(&mut self, panic: &(dyn std::any::Any + Send)) {
+        self.core
+            .metrics
+            .actor_failures
+            .get_or_create(&KindLabels {
+                kind: "transaction",
+            })
+            .inc();
+        let error = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(event = "transaction_failed", id = self.id, %error);
     }
 }
 
@@ -154,13 +144,15 @@ enum Next {
     WakeAt(Instant),
     /// Waits for a message.
     Wait,
+    /// Waits for a lookup or a connection (its outcome comes back as [`TxMsg::Resumed`]).
+    Suspend(Suspension<TxMsg>),
 }
 
 /// However the transaction ends (done, handed to a lingering entry, or failed), its table
 /// entries go and it is no longer counted.
 impl Drop for TxState {
     fn drop(&mut self) {
-        let id = self.handle.id();
+        let id = self.id;
         let txns = &self.core.txns;
         txns.server.remove_if(&self.key, |_, v| v.id() == id);
         for k in &self.keys {
@@ -172,11 +164,13 @@ impl Drop for TxState {
 
 impl TxState {
     /// One message: feeds the context, performs its actions, and says what comes next.
-    async fn handle(&mut self, msg: TxMsg) -> Next {
+    fn on_message(&mut self, msg: TxMsg, me: &Me<'_, Self>) -> Next {
         let now = Instant::now();
-        let mut relayed_from = None;
         match msg {
-            TxMsg::Request(inbound) if self.ctx.is_none() => self.start(*inbound, now),
+            TxMsg::Request(inbound) if self.ctx.is_none() => {
+                self.relayed_from = None;
+                self.start(*inbound, now);
+            }
             TxMsg::Request(inbound) => {
                 let stray_ack = self
                     .ctx
@@ -189,7 +183,7 @@ impl TxState {
             }
             TxMsg::Cancel(inbound) => self.on_cancel(&inbound, now),
             TxMsg::Response(inbound) => {
-                relayed_from = Some(inbound.received);
+                self.relayed_from = Some(inbound.received);
                 let key = ClientKey::of_response(&inbound.msg);
                 if let (Some(c), Some(key)) = (&mut self.ctx, key) {
                     c.handle_response(&key, &inbound.msg, self.live.upstreams.as_ref(), now);
@@ -200,12 +194,22 @@ impl TxState {
                     c.handle_timeout(self.live.upstreams.as_ref(), now);
                 }
             }
-            // Boxed, as the awaits below: rare or once per branch, and an unboxed future
-            // would be carried by every transaction's task for its whole life.
-            TxMsg::ConnectionLost(conn) => Box::pin(self.on_connection_lost(conn, now)).await,
+            TxMsg::Resumed(r) => {
+                if let Some(s) = self.resumed(*r, me, now) {
+                    return Next::Suspend(s);
+                }
+            }
+            TxMsg::ConnectionLost(conn) => {
+                if let Some(s) = self.on_connection_lost(conn, now) {
+                    return Next::Suspend(s);
+                }
+            }
             TxMsg::Unreachable(dest) => self.on_unreachable(*dest, now),
         }
-        self.drive(relayed_from, now).await;
+        if let Some(s) = self.drive(me, now) {
+            return Next::Suspend(s);
+        }
+        self.relayed_from = None;
         let Some(ctx) = &self.ctx else {
             return Next::Wait;
         };
@@ -300,29 +304,33 @@ impl TxState {
     /// opened toward a server is reopened and the request sent again (the server matches
     /// it to its transaction by branch); when that fails, the context treats it as any
     /// transport error. A phone's flow cannot be reopened from here (430).
-    async fn on_connection_lost(&mut self, conn: u64, now: Instant) {
-        let Some(ctx) = &mut self.ctx else { return };
-        let Some(link) = self
+    fn on_connection_lost(&mut self, conn: u64, now: Instant) -> Option<Suspension<TxMsg>> {
+        let ctx = self.ctx.as_mut()?;
+        let link = self
             .links
             .iter_mut()
-            .find(|l| l.conn.as_ref().is_some_and(|c| c.id == conn))
-        else {
-            return;
-        };
-        let Some(lost) = link.conn.take() else { return };
+            .find(|l| l.conn.as_ref().is_some_and(|c| c.id == conn))?;
+        let lost = link.conn.take()?;
         if ctx.branch_key() != Some(&link.key) {
             // A branch given up: a new connection is opened if it must send again.
-            return;
+            return None;
         }
-        let Some(request) = ctx.branch_request_in_progress() else {
-            return;
-        };
-        if lost.outbound && send_on(&self.core, link, request).await {
-            self.core.metrics.reconnects.inc();
-            tracing::info!(event = "upstream_reconnected", target = %link.target.addr, branch = %link.key.branch());
-            return;
+        let request = ctx.branch_request_in_progress()?;
+        if lost.outbound {
+            return match send_now(&self.core, link, request) {
+                Ok(true) => {
+                    self.core.metrics.reconnects.inc();
+                    None
+                }
+                Ok(false) => {
+                    ctx.handle_transport_error(false, self.live.upstreams.as_ref(), now);
+                    None
+                }
+                Err(bytes) => Some(connect(&self.core, link, bytes, Connect::Reopen)),
+            };
         }
-        ctx.handle_transport_error(!lost.outbound, self.live.upstreams.as_ref(), now);
+        ctx.handle_transport_error(true, self.live.upstreams.as_ref(), now);
+        None
     }
 
     /// The network refused a datagram to `dest`: when the current branch went there by
@@ -340,15 +348,13 @@ impl TxState {
         }
     }
 
-    /// Performs the context's actions until it has none left. `relayed_from`: when the
-    /// response being relayed arrived (latency).
-    async fn drive(&mut self, relayed_from: Option<Instant>, now: Instant) {
+    /// Performs the context's actions until it has none left, or until one must wait (a
+    /// lookup, a connection): the rest are performed when its outcome comes back.
+    fn drive(&mut self, me: &Me<'_, Self>, now: Instant) -> Option<Suspension<TxMsg>> {
         let core = self.core.clone();
         let live = self.live.clone();
         loop {
-            let Some(action) = self.ctx.as_mut().and_then(ResponseContext::poll_action) else {
-                return;
-            };
+            let action = self.ctx.as_mut().and_then(ResponseContext::poll_action)?;
             match action {
                 Action::ToClient {
                     code,
@@ -359,7 +365,7 @@ impl TxState {
                     if send_reply(reply, self.dest, bytes).is_ok() {
                         core.metrics.response(code, origin);
                         if let (proxy::response_context::Origin::Relayed, Some(at)) =
-                            (origin, relayed_from)
+                            (origin, self.relayed_from)
                         {
                             core.metrics.latency.observe(at.elapsed().as_secs_f64());
                         }
@@ -373,49 +379,43 @@ impl TxState {
                     }
                 }
                 Action::Locate(hp) => {
-                    // An address or a cached answer needs no lookup. The lookup is boxed:
-                    // resolving is a large future (DNS), and an unboxed one would make
-                    // every transaction's task carry it for its whole life.
-                    let target = match core.locate_now(&live, &hp) {
-                        Some(target) => Some(target),
-                        None => Box::pin(core.locate(&live, &hp)).await,
+                    // An address or a cached answer needs no lookup; a lookup is waited for.
+                    let Some(target) = core.locate_now(&live, &hp) else {
+                        let (core, live) = (core.clone(), live.clone());
+                        return Some(Box::pin(async move {
+                            let found = core.locate(&live, &hp).await;
+                            if found.is_none() {
+                                tracing::warn!(event = "host_not_resolved", host = %hp.host);
+                            }
+                            TxMsg::Resumed(Box::new(Resumed::Located(found)))
+                        }));
                     };
-                    let sent = match target {
-                        Some(target) => {
-                            let opened = self.open_branch(target, None, now);
-                            self.branch_sent(opened).await
-                        }
-                        None => {
-                            tracing::warn!(event = "host_not_resolved", host = %hp.host);
-                            false
-                        }
-                    };
-                    if !sent {
-                        if let Some(c) = &mut self.ctx {
-                            c.handle_branch_failed(live.upstreams.as_ref(), now);
-                        }
+                    let opened = self.open_branch(target, None, me, now);
+                    if let Some(s) = self.branch_sent(opened, false, now) {
+                        return Some(s);
                     }
                 }
                 Action::Flow(flow) => {
                     let opened = match core.flow_target(&flow) {
-                        Some((target, conn)) => {
-                            let opened = self.open_branch(target, conn, now);
-                            self.branch_sent(opened).await
-                        }
-                        None => false,
+                        Some((target, conn)) => self.open_branch(target, conn, me, now),
+                        None => Opened::Sent(false),
                     };
-                    if let (false, Some(c)) = (opened, &mut self.ctx) {
-                        c.handle_flow_refused(now);
+                    if let Some(s) = self.branch_sent(opened, true, now) {
+                        return Some(s);
                     }
                 }
                 Action::ToBranch { key, bytes } => {
                     if let Some(link) = self.links.iter_mut().find(|l| l.key == key) {
-                        send_on(&core, link, bytes).await;
+                        if let Err(bytes) = send_now(&core, link, bytes) {
+                            return Some(connect(&core, link, bytes, Connect::Again));
+                        }
                     }
                 }
                 Action::Track(key) => {
-                    core.txns.client.insert(key.clone(), self.handle.clone());
-                    self.keys.push(key);
+                    if let Some(handle) = self.address(me) {
+                        core.txns.client.insert(key.clone(), handle);
+                        self.keys.push(key);
+                    }
                 }
                 Action::Ghost(outcome) => {
                     core.metrics
@@ -463,9 +463,70 @@ impl TxState {
         }
     }
 
+    /// This transaction's address, for a table.
+    fn address(&self, me: &Me<'_, Self>) -> Option<TxHandle> {
+        Some(TxHandle::new(self.id, me.cell()?))
+    }
+
+    /// What the transaction waited for came back: the branch is opened on the located
+    /// server, or the connection it waited for is noted and the branch goes on.
+    fn resumed(
+        &mut self,
+        r: Resumed,
+        me: &Me<'_, Self>,
+        now: Instant,
+    ) -> Option<Suspension<TxMsg>> {
+        match r {
+            Resumed::Located(Some(target)) => {
+                let opened = self.open_branch(target, None, me, now);
+                self.branch_sent(opened, false, now)
+            }
+            Resumed::Located(None) => {
+                self.branch_failed(false, now);
+                None
+            }
+            Resumed::Connected { key, conn, why } => {
+                let link = self.links.iter_mut().find(|l| l.key == key);
+                if let (Some(link), Some(Some(c))) = (link, &conn) {
+                    link.conn = Some(c.clone());
+                }
+                let ok = conn.is_some();
+                match why {
+                    Connect::First { flow } => {
+                        if ok {
+                            self.forwarded();
+                        } else {
+                            self.branch_failed(flow, now);
+                        }
+                    }
+                    Connect::Again => {}
+                    Connect::Reopen if ok => {
+                        self.core.metrics.reconnects.inc();
+                        tracing::info!(event = "upstream_reconnected", branch = %key.branch());
+                    }
+                    Connect::Reopen => {
+                        if let Some(c) = &mut self.ctx {
+                            c.handle_transport_error(false, self.live.upstreams.as_ref(), now);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
     /// Starts the context's branch toward `target` (over `conn` when a flow names one) and
     /// sends the request when that needs no wait ([`Self::branch_sent`] finishes).
-    fn open_branch(&mut self, target: Target, conn: Option<ConnHandle>, now: Instant) -> Opened {
+    fn open_branch(
+        &mut self,
+        target: Target,
+        conn: Option<ConnHandle>,
+        me: &Me<'_, Self>,
+        now: Instant,
+    ) -> Opened {
+        let Some(handle) = self.address(me) else {
+            return Opened::Sent(false);
+        };
         let Some(ctx) = &mut self.ctx else {
             return Opened::Sent(false);
         };
@@ -484,10 +545,7 @@ impl TxState {
         ) else {
             return Opened::Nothing;
         };
-        self.core
-            .txns
-            .client
-            .insert(key.clone(), self.handle.clone());
+        self.core.txns.client.insert(key.clone(), handle);
         self.keys.push(key.clone());
         if self.links.capacity() == 0 {
             // Most transactions have one branch: no room for four.
@@ -505,38 +563,64 @@ impl TxState {
         }
     }
 
-    /// Finishes sending a branch's first request ([`Self::open_branch`]): opens its
-    /// connection when it needs one, and notes the latency; false when it failed.
-    async fn branch_sent(&mut self, opened: Opened) -> bool {
-        let ok = match (opened, self.links.last_mut()) {
+    /// Finishes sending a branch's first request ([`Self::open_branch`]): notes the
+    /// latency, tells the context when it failed, or opens the connection it needs (a
+    /// suspension). `flow`: the branch goes over a phone's flow.
+    fn branch_sent(
+        &mut self,
+        opened: Opened,
+        flow: bool,
+        now: Instant,
+    ) -> Option<Suspension<TxMsg>> {
+        match opened {
             // Answered meanwhile: nothing to send, nothing failed, nothing forwarded.
-            (Opened::Nothing, _) => return true,
-            (Opened::Sent(sent), _) => sent,
-            // Boxed, as in `send_on`: only a branch that must open a connection pays.
-            (Opened::Connect(bytes), Some(link)) => {
-                Box::pin(connect_and_send(&self.core, link, bytes)).await
+            Opened::Nothing => {}
+            Opened::Sent(true) => self.forwarded(),
+            Opened::Sent(false) => self.branch_failed(flow, now),
+            Opened::Connect(bytes) => {
+                let link = self.links.last_mut()?;
+                return Some(connect(&self.core, link, bytes, Connect::First { flow }));
             }
-            (Opened::Connect(_), None) => false,
-        };
-        if ok {
-            self.core
-                .metrics
-                .latency
-                .observe(self.received.elapsed().as_secs_f64());
         }
-        ok
+        None
+    }
+
+    /// The request went out on its branch: the forwarding latency.
+    fn forwarded(&self) {
+        self.core
+            .metrics
+            .latency
+            .observe(self.received.elapsed().as_secs_f64());
+    }
+
+    /// The branch could not be started or its first send failed.
+    fn branch_failed(&mut self, flow: bool, now: Instant) {
+        if let Some(c) = &mut self.ctx {
+            if flow {
+                c.handle_flow_refused(now);
+            } else {
+                c.handle_branch_failed(self.live.upstreams.as_ref(), now);
+            }
+        }
     }
 }
 
-/// Sends on a branch, over the connection it already uses when it has one. Only opening a
-/// connection awaits.
-async fn send_on(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
-    match send_now(core, b, bytes) {
-        Ok(sent) => sent,
-        // Boxed: opening a connection (TLS included) is a large future, and an unboxed
-        // one would make every transaction's task carry and move it.
-        Err(bytes) => Box::pin(connect_and_send(core, b, bytes)).await,
-    }
+/// Opens (or finds) a connection toward the branch's target and sends on it, as a
+/// suspension of the transaction: the outcome comes back as [`Resumed::Connected`].
+fn connect(core: &Arc<Core>, b: &Link, bytes: Bytes, why: Connect) -> Suspension<TxMsg> {
+    let core = core.clone();
+    let (key, target) = (b.key.clone(), b.target);
+    Box::pin(async move {
+        let conn = match connection::send(&core, target, bytes).await {
+            Ok(ConnOrUdp::Conn(h)) => Some(Some(h)),
+            Ok(ConnOrUdp::Udp) => Some(None),
+            Err(e) => {
+                tracing::info!(event = "upstream_send_failed", target = %target.addr, error = ?e);
+                None
+            }
+        };
+        TxMsg::Resumed(Box::new(Resumed::Connected { key, conn, why }))
+    })
 }
 
 /// Sends on a branch without waiting: over its connection, or by UDP. `Err` gives the
@@ -557,21 +641,6 @@ fn send_now(core: &Core, b: &Link, bytes: Bytes) -> Result<bool, Bytes> {
         .is_some_and(|sock| send_udp(&sock, b.target.addr, bytes).is_ok()))
 }
 
-/// Opens (or finds) a connection toward the branch's target and sends on it.
-async fn connect_and_send(core: &Arc<Core>, b: &mut Link, bytes: Bytes) -> bool {
-    match connection::send(core, b.target, bytes).await {
-        Ok(ConnOrUdp::Conn(h)) => {
-            b.conn = Some(h);
-            true
-        }
-        Ok(ConnOrUdp::Udp) => true,
-        Err(e) => {
-            tracing::info!(event = "upstream_send_failed", target = %b.target.addr, error = ?e);
-            false
-        }
-    }
-}
-
 fn reason_label(reason: &'static str) -> &'static str {
     match reason {
         "no Via" => "no_via",
@@ -583,32 +652,12 @@ fn reason_label(reason: &'static str) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The size of the future a function returns, without calling it.
-    fn returned_size<A, F>(_f: fn(A) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// Every transaction's task carries the future of `handle` while a message is being
-    /// handled: a large await inside it (DNS, a connection with its TLS handshake) must be
-    /// boxed, or every transaction in flight pays for it.
+    /// Every transaction in flight is one cell: its state, and beside it only its
+    /// mailbox, its locks and its timer's place (a task of its own cost 1-2 KiB more).
     #[test]
-    fn the_message_handler_future_stays_small() {
-        type Args = (&'static mut TxState, TxMsg);
-        let handle = returned_size(|(s, m): Args| s.handle(m));
-        type LocateArgs = (
-            &'static Core,
-            &'static Live,
-            &'static crate::sip::addr::HostPort,
-        );
-        let locate = returned_size(|(c, l, h): LocateArgs| c.locate(l, h));
-        assert!(handle < 600, "handle's future is {handle} bytes");
-        assert!(
-            locate > handle,
-            "locate ({locate} bytes) is no longer worth boxing: {handle}"
-        );
-        // The whole task: the state, the mailbox, the timer and the handler's future.
-        type RunArgs = (Box<TxState>, Receiver<TxMsg>);
-        let task = returned_size(|(s, r): RunArgs| run(s, r));
-        assert!(task < 1000, "the transaction's task future is {task} bytes");
+    fn a_transaction_costs_little_more_than_its_state() {
+        let state = std::mem::size_of::<TxState>();
+        let cell = std::mem::size_of::<Cell<TxState>>();
+        assert!(cell - state <= 160, "{cell} bytes for a state of {state}");
     }
 }
