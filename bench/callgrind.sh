@@ -51,9 +51,11 @@ export LC_ALL=C
 if [ "${1:-}" = __proxy ]; then
   set +e   # the signal may reach us twice (timeout signals its child, then its group)
   kind=$2 prefix=$3 bin=$4 config=$5
-  printf '%s\n' "$EPOCHREALTIME" >"$prefix.start"
+  # The clock is the kernel's uptime, which no clock adjustment steps.
+  read -r up _ </proc/uptime
+  printf '%s\n' "$up" >"$prefix.start"
   # no fork in the trap: a forked `date` could be killed by the group's SIGTERM
-  trap '[ -s "$prefix.term" ] || printf "%s\n" "$EPOCHREALTIME" >"$prefix.term"' TERM INT
+  trap '[ -s "$prefix.term" ] || { read -r up _ </proc/uptime; printf "%s\n" "$up" >"$prefix.term"; }' TERM INT
   if [ "$kind" = kamailio ]; then
     # run.sh's own command line for Kamailio (start_proxy, PROXY=kamailio), with the addresses
     # and timers of the custom-proxy environment; one out file and one log per process (%p)
@@ -112,6 +114,9 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+# A reused directory keeps an earlier run's files: its .term would be taken for this run's
+# (a SIGTERM writes it only once), and its out files summed with this run's.
+rm -f "$OUT"/*.start "$OUT"/*.term "$OUT"/*.callgrind.out "$OUT"/*.valgrind.log
 if [ "$NET" != 127.0.0 ] && [ "$PROXY" = sippool ]; then
   sed "s/127\.0\.0\./$NET./g" "$CONFIG" > "$OUT/bench.toml"
   CONFIG="$OUT/bench.toml"
@@ -214,7 +219,7 @@ PIDS=("$proxy_pid" "${PIDS[@]}")
 for i in $(seq 200); do listening $PROXY_IP $PROXY_PORT && break; kill -0 $proxy_pid 2>/dev/null || break; sleep 0.1; done
 listening $PROXY_IP $PROXY_PORT || fail "idle run: the proxy did not listen (see $IDLE/proxy/proxy.log)"
 stop_at=$(awk -v a="$(cat "$OUT/idle.start")" -v l="$len" 'BEGIN{printf "%.3f", a+l}')
-sleep "$(awk -v t="$stop_at" -v n="$(date +%s.%N)" 'BEGIN{d=t-n; print (d>0)?d:0}')"
+sleep "$(awk -v t="$stop_at" -v n="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN{d=t-n; print (d>0)?d:0}')"
 kill -0 $proxy_pid 2>/dev/null || fail "idle run: the proxy exited early (see $IDLE/proxy/proxy.log)"
 kill -TERM $proxy_pid
 for i in $(seq 300); do kill -0 $proxy_pid 2>/dev/null || break; sleep 0.1; done
@@ -222,6 +227,9 @@ cleanup
 r=$(ir_of "$OUT/idle"); ir_idle=${r% *} procs_idle=${r#* }
 idle_len=$(awk -v a="$(cat "$OUT/idle.start")" -v b="$(cat "$OUT/idle.term")" 'BEGIN{printf "%.3f", b-a}')
 log "idle run: Ir=$ir_idle ($procs_idle processes), proxy ran ${idle_len}s before SIGTERM"
+# The idle run cancels the loaded run's fixed costs only if it lasted as long.
+awk -v a="$len" -v b="$idle_len" 'BEGIN{exit !(a > 0 && b > 0 && (a-b)^2 < (0.05*a)^2)}' ||
+  fail "the idle run (${idle_len}s) did not last as long as the loaded run (${len}s)"
 
 # ---- 3. the figure ------------------------------------------------------------------------
 per_call=$(awk -v l="$ir_loaded" -v i="$ir_idle" -v n="$ok" 'BEGIN{printf "%d", (l-i)/n}')

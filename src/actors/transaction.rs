@@ -272,18 +272,18 @@ impl TxState {
         self.reply = Some(reply);
         self.received = received;
         let settings = &live.settings;
-        let mut ctx =
+        let relay_timeout = settings
+            .pool
+            .as_ref()
+            .map_or(proxy::response_context::DEFAULT_RELAY_TIMEOUT, |p| {
+                p.relay_timeout
+            });
+        // Built in its place: the context is 1.5 KiB, and each move of it is a copy.
+        let ctx = self.ctx.insert(
             ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout)
-                .with_relay_timeout(
-                    settings
-                        .pool
-                        .as_ref()
-                        .map_or(proxy::response_context::DEFAULT_RELAY_TIMEOUT, |p| {
-                            p.relay_timeout
-                        }),
-                );
+                .with_relay_timeout(relay_timeout),
+        );
         ctx.handle_request(decision, live.upstreams.as_ref(), now);
-        self.ctx = Some(ctx);
     }
 
     /// The CANCEL itself is answered at once (RFC 3261 section 16.10); the context decides

@@ -5,7 +5,7 @@
 //! never decoded.
 
 use crate::sip::syntax::{
-    ascii_str, eq_ic, eq_lower, is_host_char, is_not_uri_char, is_scheme_char, is_v6_char, params,
+    ascii_str, eq_ic, eq_lower, has_not_uri_char, is_host_char, is_scheme_char, is_v6_char, params,
     parse_u32, scan_params, slot_of, Param, Slot,
 };
 use crate::sip::transport::Transport;
@@ -42,11 +42,7 @@ pub fn scheme_of(s: &[u8]) -> Result<Scheme, UriError> {
     if !scheme.first().is_some_and(|b| b.is_ascii_alphabetic()) {
         return Err(UriError::Malformed);
     }
-    if s.get(colon..)
-        .unwrap_or_default()
-        .iter()
-        .any(|&b| is_not_uri_char(b))
-    {
+    if has_not_uri_char(s.get(colon..).unwrap_or_default()) {
         return Err(UriError::Malformed);
     }
     Ok(if eq_lower(scheme, b"sip") {

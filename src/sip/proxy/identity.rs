@@ -80,14 +80,28 @@ pub struct LocalIdentity {
     pool: Option<Pool>,
     /// Flow-token keys (the pool's shared key, this process's epoch and relay address).
     flows: FlowKeys,
+    /// `advertised_host` as an address, when it is one (read once, not per request).
+    advertised_ip: Option<IpAddr>,
+    /// Each listener's advertised host as an address, when it is one (same order).
+    listener_ips: Vec<Option<IpAddr>>,
 }
 
 impl LocalIdentity {
     /// An identity advertising `advertised_host` (a name or an IP literal, IPv6 without
     /// brackets) over `listeners`.
     pub fn new(advertised_host: impl Into<String>, listeners: Vec<Listener>) -> Self {
+        let advertised_host = advertised_host.into();
         LocalIdentity {
-            advertised_host: advertised_host.into(),
+            advertised_ip: crate::sip::addr::parse_ip(&advertised_host),
+            listener_ips: listeners
+                .iter()
+                .map(|l| {
+                    l.advertised
+                        .as_ref()
+                        .and_then(|(h, _)| crate::sip::addr::parse_ip(h))
+                })
+                .collect(),
+            advertised_host,
             listeners,
             names: Vec::new(),
             addresses: Vec::new(),
@@ -307,9 +321,10 @@ impl LocalIdentity {
         };
         // A listener's own advertised address (a public address per interface).
         let host_ip = crate::sip::addr::parse_ip(host);
-        let advertised_by_a_listener = self.listeners.iter().any(|l| {
+        let ips = self.listener_ips.iter();
+        let advertised_by_a_listener = self.listeners.iter().zip(ips).any(|(l, ip)| {
             l.advertised.as_ref().is_some_and(|(h, p)| {
-                let same_host = match (crate::sip::addr::parse_ip(h), host_ip) {
+                let same_host = match (*ip, host_ip) {
                     (Some(a), Some(b)) => a == b,
                     _ => h.eq_ignore_ascii_case(host),
                 };
@@ -326,7 +341,7 @@ impl LocalIdentity {
                     || (bound.is_unspecified()
                         && bound.is_ipv4() == ip.is_ipv4()
                         && (ip.is_loopback() || self.addresses.contains(&ip)))
-            }) || crate::sip::addr::parse_ip(&self.advertised_host) == Some(ip);
+            }) || self.advertised_ip == Some(ip);
             return ours && listens_on(port.unwrap_or(t.default_port()));
         }
         if host.eq_ignore_ascii_case(&self.advertised_host) {

@@ -317,3 +317,16 @@ fn ascii_str_is_from_utf8() {
         assert_eq!(ascii_str(s), std::str::from_utf8(s).ok(), "{s:?}");
     }
 }
+
+#[test]
+fn the_uri_scan_agrees_with_the_class_table() {
+    for b in 0..=255u8 {
+        assert_eq!(has_not_uri_char(&[b]), is_not_uri_char(b), "byte {b}");
+        assert_eq!(
+            has_not_uri_char(&[b'a', b, b'z']),
+            is_not_uri_char(b),
+            "byte {b}"
+        );
+    }
+    assert!(!has_not_uri_char(b""));
+}
