@@ -54,7 +54,9 @@ pub struct TxState {
     key: ServerKey,
     /// Its id (what its table entries carry).
     id: u64,
-    ctx: Option<ResponseContext>,
+    /// Boxed: the context is 1.5 KiB, and a transaction's state is moved a few times
+    /// before it settles in its cell (each move a copy of it all).
+    ctx: Option<Box<ResponseContext>>,
     /// How responses reach the client, and where.
     reply: Option<ReplyPath>,
     dest: SocketAddr,
@@ -278,11 +280,10 @@ impl TxState {
             .map_or(proxy::response_context::DEFAULT_RELAY_TIMEOUT, |p| {
                 p.relay_timeout
             });
-        // Built in its place: the context is 1.5 KiB, and each move of it is a copy.
-        let ctx = self.ctx.insert(
+        let ctx = self.ctx.insert(Box::new(
             ResponseContext::new(msg, reliable, settings.timers, settings.failover_timeout)
                 .with_relay_timeout(relay_timeout),
-        );
+        ));
         ctx.handle_request(decision, live.upstreams.as_ref(), now);
     }
 
@@ -354,7 +355,7 @@ impl TxState {
         let core = self.core.clone();
         let live = self.live.clone();
         loop {
-            let action = self.ctx.as_mut().and_then(ResponseContext::poll_action)?;
+            let action = self.ctx.as_mut().and_then(|c| c.poll_action())?;
             match action {
                 Action::ToClient {
                     code,

@@ -276,15 +276,31 @@ impl LocalIdentity {
     /// pool, without a port (the side finds an instance by SRV, RFC 3263), when the pool
     /// is configured for that side; else this instance as that listener advertises it.
     pub fn record_route(&self, through: Through, side: Side, token: Option<&str>) -> String {
-        let user = token.map_or(String::new(), |t| format!("{t}@"));
         let param = transport_param(through.transport);
-        match self.pool_for(side) {
-            Some(pool) => format!("<sip:{user}{pool}{param};lr>"),
+        let pool = self.pool_for(side);
+        let (host, port) = match pool {
+            Some(pool) => (Cow::Borrowed(pool), None),
             None => {
                 let (host, port) = self.host_port(through);
-                format!("<sip:{user}{host}:{port}{param};lr>")
+                (host, Some(port))
             }
+        };
+        // "<sip:", "@", ":", the port, ";lr>": at most 17 besides the parts.
+        let len = 17 + token.map_or(0, str::len) + host.len() + param.len();
+        let mut rr = String::with_capacity(len);
+        rr.push_str("<sip:");
+        if let Some(t) = token {
+            rr.push_str(t);
+            rr.push('@');
         }
+        rr.push_str(&host);
+        if let Some(port) = port {
+            rr.push(':');
+            rr.push_str(itoa::Buffer::new().format(port));
+        }
+        rr.push_str(param);
+        rr.push_str(";lr>");
+        rr
     }
 
     /// Whether the Record-Route entries facing two sides, through two listeners, name

@@ -136,6 +136,9 @@ pub struct ResponseContext {
     actions: VecDeque<Action>,
 }
 
+/// The actions a context makes room for at once (see `ResponseContext::new`).
+const ACTIONS_ROOM: usize = 6;
+
 /// How long a relayed request waits for a first answer, unless set otherwise.
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -171,7 +174,9 @@ impl ResponseContext {
             failure: None,
             relay: false,
             relay_timeout: DEFAULT_RELAY_TIMEOUT,
-            actions: VecDeque::new(),
+            // Room for what one message asks at most in the common case (a response, its
+            // evidence, a branch): one allocation, not one and then a growth.
+            actions: VecDeque::with_capacity(ACTIONS_ROOM),
         }
     }
 
