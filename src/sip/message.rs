@@ -48,6 +48,12 @@ impl Default for Limits {
     }
 }
 
+/// How many kinds of [`HeaderName`] there are.
+const KINDS: usize = HeaderName::Other as usize + 1;
+
+/// No header of that kind (in [`Message`]'s index of first headers).
+const NONE: u16 = u16::MAX;
+
 /// Header names a proxy acts on; the rest are [`HeaderName::Other`] and forwarded untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderName {
@@ -213,6 +219,9 @@ pub struct Message {
     /// Range of the start line without its CRLF.
     start_line: Range<usize>,
     headers: Vec<Header>,
+    /// Where each kind of header first appears in `headers` (`NONE` when it does not): a
+    /// message is asked for its From, To, CSeq, Via, Route... many times on its way.
+    firsts: [u16; KINDS],
     body: Range<usize>,
     defect: Option<Defect>,
     /// The top via-parm (its range in `buf`) and its parse, made at the first read: a
@@ -264,6 +273,7 @@ impl Message {
         pos = next;
         // Header lines.
         let mut headers: Vec<Header> = Vec::with_capacity(24);
+        let mut firsts = [NONE; KINDS];
         let mut body_start = s.len();
         while pos < s.len() {
             let (end, next) = line_at(s, pos);
@@ -294,9 +304,14 @@ impl Message {
             }
             match header_name(s, pos, end) {
                 Ok((name_r, colon)) => {
-                    let name = s.get(name_r).unwrap_or_default();
+                    let name = HeaderName::classify_token(s.get(name_r).unwrap_or_default());
+                    if let Some(f) = firsts.get_mut(name as usize) {
+                        if *f == NONE {
+                            *f = u16::try_from(headers.len()).unwrap_or(NONE);
+                        }
+                    }
                     headers.push(Header {
-                        name: HeaderName::classify_token(name),
+                        name,
                         line: pos..next,
                         value: trim_range(s, colon + 1..end),
                     });
@@ -309,6 +324,7 @@ impl Message {
             start,
             start_line,
             headers,
+            firsts,
             body: body_start.min(s.len())..s.len(),
             defect: None,
             buf: Bytes::new(),
@@ -435,12 +451,27 @@ impl Message {
 
     /// The headers of one kind.
     pub fn all(&self, name: HeaderName) -> impl Iterator<Item = &Header> {
-        self.headers.iter().filter(move |h| h.name == name)
+        let from = self.first_index(name).unwrap_or(self.headers.len());
+        let rest = self.headers.get(from..).unwrap_or_default();
+        rest.iter().filter(move |h| h.name == name)
     }
 
     /// The first header of one kind.
     pub fn first(&self, name: HeaderName) -> Option<&Header> {
-        self.headers.iter().find(|h| h.name == name)
+        self.headers.get(self.first_index(name)?)
+    }
+
+    /// Where the first header of one kind is in the index (`Other` has none: it names
+    /// many headers, each looked up by its own name).
+    fn first_index(&self, name: HeaderName) -> Option<usize> {
+        // (and a message with more header lines than the index can number: scanned)
+        if name == HeaderName::Other || self.headers.len() >= usize::from(NONE) {
+            return self.headers.iter().position(|h| h.name == name);
+        }
+        match self.firsts.get(name as usize).copied() {
+            Some(NONE) | None => None,
+            Some(i) => Some(usize::from(i)),
+        }
     }
 
     /// How many header lines of one kind there are.

@@ -282,3 +282,47 @@ fn classify_agrees_with_the_table_on_one_byte_changes() {
         }
     }
 }
+
+#[test]
+fn the_index_of_first_headers_agrees_with_a_scan() {
+    let m = parse(
+        "INVITE sip:b@example.com SIP/2.0\r\nX-A: 1\r\nv: SIP/2.0/UDP h1;branch=z9hG4bK1\r\n\
+         Route: <sip:r1;lr>\r\nVia: SIP/2.0/UDP h2;branch=z9hG4bK2\r\nX-B: 2\r\n\
+         route: <sip:r2;lr>\r\nf: <sip:a@x>;tag=1\r\nt: <sip:b@y>\r\ni: c\r\n\
+         CSeq: 1 INVITE\r\nl: 0\r\n\r\n",
+    );
+    let kinds = [
+        HeaderName::Via,
+        HeaderName::Route,
+        HeaderName::RecordRoute,
+        HeaderName::MaxForwards,
+        HeaderName::CSeq,
+        HeaderName::CallId,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::ContentLength,
+        HeaderName::ProxyRequire,
+        HeaderName::ProxyAuthorization,
+        HeaderName::Contact,
+        HeaderName::Path,
+        HeaderName::Other,
+    ];
+    assert_eq!(kinds.len(), KINDS);
+    for name in kinds {
+        let scanned: Vec<_> = m.headers().iter().filter(|h| h.name == name).collect();
+        let indexed: Vec<_> = m.all(name).collect();
+        assert_eq!(indexed.len(), scanned.len(), "{name:?}");
+        for (a, b) in indexed.iter().zip(&scanned) {
+            assert_eq!(a.line, b.line, "{name:?}");
+        }
+        assert_eq!(
+            m.first(name).map(|h| h.line.clone()),
+            scanned.first().map(|h| h.line.clone()),
+            "{name:?}"
+        );
+    }
+    assert_eq!(m.count(HeaderName::Via), 2);
+    assert_eq!(m.count(HeaderName::Route), 2);
+    assert_eq!(m.count(HeaderName::Other), 2);
+    assert!(m.first(HeaderName::Contact).is_none());
+}
