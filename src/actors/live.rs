@@ -56,7 +56,7 @@ impl Live {
         let relay = crate::config::relay_address(
             settings.pool.as_ref().and_then(|p| p.relay_address),
             &identity.listeners,
-            &identity.advertised_host,
+            identity.advertised_host(),
             identity.addresses(),
         );
         if settings.pool.is_some() && relay.is_none() {

@@ -318,7 +318,7 @@ fn options_request(
     } else {
         server.host.clone()
     };
-    let adv = &identity.advertised_host;
+    let adv = identity.advertised_host();
     let text = format!(
         "OPTIONS sip:{host}:{port};transport={t} SIP/2.0\r\n\
          Via: {via}\r\n\

@@ -66,8 +66,9 @@ pub struct Pool {
 /// address it is known by.
 #[derive(Debug, Clone)]
 pub struct LocalIdentity {
-    /// Host written into Via and Record-Route.
-    pub advertised_host: String,
+    /// Host written into Via and Record-Route (read with [`Self::advertised_host`]: what
+    /// is derived from it below is computed once).
+    advertised_host: String,
     /// Listen sockets.
     pub listeners: Vec<Listener>,
     /// DNS names this instance also answers to, lower-case: the pool's SRV/A name, the
@@ -82,6 +83,8 @@ pub struct LocalIdentity {
     flows: FlowKeys,
     /// `advertised_host` as an address, when it is one (read once, not per request).
     advertised_ip: Option<IpAddr>,
+    /// `advertised_host` as written in a header (bracketed when IPv6).
+    advertised_written: String,
     /// Each listener's advertised host as an address, when it is one (same order).
     listener_ips: Vec<Option<IpAddr>>,
 }
@@ -92,6 +95,7 @@ impl LocalIdentity {
     pub fn new(advertised_host: impl Into<String>, listeners: Vec<Listener>) -> Self {
         let advertised_host = advertised_host.into();
         LocalIdentity {
+            advertised_written: bracketed(&advertised_host).into_owned(),
             advertised_ip: crate::sip::addr::parse_ip(&advertised_host),
             listener_ips: listeners
                 .iter()
@@ -108,6 +112,11 @@ impl LocalIdentity {
             pool: None,
             flows: FlowKeys::random(),
         }
+    }
+
+    /// The host written into Via and Record-Route (IPv6 without brackets).
+    pub fn advertised_host(&self) -> &str {
+        &self.advertised_host
     }
 
     /// Adds the pool: its name is this instance's too, and Record-Route entries facing
@@ -216,16 +225,10 @@ impl LocalIdentity {
     pub fn host_port(&self, through: Through) -> (Cow<'_, str>, u16) {
         let listener = self.listener(through);
         let own_port = listener.map_or(through.transport.default_port(), |l| l.address.port());
-        let (host, port) = match listener.and_then(|l| l.advertised.as_ref()) {
-            Some((h, p)) => (h.as_str(), p.unwrap_or(own_port)),
-            None => (self.advertised_host.as_str(), own_port),
-        };
-        let host = if host.contains(':') {
-            Cow::Owned(format!("[{host}]"))
-        } else {
-            Cow::Borrowed(host)
-        };
-        (host, port)
+        match listener.and_then(|l| l.advertised.as_ref()) {
+            Some((h, p)) => (bracketed(h), p.unwrap_or(own_port)),
+            None => (Cow::Borrowed(self.advertised_written.as_str()), own_port),
+        }
     }
 
     /// Our Via value for a request sent through a listener: from a worker's own socket
@@ -373,6 +376,15 @@ impl LocalIdentity {
     pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
         let t = uri.transport().unwrap_or(Transport::Udp);
         self.is_local(uri.host, uri.port, t)
+    }
+}
+
+/// A host as written in a header: an IPv6 address in brackets.
+fn bracketed(host: &str) -> Cow<'_, str> {
+    if host.contains(':') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
     }
 }
 
