@@ -143,12 +143,23 @@ impl<B: Behaviour> Cell<B> {
     /// Handles what is ready, unless another thread is handling this actor (it will take
     /// what is queued before it lets go).
     fn drain(&self) {
+        if let Some(running) = self.try_running() {
+            self.drain_holding(running);
+        }
+    }
+
+    /// The state, unless another thread holds it.
+    fn try_running(&self) -> Option<MutexGuard<'_, Running<B>>> {
+        match self.running.try_lock() {
+            Ok(r) => Some(r),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Handles what is ready with the state held, then lets it go.
+    fn drain_holding<'a>(&'a self, mut running: MutexGuard<'a, Running<B>>) {
         loop {
-            let mut running = match self.running.try_lock() {
-                Ok(r) => r,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
-            };
             loop {
                 let next = {
                     let mut inbox = lock(&self.inbox);
@@ -170,6 +181,10 @@ impl<B: Behaviour> Cell<B> {
             // A message queued after the last look but before the lock was let go.
             if !lock(&self.inbox).ready() {
                 return;
+            }
+            match self.try_running() {
+                Some(r) => running = r,
+                None => return,
             }
         }
     }
@@ -235,13 +250,23 @@ impl<B: Behaviour> Cell<B> {
 
 impl<B: Behaviour> Deliver<B::Msg> for Cell<B> {
     fn deliver(&self, msg: B::Msg) -> Result<(), B::Msg> {
-        {
-            let mut inbox = lock(&self.inbox);
-            if inbox.closed {
-                return Err(msg);
-            }
-            inbox.queue.push_back(msg);
+        let mut inbox = lock(&self.inbox);
+        if inbox.closed {
+            return Err(msg);
         }
+        // Nothing waits before it and nobody is handling the actor: handled at once, without
+        // a stay in the queue (most messages; the queue is then never even allocated).
+        let idle = inbox.queue.is_empty() && inbox.resumed.is_none() && !inbox.suspended;
+        if idle {
+            if let Some(mut running) = self.try_running() {
+                drop(inbox);
+                self.handle(&mut running, msg);
+                self.drain_holding(running);
+                return Ok(());
+            }
+        }
+        inbox.queue.push_back(msg);
+        drop(inbox);
         self.drain();
         Ok(())
     }

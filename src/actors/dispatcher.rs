@@ -52,7 +52,7 @@ fn route(core: &Arc<Core>, inbound: Box<Inbound>) {
             if tx.worker() != super::workers::current() {
                 core.metrics.worker_handoffs.inc();
             }
-            if let Err(TxMsg::Response(back)) = tx.send(TxMsg::Response(inbound)) {
+            if let Err(TxMsg::Response(back, _)) = tx.send(TxMsg::Response(inbound, key)) {
                 forward_stray_response(core, &back.msg);
             }
         }

@@ -33,9 +33,9 @@ pub enum TxMsg {
     Request(Box<Inbound>),
     /// A CANCEL for this (INVITE) transaction.
     Cancel(Box<Inbound>),
-    /// A response to our client transaction (or to its CANCEL); its client key is its top
-    /// Via's branch, as the dispatcher matched it.
-    Response(Box<Inbound>),
+    /// A response to our client transaction (or to its CANCEL), with the client key the
+    /// dispatcher matched it by (its top Via's branch).
+    Response(Box<Inbound>, ClientKey),
     /// A timer may be due.
     Timer,
     /// What the transaction waited for.

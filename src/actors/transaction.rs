@@ -184,10 +184,9 @@ impl TxState {
                 }
             }
             TxMsg::Cancel(inbound) => self.on_cancel(&inbound, now),
-            TxMsg::Response(inbound) => {
+            TxMsg::Response(inbound, key) => {
                 self.relayed_from = Some(inbound.received);
-                let key = ClientKey::of_response(&inbound.msg);
-                if let (Some(c), Some(key)) = (&mut self.ctx, key) {
+                if let Some(c) = &mut self.ctx {
                     c.handle_response(&key, &inbound.msg, self.live.upstreams.as_ref(), now);
                 }
             }
