@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,13 +37,13 @@ struct Entries {
     next_number: u64,
     /// The instant the wheel's task sleeps until (`None`: nothing armed).
     sleeping_until: Option<Instant>,
-    /// The wheel's task is running (false once its runtime has dropped it).
-    alive: bool,
 }
 
 /// A thread's timers (see the module documentation).
 pub struct Wheel {
     entries: Mutex<Entries>,
+    /// The wheel's task is running (false once its runtime has dropped it).
+    alive: AtomicBool,
     /// Wakes the wheel's task when an entry is armed before the instant it sleeps until.
     earlier: Notify,
 }
@@ -109,15 +110,16 @@ pub fn disarm(armed: &mut Option<Armed>) {
 fn this_thread() -> Option<Arc<Wheel>> {
     WHEEL.with(|w| {
         let mut w = w.borrow_mut();
-        if let Some(wheel) = w.as_ref().filter(|wheel| lock(wheel).alive) {
+        if let Some(wheel) = w
+            .as_ref()
+            .filter(|wheel| wheel.alive.load(Ordering::Acquire))
+        {
             return Some(wheel.clone());
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let wheel = Arc::new(Wheel {
-            entries: Mutex::new(Entries {
-                alive: true,
-                ..Entries::default()
-            }),
+            entries: Mutex::new(Entries::default()),
+            alive: AtomicBool::new(true),
             earlier: Notify::new(),
         });
         runtime.spawn(run(wheel.clone()));
@@ -131,9 +133,8 @@ struct Alive(Arc<Wheel>);
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        let mut e = lock(&self.0);
-        e.alive = false;
-        e.armed.clear();
+        self.0.alive.store(false, Ordering::Release);
+        lock(&self.0).armed.clear();
     }
 }
 
@@ -181,7 +182,7 @@ async fn run(wheel: Arc<Wheel>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[derive(Default)]
     struct Count(AtomicUsize, Notify);

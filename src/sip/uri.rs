@@ -82,7 +82,12 @@ const KNOWN: [&[u8]; 3] = [b"transport", b"lr", b"maddr"];
 impl<'a> SipUri<'a> {
     /// Parses a `sip:`/`sips:` URI.
     pub fn parse(s: &'a [u8]) -> Result<SipUri<'a>, UriError> {
-        let secure = match scheme_of(s)? {
+        SipUri::parse_as(s, scheme_of(s)?)
+    }
+
+    /// Parses a URI whose scheme [`scheme_of`] has read already (the whole URI checked).
+    pub fn parse_as(s: &'a [u8], scheme: Scheme) -> Result<SipUri<'a>, UriError> {
+        let secure = match scheme {
             Scheme::Sip => false,
             Scheme::Sips => true,
             _ => return Err(UriError::Malformed),

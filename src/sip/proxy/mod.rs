@@ -381,7 +381,7 @@ pub fn decide(rx: Received<'_>, identity: &LocalIdentity, router: &Router) -> De
         Err(_) => return Decision::Respond(Reject::new(400, "Malformed Request-URI")),
         Ok(Scheme::Other) => return Decision::Respond(Reject::new(416, "Unsupported URI Scheme")),
         Ok(Scheme::Tel) => None,
-        Ok(Scheme::Sip | Scheme::Sips) => match SipUri::parse(ruri_text) {
+        Ok(scheme @ (Scheme::Sip | Scheme::Sips)) => match SipUri::parse_as(ruri_text, scheme) {
             Ok(u) if u.has_headers => {
                 return Decision::Respond(Reject::new(400, "Headers Not Allowed In Request-URI"))
             }
