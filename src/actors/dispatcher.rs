@@ -2,8 +2,8 @@
 //! listener or connection receives comes here. The dispatcher says where it belongs; this
 //! module does it: hands it to a running transaction, answers a retransmission from a
 //! lingering one, forwards what is stateless, applies admission control (drain,
-//! transaction cap, INVITE rate) and starts one transaction (a task with a mailbox) per
-//! new server transaction. It never blocks.
+//! transaction cap, INVITE rate) and starts one transaction (an actor cell) per new
+//! server transaction. It never blocks.
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;

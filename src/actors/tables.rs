@@ -1,6 +1,5 @@
 //! The concurrent transaction tables: running server transactions by key, client
-//! transactions by branch (both pointing at the mailbox of the transaction that owns
-//! them), and the
+//! transactions by branch (both pointing at the transaction that owns them), and the
 //! transactions that have ended but still absorb retransmissions of their request.
 //!
 //! The tables answer the sans-IO dispatcher's questions ([`TransactionTables`]); what a
@@ -43,8 +42,7 @@ pub enum TxMsg {
     /// This stream connection closed; the transaction checks whether its branch used it.
     ConnectionLost(u64),
     /// The network refused a datagram sent to this address (ICMP unreachable); the
-    /// transaction checks whether its branch went there. Boxed: rare, and the largest
-    /// payload would make every mailbox slot 40 bytes instead of 16.
+    /// transaction checks whether its branch went there. Boxed: rare.
     Unreachable(Box<SocketAddr>),
 }
 

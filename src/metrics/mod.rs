@@ -233,8 +233,8 @@ pub struct Metrics {
     pub datagrams: Family<WorkerLabels, Counter>,
     /// Open stream connections, by the worker that runs them.
     pub worker_connections: Family<WorkerLabels, Gauge>,
-    /// Responses that reached another worker than the one running their transaction,
-    /// handed over through its mailbox.
+    /// Responses that reached another worker than the one that started their
+    /// transaction (handled there, under the transaction's lock).
     pub worker_handoffs: Counter,
     /// Branches given up for the other pair member that answered late, by what was done
     /// (`cancelled`: CANCEL after a provisional; `ended`: ACK and BYE after a 2xx).

@@ -108,7 +108,7 @@ pub fn is_not_uri_char(b: u8) -> bool {
     class(b) & NOT_URI != 0
 }
 
-/// Whether any byte of `s` cannot be part of a URI ([`is_not_uri_char`]). Compares
+/// Whether any byte of `s` cannot be part of a URI (controls, SP, DEL, `<`, `>`). Compares
 /// rather than looks up, and has no early exit, so that it runs many bytes at a time.
 #[inline]
 pub fn has_not_uri_char(s: &[u8]) -> bool {
