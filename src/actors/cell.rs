@@ -197,7 +197,11 @@ impl<B: Behaviour> Cell<B> {
         match catch_unwind(AssertUnwindSafe(|| behaviour.handle(msg, &me))) {
             Ok(Step::Wait) => timer_wheel::disarm(&mut running.timer),
             Ok(Step::WakeAt(at)) => {
-                if running.timer.as_ref().map(Armed::at) != Some(at) {
+                // Armed already for that instant, unless the instant has come: then its
+                // entry may have fired (and left the wheel), and is armed again. (tokio's
+                // clock: the one the wheel fires by, paused in tests.)
+                let armed = running.timer.as_ref().map(Armed::at) == Some(at);
+                if !armed || at <= tokio::time::Instant::now().into_std() {
                     let who: Weak<dyn Tick> = self.me.clone();
                     timer_wheel::arm(&mut running.timer, at, who);
                 }
@@ -321,6 +325,9 @@ mod tests {
         }
         fn handle(&mut self, msg: Msg, _me: &Me<'_, Self>) -> Step<Msg> {
             assert_eq!(self.log.inside.fetch_add(1, Ordering::SeqCst), 0);
+            if matches!(msg, Msg::Timer) {
+                self.wake_at = None;
+            }
             let step = match &msg {
                 Msg::Panic => {
                     self.log.inside.fetch_sub(1, Ordering::SeqCst);
@@ -336,9 +343,6 @@ mod tests {
                 }
                 _ => self.wake_at.map_or(Step::Wait, Step::WakeAt),
             };
-            if matches!(msg, Msg::Timer) {
-                self.wake_at = None;
-            }
             lock(&self.log.seen).push(msg);
             self.log.inside.fetch_sub(1, Ordering::SeqCst);
             step
@@ -423,6 +427,45 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(seen(&log), vec![Msg::N(0), Msg::End]);
         drop(cell);
+    }
+
+    /// A handler that asks for the same instant again after its timer fired (a timer it
+    /// did not clear) is woken again, not left waiting on an entry that is gone.
+    struct Stubborn {
+        at: Instant,
+        woken: Arc<AtomicUsize>,
+    }
+
+    impl Behaviour for Stubborn {
+        type Msg = Msg;
+        fn timer() -> Msg {
+            Msg::Timer
+        }
+        fn handle(&mut self, msg: Msg, _me: &Me<'_, Self>) -> Step<Msg> {
+            if msg == Msg::Timer && self.woken.fetch_add(1, Ordering::SeqCst) + 1 >= 3 {
+                return Step::Wait;
+            }
+            Step::WakeAt(self.at)
+        }
+        fn failed(&mut self, _panic: &(dyn Any + Send)) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_asked_again_for_an_instant_that_has_come_fires_again() {
+        let woken = Arc::new(AtomicUsize::new(0));
+        let at = Instant::now() + Duration::from_secs(1);
+        let cell = Cell::new(Stubborn {
+            at,
+            woken: woken.clone(),
+        });
+        assert!(cell.deliver(Msg::N(0)).is_ok());
+        for _ in 0..100 {
+            if woken.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(woken.load(Ordering::SeqCst), 3);
     }
 
     #[test]
