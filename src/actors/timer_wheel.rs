@@ -74,12 +74,22 @@ fn lock(w: &Wheel) -> MutexGuard<'_, Entries> {
 /// Arms `who` for `at` on the calling thread's wheel, moving it from `previous` (taken)
 /// when it was armed. `None` outside a runtime (nothing can run a timer there).
 pub fn arm(previous: &mut Option<Armed>, at: Instant, who: Weak<dyn Tick>) {
-    disarm(previous);
     let Some(wheel) = this_thread() else {
+        disarm(previous);
         return;
     };
+    // Moved on the same wheel (the common case): one lock for both.
+    if previous
+        .as_ref()
+        .is_some_and(|a| !Arc::ptr_eq(&a.wheel, &wheel))
+    {
+        disarm(previous);
+    }
     let notify = {
         let mut e = lock(&wheel);
+        if let Some(a) = previous.take() {
+            e.armed.remove(&a.slot);
+        }
         let slot = (at, e.next_number);
         e.next_number += 1;
         e.armed.insert(slot, who);

@@ -101,12 +101,7 @@ impl Behaviour for TxState {
     }
 
     fn handle(&mut self, msg: TxMsg, me: &Me<'_, Self>) -> Step<TxMsg> {
-        match self.on_message(msg, me) {
-            Next::Done => Step::Done,
-            Next::WakeAt(at) => Step::WakeAt(at),
-            Next::Wait => Step::Wait,
-            Next::Suspend(s) => Step::Suspend(s),
-        }
+        self.on_message(msg, me)
     }
 
     /// A panic ends this transaction only; its state, dropped next, takes its table
@@ -138,18 +133,6 @@ enum Opened {
     Connect(Bytes),
 }
 
-/// What a transaction does after a message.
-enum Next {
-    /// Ends (done, or a lingering entry absorbs what is left).
-    Done,
-    /// Waits for a message, or for its timer at this instant.
-    WakeAt(Instant),
-    /// Waits for a message.
-    Wait,
-    /// Waits for a lookup or a connection (its outcome comes back as [`TxMsg::Resumed`]).
-    Suspend(Suspension<TxMsg>),
-}
-
 /// However the transaction ends (done, handed to a lingering entry, or failed), its table
 /// entries go and it is no longer counted.
 impl Drop for TxState {
@@ -166,7 +149,7 @@ impl Drop for TxState {
 
 impl TxState {
     /// One message: feeds the context, performs its actions, and says what comes next.
-    fn on_message(&mut self, msg: TxMsg, me: &Me<'_, Self>) -> Next {
+    fn on_message(&mut self, msg: TxMsg, me: &Me<'_, Self>) -> Step<TxMsg> {
         let now = Instant::now();
         match msg {
             TxMsg::Request(inbound) if self.ctx.is_none() => {
@@ -197,25 +180,25 @@ impl TxState {
             }
             TxMsg::Resumed(r) => {
                 if let Some(s) = self.resumed(*r, me, now) {
-                    return Next::Suspend(s);
+                    return Step::Suspend(s);
                 }
             }
             TxMsg::ConnectionLost(conn) => {
                 if let Some(s) = self.on_connection_lost(conn, now) {
-                    return Next::Suspend(s);
+                    return Step::Suspend(s);
                 }
             }
             TxMsg::Unreachable(dest) => self.on_unreachable(*dest, now),
         }
         if let Some(s) = self.drive(me, now) {
-            return Next::Suspend(s);
+            return Step::Suspend(s);
         }
         self.relayed_from = None;
         let Some(ctx) = &self.ctx else {
-            return Next::Wait;
+            return Step::Wait;
         };
         if ctx.is_done() {
-            return Next::Done;
+            return Step::Done;
         }
         if let Some(linger) = ctx.poll_linger(now) {
             // What is left is absorbing retransmissions: a table entry does that.
@@ -229,10 +212,10 @@ impl TxState {
                         until: linger.until,
                     }),
                 );
-                return Next::Done;
+                return Step::Done;
             }
         }
-        ctx.poll_timeout().map_or(Next::Wait, Next::WakeAt)
+        ctx.poll_timeout().map_or(Step::Wait, Step::WakeAt)
     }
 
     fn start(&mut self, inbound: Inbound, now: Instant) {
@@ -319,7 +302,7 @@ impl TxState {
         if lost.outbound {
             return match send_now(&self.core, link, request) {
                 Ok(true) => {
-                    self.core.metrics.reconnects.inc();
+                    reconnected(&self.core, link);
                     None
                 }
                 Ok(false) => {
@@ -486,11 +469,16 @@ impl TxState {
                 None
             }
             Resumed::Connected { key, conn, why } => {
-                let link = self.links.iter_mut().find(|l| l.key == key);
-                if let (Some(link), Some(Some(c))) = (link, &conn) {
-                    link.conn = Some(c.clone());
-                }
                 let ok = conn.is_some();
+                let link = self.links.iter_mut().find(|l| l.key == key);
+                if let Some(link) = link {
+                    if let Some(Some(c)) = conn {
+                        link.conn = Some(c);
+                    }
+                    if ok && why == Connect::Reopen {
+                        reconnected(&self.core, link);
+                    }
+                }
                 match why {
                     Connect::First { flow } => {
                         if ok {
@@ -499,16 +487,12 @@ impl TxState {
                             self.branch_failed(flow, now);
                         }
                     }
-                    Connect::Again => {}
-                    Connect::Reopen if ok => {
-                        self.core.metrics.reconnects.inc();
-                        tracing::info!(event = "upstream_reconnected", branch = %key.branch());
-                    }
-                    Connect::Reopen => {
+                    Connect::Reopen if !ok => {
                         if let Some(c) = &mut self.ctx {
                             c.handle_transport_error(false, self.live.upstreams.as_ref(), now);
                         }
                     }
+                    Connect::Again | Connect::Reopen => {}
                 }
                 None
             }
@@ -621,6 +605,12 @@ fn connect(core: &Arc<Core>, b: &Link, bytes: Bytes, why: Connect) -> Suspension
         };
         TxMsg::Resumed(Box::new(Resumed::Connected { key, conn, why }))
     })
+}
+
+/// The branch's connection was reopened and its request sent again.
+fn reconnected(core: &Core, link: &Link) {
+    core.metrics.reconnects.inc();
+    tracing::info!(event = "upstream_reconnected", target = %link.target.addr, branch = %link.key.branch());
 }
 
 /// Sends on a branch without waiting: over its connection, or by UDP. `Err` gives the

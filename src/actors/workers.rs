@@ -20,7 +20,8 @@
 //! What stays shared is what was shared already: the tables (concurrent maps), the pair
 //! state and metrics (atomics), the configuration snapshot. A response that reaches another
 //! worker than its transaction's is handled there by the transaction (its cell, see
-//! `actors::cell`; counted: `sippool_worker_handoffs_total`). Health, HTTP and the sweeper run on worker 0.
+//! `actors::cell`; counted: `sippool_worker_handoffs_total`). Health, HTTP and the
+//! sweeper run on worker 0.
 
 use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
