@@ -159,7 +159,7 @@ async fn connect(core: &Arc<Core>, target: Target) -> Result<ConnHandle, SendErr
     let dscp = core
         .live()
         .identity
-        .listeners
+        .listeners()
         .iter()
         .find(|l| l.transport == target.transport)
         .and_then(|l| l.dscp);

@@ -290,7 +290,7 @@ impl Core {
         target: super::transport::Target,
     ) -> crate::sip::proxy::Through {
         self.transports.through(
-            &live.identity.listeners,
+            live.identity.listeners(),
             target.transport,
             target.addr,
             |ip| live.upstreams.is_upstream(ip),

@@ -36,7 +36,7 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 /// an unspecified address.
 pub fn complete_identity(identity: LocalIdentity) -> LocalIdentity {
     let wildcard = identity
-        .listeners
+        .listeners()
         .iter()
         .any(|l| l.address.ip().is_unspecified());
     let identity = identity.with_names(host_names());

@@ -55,7 +55,7 @@ impl Live {
         // every token we hand out.
         let relay = crate::config::relay_address(
             settings.pool.as_ref().and_then(|p| p.relay_address),
-            &identity.listeners,
+            identity.listeners(),
             identity.advertised_host(),
             identity.addresses(),
         );

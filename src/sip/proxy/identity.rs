@@ -69,8 +69,8 @@ pub struct LocalIdentity {
     /// Host written into Via and Record-Route (read with [`Self::advertised_host`]: what
     /// is derived from it below is computed once).
     advertised_host: String,
-    /// Listen sockets.
-    pub listeners: Vec<Listener>,
+    /// Listen sockets (read with [`Self::listeners`]: `listener_ips` is derived from them).
+    listeners: Vec<Listener>,
     /// DNS names this instance also answers to, lower-case: the pool's SRV/A name, the
     /// host's name, `instance.names`. A URI naming one of them without a port is ours
     /// (RFC 3263: the port comes from SRV); with a port, the port must be one we listen on.
@@ -117,6 +117,11 @@ impl LocalIdentity {
     /// The host written into Via and Record-Route (IPv6 without brackets).
     pub fn advertised_host(&self) -> &str {
         &self.advertised_host
+    }
+
+    /// The listen sockets.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
     }
 
     /// Adds the pool: its name is this instance's too, and Record-Route entries facing
