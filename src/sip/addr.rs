@@ -257,28 +257,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn quick_ip_parse_agrees_with_std_on_many_dotted_strings() {
-        // A fixed pseudo-random walk over digits and dots (and a stray letter), lengths
-        // 0-16: every case the one-pass parser decides, std decides the same.
-        let alphabet = b"0123456789..2551x";
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut addresses = 0;
-        for _ in 0..200_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let len = (state % 17) as usize;
-            let s: String = (0..len)
-                .map(|i| {
-                    let k = (state >> (i * 3 % 60)) as usize % alphabet.len();
-                    char::from(alphabet.get(k).copied().unwrap_or(b'0'))
-                })
-                .collect();
-            assert_eq!(parse_ip(&s), s.parse::<IpAddr>().ok(), "{s}");
-            addresses += usize::from(parse_ip(&s).is_some());
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Digits and dots in any order (and a stray letter): every case the one-pass
+        /// parser decides, std decides the same.
+        #[test]
+        fn quick_ip_parse_agrees_with_std_on_dotted_strings(s in "[0-9.x]{0,16}") {
+            proptest::prop_assert_eq!(parse_ip(&s), s.parse::<IpAddr>().ok());
         }
-        assert!(addresses > 100, "only {addresses} were addresses");
+
+        /// Four groups of one to three digits: addresses, out-of-range octets and leading
+        /// zeros.
+        #[test]
+        fn quick_ip_parse_agrees_with_std_on_quads(
+            s in "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}"
+        ) {
+            proptest::prop_assert_eq!(parse_ip(&s), s.parse::<IpAddr>().ok());
+        }
     }
 
     #[test]
