@@ -22,7 +22,12 @@ fn http_extra(primary: &Upstream, backup: &Upstream, health: &str) -> String {
 async fn metrics_count_a_call_exactly() {
     let mut up = Upstream::udp(Behaviour::Answer).await;
     let backup = Upstream::udp(Behaviour::Answer).await;
-    let p = proxy(&["udp"], &http_extra(&up, &backup, "oos_check = 0")).await;
+    // 100 Trying at once (not only when the server takes 200 ms): one local 1xx, exactly.
+    let extra = format!(
+        "{}[timers]\ntrying_ms = 0\n",
+        http_extra(&up, &backup, "oos_check = 0")
+    );
+    let p = proxy(&["udp"], &extra).await;
     let http = p.http_addr().unwrap();
     let (code, before) = http_get(http, "/metrics").await;
     assert_eq!(code, 200);

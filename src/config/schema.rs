@@ -431,6 +431,10 @@ pub struct TimersConfig {
     pub t4_ms: u64,
     /// Timer C, how long a proxied INVITE may stay unanswered after a provisional (s).
     pub timer_c_s: u64,
+    /// How long an INVITE may wait for a provisional or final response from the server
+    /// before the proxy sends 100 Trying itself (ms): default 200 (RFC 3261 17.2.1), or
+    /// half of T1 when that is shorter; 0 sends it at once.
+    pub trying_ms: Option<u64>,
 }
 
 impl Default for TimersConfig {
@@ -440,6 +444,7 @@ impl Default for TimersConfig {
             t2_ms: 4000,
             t4_ms: 5000,
             timer_c_s: 180,
+            trying_ms: None,
         }
     }
 }

@@ -200,3 +200,17 @@ fn log_level_keeps_ractor_quiet_and_a_bad_filter_names_the_key() {
         assert_eq!(e.key, "log.level", "{bad}: {e}");
     }
 }
+
+#[test]
+fn trying_delay_is_read_and_must_end_before_t1() {
+    let s = validate_text(&format!("{GOOD}\n[timers]\ntrying_ms = 0\n")).unwrap();
+    assert_eq!(s.timers.trying, std::time::Duration::ZERO);
+    let s = validate_text(GOOD).unwrap();
+    assert_eq!(s.timers.trying, std::time::Duration::from_millis(200));
+    // A short T1 brings the default down with it: the 100 still goes before T1.
+    let s = validate_text(&format!("{GOOD}\n[timers]\nt1_ms = 100\n")).unwrap();
+    assert_eq!(s.timers.trying, std::time::Duration::from_millis(50));
+    let e =
+        validate_text(&format!("{GOOD}\n[timers]\nt1_ms = 500\ntrying_ms = 500\n")).unwrap_err();
+    assert_eq!(e.key, "timers.trying_ms", "{e}");
+}

@@ -27,6 +27,10 @@ pub struct Timers {
     pub t4: Duration,
     /// Timer C: proxy INVITE timeout after a provisional response (> 3 min).
     pub timer_c: Duration,
+    /// How long an INVITE server transaction waits for a response from its TU before it
+    /// sends 100 Trying itself (section 17.2.1: "send 100 if TU won't in 200ms"); zero
+    /// sends it at once.
+    pub trying: Duration,
 }
 
 impl Default for Timers {
@@ -36,6 +40,7 @@ impl Default for Timers {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             timer_c: Duration::from_secs(180),
+            trying: Duration::from_millis(200),
         }
     }
 }

@@ -118,6 +118,9 @@ pub struct ResponseContext {
     final_sent: bool,
     timer_c: Option<Instant>,
     timer_c_fired: bool,
+    /// INVITE: when to send 100 Trying unless a response has gone to the client by then
+    /// (section 17.2.1, [`Timers::trying`]).
+    trying_at: Option<Instant>,
     /// The pair member the request went to.
     member: Option<(usize, Member)>,
     /// Whether the other member was tried already.
@@ -167,6 +170,7 @@ impl ResponseContext {
             final_sent: false,
             timer_c: None,
             timer_c_fired: false,
+            trying_at: None,
             member: None,
             retried: false,
             failover_at: None,
@@ -208,9 +212,21 @@ impl ResponseContext {
 
     /// What [`super::decide`] said about the request: answer it, or forward it.
     /// A [`Decision::Drop`] ends the transaction without a word.
+    ///
+    /// A forwarded INVITE gets 100 Trying only when the server has sent nothing back within
+    /// [`Timers::trying`] (section 17.2.1: the server transaction must send it "unless it
+    /// knows that the TU will generate a provisional or final response within 200 ms"; a
+    /// proxy cannot know, so it waits that long). Its purpose, quenching the client's
+    /// retransmissions, is served as well by the server's own provisional or final
+    /// response relayed before T1, and one message per call is saved. An INVITE answered
+    /// here gets its final response at once, with no 100 before it.
     pub fn handle_request(&mut self, decision: Decision, pairs: &impl PairView, now: Instant) {
-        if self.is_invite() && !matches!(decision, Decision::Drop(_)) {
-            self.respond(now, &Reject::new(100, "Trying"));
+        if self.is_invite() && matches!(decision, Decision::Forward(_)) {
+            if self.timers.trying.is_zero() {
+                self.send_trying(now);
+            } else {
+                self.trying_at = Some(now + self.timers.trying);
+            }
         }
         match decision {
             Decision::Respond(r) => self.respond(now, &r),
@@ -377,8 +393,14 @@ impl ResponseContext {
     /// A retransmission of the request, or an ACK for it. Returns true when the message is
     /// an ACK that is not this transaction's (the ACK of a 2xx that reused the INVITE's
     /// branch): the shell forwards it statelessly.
+    /// An INVITE retransmitted before anything was sent back gets 100 Trying at once: the
+    /// client is retransmitting already.
     pub fn handle_retransmission(&mut self, msg: &Message, now: Instant) -> bool {
         let is_ack = msg.method() == Some(&Method::Ack);
+        if !is_ack && self.trying_at.is_some() {
+            self.send_trying(now);
+            return false;
+        }
         let resend = match &mut self.server {
             Server::Invite(s) if is_ack => return !s.on_ack(now),
             Server::Invite(s) => s.on_retransmission(),
@@ -554,8 +576,12 @@ impl ResponseContext {
         }
     }
 
-    /// Timers: the failover timer, the server and client transactions' timers, Timer C.
+    /// Timers: 100 Trying, the failover timer, the server and client transactions' timers,
+    /// Timer C.
     pub fn handle_timeout(&mut self, pairs: &impl PairView, now: Instant) {
+        if self.trying_at.is_some_and(|t| t <= now) {
+            self.send_trying(now);
+        }
         for g in &mut self.ghosts {
             g.handle_timeout(now, &mut self.actions);
         }
@@ -764,6 +790,10 @@ impl ResponseContext {
         self.respond(now, &r);
     }
 
+    fn send_trying(&mut self, now: Instant) {
+        self.respond(now, &Reject::new(100, "Trying"));
+    }
+
     /// Answers the client with a response generated here.
     pub fn respond(&mut self, now: Instant, r: &Reject) {
         let tag = local_tag(&self.request);
@@ -772,6 +802,8 @@ impl ResponseContext {
     }
 
     fn send_to_client(&mut self, now: Instant, code: u16, bytes: Bytes, origin: Origin) {
+        // Any response quenches the client's retransmissions: no 100 Trying after it.
+        self.trying_at = None;
         let out = match &mut self.server {
             Server::Invite(s) => s.send_response(now, code, bytes),
             Server::NonInvite(s) => s.send_response(now, code, bytes),
@@ -844,10 +876,17 @@ impl ResponseContext {
             ),
             None => (None, None),
         };
-        [self.timer_c, self.failover_at, server, client, cancel]
-            .into_iter()
-            .flatten()
-            .chain(self.ghosts.iter().filter_map(Ghost::poll_timeout))
-            .min()
+        [
+            self.trying_at,
+            self.timer_c,
+            self.failover_at,
+            server,
+            client,
+            cancel,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.ghosts.iter().filter_map(Ghost::poll_timeout))
+        .min()
     }
 }

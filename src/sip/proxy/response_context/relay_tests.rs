@@ -179,8 +179,15 @@ fn a_silent_holding_instance_is_430_after_the_relay_timer() {
 fn a_late_2xx_to_an_invite_given_up_is_acked_and_ended() {
     let now = Instant::now();
     let (mut ctx, actions, b) = at_b("INVITE", now);
-    assert_eq!(to_client(&actions), [100]);
+    assert_eq!(to_client(&actions), Vec::<u16>::new());
     let branch = start(&mut ctx, &actions, &b, now);
+    let trying = now + Timers::default().trying;
+    ctx.handle_timeout(&NoPairs, trying);
+    assert_eq!(
+        to_client(&drain(&mut ctx)),
+        [100],
+        "nothing back within 200 ms"
+    );
     ctx.handle_timeout(&NoPairs, now + RELAY);
     assert_eq!(to_client(&drain(&mut ctx)), [430]);
     // A was only slow: its phone answers after all. Nobody will use that dialog.

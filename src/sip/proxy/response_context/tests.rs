@@ -179,12 +179,119 @@ fn located(actions: &[Action]) -> Option<String> {
 }
 
 #[test]
-fn invite_gets_100_and_goes_to_the_active_member() {
+fn invite_goes_to_the_active_member_and_gets_100_when_nothing_came_back_in_200_ms() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    assert_eq!(to_client(&actions), []);
+    assert_eq!(located(&actions).as_deref(), Some(PRIMARY));
+    start(&mut ctx, &actions, t0);
+    let trying = t0 + Duration::from_millis(200);
+    assert_eq!(ctx.poll_timeout(), Some(trying));
+    ctx.handle_timeout(&pairs, trying - Duration::from_millis(1));
+    assert_eq!(to_client(&drain(&mut ctx)), []);
+    ctx.handle_timeout(&pairs, trying);
+    assert_eq!(to_client(&drain(&mut ctx)), [(100, Origin::Local)]);
+    // Once: the next timer is the branch's (Timer A, T1).
+    assert_eq!(ctx.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    ctx.handle_timeout(&pairs, t0 + Duration::from_millis(500));
+    assert_eq!(to_client(&drain(&mut ctx)), []);
+}
+
+#[test]
+fn a_provisional_within_200_ms_takes_the_place_of_100_trying() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    let t = t0 + Duration::from_millis(199);
+    respond_on(&mut ctx, &response(100, &b, "INVITE"), &pairs, t);
+    // The server's own 100 is not relayed (section 16.7) and quenches nothing upstream.
+    assert_eq!(to_client(&drain(&mut ctx)), []);
+    assert_eq!(ctx.poll_timeout(), Some(t0 + Duration::from_millis(200)));
+    respond_on(&mut ctx, &response(180, &b, "INVITE"), &pairs, t);
+    assert_eq!(to_client(&drain(&mut ctx)), [(180, Origin::Relayed)]);
+    assert!(ctx
+        .poll_timeout()
+        .is_some_and(|next| next > t0 + Duration::from_secs(100)));
+    ctx.handle_timeout(&pairs, t0 + Duration::from_millis(200));
+    respond_on(&mut ctx, &response(200, &b, "INVITE"), &pairs, t);
+    assert_eq!(to_client(&drain(&mut ctx)), [(200, Origin::Relayed)]);
+}
+
+#[test]
+fn a_final_within_200_ms_goes_without_100_trying() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    let b = start(&mut ctx, &actions, t0);
+    respond_on(&mut ctx, &response(486, &b, "INVITE"), &pairs, t0);
+    ctx.handle_timeout(&pairs, t0 + Duration::from_millis(200));
+    assert_eq!(to_client(&drain(&mut ctx)), [(486, Origin::Relayed)]);
+}
+
+#[test]
+fn an_invite_retransmitted_before_any_answer_gets_100_at_once() {
+    let pairs = Pairs::both_up();
+    let t0 = Instant::now();
+    let (mut ctx, actions) = context("INVITE", &pairs, t0);
+    start(&mut ctx, &actions, t0);
+    let t = t0 + Duration::from_millis(50);
+    assert!(!ctx.handle_retransmission(&request("INVITE"), t));
+    assert_eq!(to_client(&drain(&mut ctx)), [(100, Origin::Local)]);
+    // Again: the 100 is what the server transaction resends now, and no timer sends more.
+    assert!(!ctx.handle_retransmission(&request("INVITE"), t));
+    assert!(matches!(
+        drain(&mut ctx).as_slice(),
+        [Action::ResendToClient(_)]
+    ));
+    ctx.handle_timeout(&pairs, t0 + Duration::from_millis(200));
+    assert_eq!(to_client(&drain(&mut ctx)), []);
+}
+
+#[test]
+fn with_no_trying_delay_the_100_goes_at_once() {
     let pairs = Pairs::both_up();
     let now = Instant::now();
-    let (_, actions) = context("INVITE", &pairs, now);
+    let msg = request("INVITE");
+    let decision = decide(
+        Received {
+            msg: &msg,
+            transport: Transport::Udp,
+            source: "10.0.0.1:5060".parse().unwrap(),
+            from_upstream: false,
+            local: None,
+            flow_token: None,
+        },
+        &identity(),
+        &router(),
+    );
+    let timers = Timers {
+        trying: Duration::ZERO,
+        ..Timers::default()
+    };
+    let mut ctx = ResponseContext::new(msg, false, timers, FAILOVER);
+    ctx.handle_request(decision, &pairs, now);
+    let actions = drain(&mut ctx);
     assert_eq!(to_client(&actions), [(100, Origin::Local)]);
     assert_eq!(located(&actions).as_deref(), Some(PRIMARY));
+}
+
+#[test]
+fn an_invite_answered_here_gets_its_final_response_alone() {
+    let pairs = Pairs::both_up();
+    let now = Instant::now();
+    let text = String::from_utf8_lossy(request("INVITE").bytes()).into_owned();
+    let msg = parse(&text.replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    let (mut ctx, actions) = context_for(msg, &pairs, now);
+    assert_eq!(to_client(&actions), [(483, Origin::Local)]);
+    assert_eq!(
+        ctx.poll_timeout()
+            .filter(|t| *t <= now + Duration::from_millis(200)),
+        None
+    );
+    ctx.handle_timeout(&pairs, now + Duration::from_millis(200));
+    assert_eq!(to_client(&drain(&mut ctx)), []);
 }
 
 #[test]
@@ -288,6 +395,9 @@ fn no_answer_before_the_failover_timer_retries_on_the_other_member() {
     let t0 = Instant::now();
     let (mut ctx, actions) = context("INVITE", &pairs, t0);
     let b = start(&mut ctx, &actions, t0);
+    assert_eq!(ctx.poll_timeout(), Some(t0 + Duration::from_millis(200)));
+    ctx.handle_timeout(&pairs, t0 + Duration::from_millis(200));
+    assert_eq!(to_client(&drain(&mut ctx)), [(100, Origin::Local)]);
     assert_eq!(ctx.poll_timeout(), Some(t0 + Duration::from_millis(500)));
     let t = t0 + FAILOVER;
     ctx.handle_timeout(&pairs, t);
