@@ -10,7 +10,10 @@ pub mod pki;
 pub mod pool;
 mod upstream;
 
+// Not every test binary uses both.
+#[allow(unused_imports)]
 pub use phone::Phone;
+#[allow(unused_imports)]
 pub use upstream::{Behaviour, Upstream};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
