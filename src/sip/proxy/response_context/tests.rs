@@ -108,6 +108,16 @@ fn context(method: &str, pairs: &Pairs, now: Instant) -> (ResponseContext, Vec<A
 
 /// A context for `msg` from a phone (UDP), after `decide`, with all its actions so far.
 fn context_for(msg: Message, pairs: &Pairs, now: Instant) -> (ResponseContext, Vec<Action>) {
+    context_with(msg, Timers::default(), pairs, now)
+}
+
+/// [`context_for`] with these timers.
+fn context_with(
+    msg: Message,
+    timers: Timers,
+    pairs: &Pairs,
+    now: Instant,
+) -> (ResponseContext, Vec<Action>) {
     let decision = decide(
         Received {
             msg: &msg,
@@ -120,7 +130,7 @@ fn context_for(msg: Message, pairs: &Pairs, now: Instant) -> (ResponseContext, V
         &identity(),
         &router(),
     );
-    let mut ctx = ResponseContext::new(msg, false, Timers::default(), FAILOVER);
+    let mut ctx = ResponseContext::new(msg, false, timers, FAILOVER);
     ctx.handle_request(decision, pairs, now);
     let actions = drain(&mut ctx);
     (ctx, actions)
@@ -252,27 +262,11 @@ fn an_invite_retransmitted_before_any_answer_gets_100_at_once() {
 #[test]
 fn with_no_trying_delay_the_100_goes_at_once() {
     let pairs = Pairs::both_up();
-    let now = Instant::now();
-    let msg = request("INVITE");
-    let decision = decide(
-        Received {
-            msg: &msg,
-            transport: Transport::Udp,
-            source: "10.0.0.1:5060".parse().unwrap(),
-            from_upstream: false,
-            local: None,
-            flow_token: None,
-        },
-        &identity(),
-        &router(),
-    );
     let timers = Timers {
         trying: Duration::ZERO,
         ..Timers::default()
     };
-    let mut ctx = ResponseContext::new(msg, false, timers, FAILOVER);
-    ctx.handle_request(decision, &pairs, now);
-    let actions = drain(&mut ctx);
+    let (_, actions) = context_with(request("INVITE"), timers, &pairs, Instant::now());
     assert_eq!(to_client(&actions), [(100, Origin::Local)]);
     assert_eq!(located(&actions).as_deref(), Some(PRIMARY));
 }
