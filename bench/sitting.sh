@@ -15,8 +15,9 @@
 #   CONFIG=bench/bench.toml              sippool's configuration
 #
 # Prints one line per run (the harness's key=value line, prefixed with the figure and the
-# proxy), then a table with sippool/Kamailio, the ratio of the means. Exit 1 when a run fails (a failed call included: every figure must
-# have zero failed calls). Takes about 15 minutes with every figure once.
+# proxy), then a table with sippool/Kamailio, the ratio of the means. Exit 1 when a run
+# fails (a failed call included: every figure must have zero failed calls). Takes about 15
+# minutes with every figure once.
 set -euo pipefail
 export LC_ALL=C
 
