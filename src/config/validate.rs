@@ -15,10 +15,6 @@ use super::{err, Config, ConfigError, HostPort, LimitsConfig, Listener, Pair, St
 use crate::sip::proxy::{LocalIdentity, Router};
 use crate::sip::transport::Transport;
 
-/// `timers.trying_ms` when not set (RFC 3261 section 17.2.1's 200 ms), unless half of T1 is
-/// shorter.
-const DEFAULT_TRYING_MS: u64 = 200;
-
 /// Client certificate policy of TLS listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -347,12 +343,16 @@ impl Config {
             return Err(err("timers.timer_c_s", "must be at least 3 seconds"));
         }
         // The client's first retransmission comes after T1: 100 Trying must be out by then.
-        let trying_ms = match t.trying_ms {
+        // Unset: the transaction layer's default (section 17.2.1's 200 ms), unless half of T1
+        // is shorter.
+        let trying = match t.trying_ms {
             Some(ms) if ms >= t.t1_ms => {
                 return Err(err("timers.trying_ms", "must be less than timers.t1_ms"));
             }
-            Some(ms) => ms,
-            None => DEFAULT_TRYING_MS.min(t.t1_ms / 2),
+            Some(ms) => Duration::from_millis(ms),
+            None => crate::sip::transaction::Timers::default()
+                .trying
+                .min(Duration::from_millis(t.t1_ms / 2)),
         };
         if self.runtime.worker_threads == 0 || self.runtime.worker_threads > 256 {
             return Err(err("runtime.worker_threads", "must be between 1 and 256"));
@@ -571,7 +571,7 @@ impl Config {
                 t2: Duration::from_millis(t.t2_ms),
                 t4: Duration::from_millis(t.t4_ms),
                 timer_c: Duration::from_secs(t.timer_c_s),
-                trying: Duration::from_millis(trying_ms),
+                trying,
             },
         })
     }
