@@ -45,11 +45,7 @@ impl ResponseContext {
         } else {
             Evidence::Suspect
         };
-        self.actions.push_back(Action::Evidence {
-            pair,
-            member,
-            evidence,
-        });
+        self.evidence(evidence);
         if self.retried || self.final_sent || self.cancelled {
             return None;
         }

@@ -339,6 +339,7 @@ impl ResponseContext {
     /// A retransmission of the request, or an ACK for it. Returns true when the message is
     /// an ACK that is not this transaction's (the ACK of a 2xx that reused the INVITE's
     /// branch): the shell forwards it statelessly.
+    ///
     /// An INVITE retransmitted before anything was sent back gets 100 Trying at once: the
     /// client is retransmitting already.
     pub fn handle_retransmission(&mut self, msg: &Message, now: Instant) -> bool {
@@ -470,18 +471,11 @@ impl ResponseContext {
             return;
         }
         self.timer_c = None;
-        if let Some((pair, member)) = self.member {
-            let evidence = if code >= 500 {
-                Evidence::Failed
-            } else {
-                Evidence::Served
-            };
-            self.actions.push_back(Action::Evidence {
-                pair,
-                member,
-                evidence,
-            });
-        }
+        self.evidence(if code >= 500 {
+            Evidence::Failed
+        } else {
+            Evidence::Served
+        });
         if code == 503 {
             // The member is unavailable: the other one gets the request, if it may.
             // Section 16.7 step 6: never relay a 503 (it counts as a 500).
