@@ -7,7 +7,9 @@
 #   CPU per 1000 calls, p99  run.sh throughput at 500 cps (10,000 calls) and 6000 cps (36,000)
 #   highest rate             run.sh maxrate, steps past 10,000 cps (MAXRATE_STEPS below)
 #
-#   bench/sitting.sh [BINARY]            default target/release/sippool (build it first)
+#   bench/sitting.sh [BINARY]            default target/release/sippool (build it first;
+#                                        the shipped build is scripts/build-pgo's
+#                                        target/pgo/release/sippool)
 #   FIGURES="callgrind t500 t6000 maxrate"   which figures (default all, in this order)
 #   REPEAT=1                             runs per figure and proxy (CPU time moves 10-20 %
 #                                        between runs on a shared VM; instructions do not)
