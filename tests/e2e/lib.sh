@@ -25,7 +25,7 @@ wait_log() {
 
 # e2e_init NAME: a work directory in $WORK, the release binary in $BIN (built if missing;
 # SIPPOOL_BIN=PATH runs that binary instead), and every process whose pid is added to $pids
-# stopped when the script exits.
+# stopped when the script exits (see e2e_cleanup).
 e2e_init() {
   WORK="$(mktemp -d "/tmp/sippool-$1.XXXXXX")"
   BIN="${SIPPOOL_BIN:-$ROOT/target/release/sippool}"
@@ -38,9 +38,14 @@ e2e_init() {
   trap e2e_cleanup EXIT
 }
 
+# e2e_cleanup [STATUS]: the work directory is removed when the script succeeds (STATUS, by
+# default the exit status it is called with as the EXIT trap, is 0) and kept, with its
+# logs, when it fails.
 e2e_cleanup() {
+  local rc=${1:-$?}
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$rc" = 0 ]; then rm -rf "$WORK"; fi
 }
 
 # sipp_stat CSV COLUMN: the value of a column (by its header name, e.g. SuccessfulCall(C))

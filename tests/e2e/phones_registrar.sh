@@ -52,10 +52,11 @@ groups=()
 lpsock="/tmp/linphonec-$(id -u)"
 [ -e "$lpsock" ] && lpsock=""
 phones_cleanup() {
+  local rc=$?
   for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
   sleep 0.5
   for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
-  e2e_cleanup
+  e2e_cleanup "$rc"
   [ -z "$lpsock" ] || rm -f "$lpsock"
 }
 trap phones_cleanup EXIT
@@ -508,4 +509,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   grep -E '^(SIP/2\.0|[A-Z]+ sips?:)|^Call|Registration' "$WORK/bob.log" | tail -25
   exit 1
 fi
-echo "phones through sippool and a Kamailio pair: all steps passed (${SECONDS} s), logs in $WORK"
+echo "phones through sippool and a Kamailio pair: all steps passed (${SECONDS} s)"
