@@ -63,7 +63,6 @@ up=$(curl -sf 'http://127.0.0.64:9090/api/v1/query?query=sippool_upstream_active
 echo "prometheus: sippool_requests_received_total{method=INVITE}=$value sippool_upstream_active{member=primary}=$up"
 if [ "$value" = 100 ] && [ "$up" = 1 ]; then
   echo "prometheus e2e: 2 passed, 0 failed"
-  rm -rf "$WORK"
 else
   echo "prometheus e2e: failed, logs in $WORK"; exit 1
 fi

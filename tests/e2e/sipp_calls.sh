@@ -62,7 +62,6 @@ for t in u1 t1; do
 done
 if [ $fail = 0 ]; then
   echo "e2e: 2 passed, 0 failed"
-  rm -rf "$WORK"
 else
   echo "e2e: failed, logs in $WORK"
   exit 1

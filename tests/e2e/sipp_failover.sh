@@ -64,7 +64,6 @@ echo "failover: calls=$CALLS successful=$ok failed=$failed rc=$rc pair_switched_
 grep -E "upstream_down|pair_switched|transaction_retried" "$WORK/sippool.log" | head -5
 if [ "$rc" = 0 ] && [ "$ok" = "$CALLS" ] && [ "$failed" = 0 ] && [ "$switched" -ge 1 ] && [ "${backup_calls:-0}" -gt 0 ]; then
   echo "failover e2e: 1 passed, 0 failed"
-  rm -rf "$WORK"
 else
   echo "failover e2e: failed, logs in $WORK"
   tail -20 "$WORK/uac.log"

@@ -71,7 +71,6 @@ echo "late primary: calls=$CALLS ok=$ok failed=$failed rc=$rc; primary: calls=$p
 if [ "$rc" = 0 ] && [ "$ok" = "$CALLS" ] && [ "$failed" = 0 ] && [ "${p_created:-0}" -gt 0 ] \
    && [ "$p_ok" = "$p_created" ] && [ "$p_failed" = 0 ] && [ "${ended%.*}" -ge 1 ]; then
   echo "late primary e2e: 1 passed, 0 failed"
-  rm -rf "$WORK"
 else
   echo "late primary e2e: failed, logs in $WORK"
   tail -n 20 "$WORK/uac.log" "$WORK/primary.log"

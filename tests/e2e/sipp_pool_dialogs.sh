@@ -91,7 +91,6 @@ echo "pool dialogs: calls=$CALLS invites_at_a_before_kill=${up:-0} caller_ok=$ok
 if [ "$rc" = 0 ] && [ "${up:-0}" = "$CALLS" ] && [ "$ok" = "$CALLS" ] && [ "$failed" = 0 ] \
   && [ "$uas_ok" = "$CALLS" ] && [ "${byes_b:-0}" = "$CALLS" ]; then
   echo "pool dialogs e2e: 1 passed, 0 failed"
-  rm -rf "$WORK"
 else
   echo "pool dialogs e2e: failed, logs in $WORK"
   tail -20 "$WORK/uac.log"

@@ -78,4 +78,3 @@ if [ "$rc" != 0 ] || [ "$ok" != "$CALLS" ] || [ "$failed" != 0 ]; then
   echo "e2e tls: failed, logs in $WORK"
   exit 1
 fi
-rm -rf "$WORK"
